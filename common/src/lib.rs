@@ -1,1 +1,16 @@
-pub fn x(){}
+//! Hirte-rs shared core: everything both daemons and `hirtectl` agree on.
+//!
+//! The protocol pieces here (`frame`, `handshake`, `names`, `timespan`, `config`) are sans-IO:
+//! they take bytes or strings and return values or typed errors, so they are unit-tested and
+//! fuzzed without sockets. The bounded structures (`queue`) and every numeric limit (`bounds`)
+//! live here too, so the safety case can list them from one place.
+
+pub mod bounds;
+pub mod config;
+pub mod frame;
+pub mod handshake;
+pub mod log;
+pub mod names;
+pub mod protocol;
+pub mod queue;
+pub mod timespan;

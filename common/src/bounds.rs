@@ -1,0 +1,59 @@
+//! Every fixed resource bound of Hirte-rs, in one place.
+//!
+//! `safety/bounds.md` lists each constant with what happens at the bound and the test that
+//! shows it. Bounds an operator may tune are config keys instead (see `config`).
+
+use std::time::Duration;
+
+/// Largest frame (one D-Bus message) accepted on the manager<->agent link.
+/// A larger length prefix is a protocol error: the connection is closed.
+// [impl->req~link.max-frame~1]
+pub const MAX_FRAME_SIZE: usize = 4 * 1024 * 1024;
+
+/// Largest frame an unregistered connection may send: `Register(s)` is tiny.
+pub const MAX_HANDSHAKE_FRAME_SIZE: usize = 4 * 1024;
+
+/// Time a new connection has to send its `Register` call.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections accepted but not yet registered; more are closed at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Node names the manager may be configured with (`AllowedNodeNames`).
+pub const MAX_NODES: usize = 1024;
+
+/// Longest node name, in bytes.
+pub const MAX_NODE_NAME_LEN: usize = 64;
+
+/// Events queued from connection threads to the manager's core thread.
+pub const CORE_QUEUE_DEPTH: usize = 4096;
+
+/// Frames queued for sending on one link.
+pub const LINK_OUTBOUND_DEPTH: usize = 256;
+
+/// Calls awaiting an agent's reply, per node. Beyond it a caller gets `Busy`.
+pub const MAX_PENDING_CALLS_PER_NODE: usize = 128;
+
+/// Jobs in flight across the whole manager. Beyond it a caller gets `Busy`.
+pub const MAX_JOBS: usize = 4096;
+
+/// Jobs an agent tracks (systemd job path -> manager job id).
+pub const MAX_AGENT_JOBS: usize = 1024;
+
+/// A link write that cannot make progress for this long means the peer stalled: the link is closed.
+pub const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Timeout of one TCP connect attempt by the agent.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Timeout of one D-Bus call from the agent to systemd.
+pub const SYSTEMD_CALL_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Longest the core threads sleep before re-checking timers and the shutdown flag.
+pub const CORE_TICK: Duration = Duration::from_millis(100);
+
+/// Stack of a connection thread: it only frames bytes, it needs little.
+pub const CONNECTION_THREAD_STACK: usize = 256 * 1024;
+
+/// Read chunk of a connection thread.
+pub const READ_CHUNK: usize = 64 * 1024;

@@ -1,0 +1,753 @@
+//! Configuration files of both daemons.
+//!
+//! Order (later wins): `<dir>/<name>.conf`, then `<dir>/<name>.conf.d/*.conf` in name order,
+//! then the file given with `-c`, then command-line flags. `<dir>` is `/etc/hirte`, or
+//! `$HIRTE_CONFIG_DIR` when set (tests and the demo use that).
+//!
+//! Syntax: systemd-style `Key=Value` lines under one section header, as the user's guide writes
+//! them (`AllowedNodeNames=primary,agent`, `HeartbeatInterval=5`). TOML spellings of the same
+//! keys are accepted too (`Key = "value"`, `Key = ["a", "b"]`, `Key = 5`, `Key = true`).
+//! Anything unknown or malformed is an error naming file, line and key: a daemon refuses to
+//! start rather than guess.
+
+use crate::bounds::MAX_NODES;
+use crate::log::{Level, Target};
+use crate::names::validate_node_name;
+use crate::timespan::{format_timespan, parse_timespan};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default configuration directory.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/hirte";
+/// Environment variable that replaces the configuration directory.
+pub const CONFIG_DIR_ENV: &str = "HIRTE_CONFIG_DIR";
+/// Largest config file read, so a wrong `-c /dev/zero` cannot eat memory.
+pub const MAX_CONFIG_FILE_SIZE: u64 = 1024 * 1024;
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file)
+        } else {
+            write!(f, "{}:{}", self.file, self.line)
+        }
+    }
+}
+
+/// Everything that can be wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    Io { file: String, reason: String },
+    TooLarge { file: String },
+    Syntax { at: Origin, reason: String },
+    UnknownSection { at: Origin, section: String },
+    OutsideSection { at: Origin, key: String },
+    UnknownKey { at: Origin, key: String },
+    DuplicateKey { at: Origin, key: String, first_line: usize },
+    BadValue { at: Origin, key: String, value: String, reason: String },
+    Invalid { reason: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Io { file, reason } => write!(f, "{file}: cannot read: {reason}"),
+            ConfigError::TooLarge { file } => {
+                write!(f, "{file}: larger than {MAX_CONFIG_FILE_SIZE} bytes")
+            }
+            ConfigError::Syntax { at, reason } => write!(f, "{at}: {reason}"),
+            ConfigError::UnknownSection { at, section } => {
+                write!(f, "{at}: unknown section [{section}]")
+            }
+            ConfigError::OutsideSection { at, key } => {
+                write!(f, "{at}: key '{key}' appears before any section header")
+            }
+            ConfigError::UnknownKey { at, key } => write!(f, "{at}: unknown key '{key}'"),
+            ConfigError::DuplicateKey {
+                at,
+                key,
+                first_line,
+            } => write!(f, "{at}: key '{key}' is set twice (first on line {first_line})"),
+            ConfigError::BadValue {
+                at,
+                key,
+                value,
+                reason,
+            } => write!(f, "{at}: key '{key}': invalid value '{value}': {reason}"),
+            ConfigError::Invalid { reason } => write!(f, "invalid configuration: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A value as written: one string, or a list (comma-separated or a TOML array).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawValue {
+    Str(String),
+    List(Vec<String>),
+}
+
+impl RawValue {
+    fn as_text(&self) -> String {
+        match self {
+            RawValue::Str(s) => s.clone(),
+            RawValue::List(l) => l.join(","),
+        }
+    }
+}
+
+/// One `Key=Value` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: RawValue,
+    pub at: Origin,
+}
+
+/// Turns a TOML-spelled value (`"x"`, `'x'`, `["a","b"]`) into a raw value; other text stays as is.
+fn parse_value(raw: &str, at: &Origin) -> Result<RawValue, ConfigError> {
+    let raw = raw.trim();
+    if !(raw.starts_with('"') || raw.starts_with('\'') || raw.starts_with('[')) {
+        return Ok(RawValue::Str(raw.to_string()));
+    }
+    let doc = format!("v = {raw}");
+    let table: toml::Table = doc.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        at: at.clone(),
+        reason: format!("malformed TOML value {raw}: {}", e.message()),
+    })?;
+    let scalar = |v: &toml::Value| -> Option<String> {
+        match v {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            toml::Value::Float(x) => Some(x.to_string()),
+            _ => None,
+        }
+    };
+    let bad = || ConfigError::Syntax {
+        at: at.clone(),
+        reason: format!("value {raw} must be a string, number, boolean or a list of those"),
+    };
+    match table.get("v") {
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| scalar(v).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()
+            .map(RawValue::List),
+        Some(v) => scalar(v).map(RawValue::Str).ok_or_else(bad),
+        None => Err(bad()),
+    }
+}
+
+/// Parses one file's text. Only `section` is allowed; a key twice in one file is an error.
+// [impl->req~config.syntax~1]
+pub fn parse_text(text: &str, file: &str, section: &str) -> Result<Vec<Entry>, ConfigError> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut in_section = false;
+    for (idx, line) in text.lines().enumerate() {
+        let at = Origin {
+            file: file.to_string(),
+            line: idx + 1,
+        };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let name = rest
+                .strip_suffix(']')
+                .ok_or_else(|| ConfigError::Syntax {
+                    at: at.clone(),
+                    reason: format!("malformed section header '{line}'"),
+                })?
+                .trim()
+                .trim_matches('"');
+            if name != section {
+                return Err(ConfigError::UnknownSection {
+                    at,
+                    section: name.to_string(),
+                });
+            }
+            in_section = true;
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(ConfigError::Syntax {
+                at,
+                reason: format!("expected Key=Value, got '{line}'"),
+            });
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ConfigError::Syntax {
+                at,
+                reason: format!("malformed key '{key}'"),
+            });
+        }
+        if !in_section {
+            return Err(ConfigError::OutsideSection {
+                at,
+                key: key.to_string(),
+            });
+        }
+        if let Some(first) = entries.iter().find(|e| e.key == key) {
+            return Err(ConfigError::DuplicateKey {
+                first_line: first.at.line,
+                at,
+                key: key.to_string(),
+            });
+        }
+        let value = parse_value(value, &at)?;
+        entries.push(Entry {
+            key: key.to_string(),
+            value,
+            at,
+        });
+    }
+    Ok(entries)
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    let file = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Io {
+        file: file.clone(),
+        reason: e.to_string(),
+    })?;
+    if meta.len() > MAX_CONFIG_FILE_SIZE {
+        return Err(ConfigError::TooLarge { file });
+    }
+    std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+        file,
+        reason: e.to_string(),
+    })
+}
+
+/// The configuration directory in force.
+pub fn config_dir() -> PathBuf {
+    std::env::var_os(CONFIG_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR))
+}
+
+/// Reads the layered files for `<dir>/<base>.conf` (see the module doc) in order.
+pub fn load_entries(
+    dir: &Path,
+    base: &str,
+    section: &str,
+    extra: Option<&Path>,
+) -> Result<Vec<Entry>, ConfigError> {
+    let mut files = Vec::new();
+    let main = dir.join(format!("{base}.conf"));
+    if main.exists() {
+        files.push(main);
+    }
+    let dropin_dir = dir.join(format!("{base}.conf.d"));
+    if let Ok(read) = std::fs::read_dir(&dropin_dir) {
+        let mut dropins: Vec<PathBuf> = read
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        dropins.sort();
+        files.extend(dropins);
+    }
+    if let Some(extra) = extra {
+        // An explicit -c file must exist; the defaults need not.
+        files.push(extra.to_path_buf());
+    }
+    let mut all = Vec::new();
+    for f in files {
+        let text = read_file(&f)?;
+        all.extend(parse_text(&text, &f.display().to_string(), section)?);
+    }
+    Ok(all)
+}
+
+fn bad(e: &Entry, reason: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        at: e.at.clone(),
+        key: e.key.clone(),
+        value: e.value.as_text(),
+        reason: reason.into(),
+    }
+}
+
+fn single(e: &Entry) -> Result<&str, ConfigError> {
+    match &e.value {
+        RawValue::Str(s) => Ok(s.as_str()),
+        RawValue::List(_) => Err(bad(e, "expected a single value, not a list")),
+    }
+}
+
+fn list(e: &Entry) -> Vec<String> {
+    match &e.value {
+        RawValue::Str(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        RawValue::List(l) => l.iter().map(|s| s.trim().to_string()).collect(),
+    }
+}
+
+fn port(e: &Entry) -> Result<u16, ConfigError> {
+    match single(e)?.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(bad(e, "expected a TCP port from 1 to 65535")),
+    }
+}
+
+fn boolean(e: &Entry) -> Result<bool, ConfigError> {
+    match single(e)?.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Ok(true),
+        "0" | "no" | "false" | "off" => Ok(false),
+        _ => Err(bad(e, "expected a boolean (yes/no, true/false, 1/0, on/off)")),
+    }
+}
+
+fn span(e: &Entry, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    let d = parse_timespan(single(e)?).map_err(|err| bad(e, err.to_string()))?;
+    if d < min || d > max {
+        return Err(bad(
+            e,
+            format!(
+                "must be between {} and {}",
+                format_timespan(min),
+                format_timespan(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// Logging settings, the same keys in both daemons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub level: Level,
+    pub target: Target,
+    pub is_quiet: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: Level::Info,
+            target: Target::Journald,
+            is_quiet: false,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Applies a logging key; `Ok(false)` if the key is not a logging key.
+    fn apply(&mut self, e: &Entry) -> Result<bool, ConfigError> {
+        match e.key.as_str() {
+            "LogLevel" => {
+                self.level = single(e)?.parse().map_err(|r: String| bad(e, r))?;
+            }
+            "LogTarget" => {
+                self.target = single(e)?.parse().map_err(|r: String| bad(e, r))?;
+            }
+            "LogIsQuiet" => self.is_quiet = boolean(e)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Ranges accepted for the liveness settings: fast enough to be useful, slow enough not to flood.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Manager settings (`[hirte]` in `hirte.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// TCP port agents connect to.
+    pub port: u16,
+    /// Address to listen on; `None` means all interfaces.
+    pub address: Option<IpAddr>,
+    /// Only these node names may register.
+    pub allowed_node_names: Vec<String>,
+    pub log: LogConfig,
+    /// A node without a heartbeat for this long is offline.
+    pub node_heartbeat_threshold: Duration,
+    /// A call relayed to an agent that gets no answer for this long fails with `Timeout`.
+    pub agent_call_timeout: Duration,
+    /// Whether `Node.Exec` may run commands on nodes.
+    pub allow_exec: bool,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            port: 2020,
+            address: None,
+            allowed_node_names: Vec::new(),
+            log: LogConfig::default(),
+            node_heartbeat_threshold: Duration::from_secs(15),
+            agent_call_timeout: Duration::from_secs(30),
+            allow_exec: true,
+        }
+    }
+}
+
+impl ManagerConfig {
+    pub const SECTION: &'static str = "hirte";
+    pub const FILE_BASE: &'static str = "hirte";
+
+    /// Reads the layered files (see the module doc).
+    pub fn load(dir: &Path, extra: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = ManagerConfig::default();
+        for e in load_entries(dir, Self::FILE_BASE, Self::SECTION, extra)? {
+            cfg.apply(&e)?;
+        }
+        Ok(cfg)
+    }
+
+    // [impl->req~config.manager-keys~1]
+    pub fn apply(&mut self, e: &Entry) -> Result<(), ConfigError> {
+        if self.log.apply(e)? {
+            return Ok(());
+        }
+        match e.key.as_str() {
+            "ManagerPort" => self.port = port(e)?,
+            "ManagerAddress" => {
+                let s = single(e)?;
+                self.address = if s.is_empty() {
+                    None
+                } else {
+                    Some(s.parse().map_err(|_| bad(e, "expected an IP address"))?)
+                };
+            }
+            "AllowedNodeNames" => {
+                let names = list(e);
+                if names.len() > MAX_NODES {
+                    return Err(bad(e, format!("more than {MAX_NODES} node names")));
+                }
+                for n in &names {
+                    validate_node_name(n).map_err(|err| bad(e, format!("'{n}': {err}")))?;
+                }
+                self.allowed_node_names = names;
+            }
+            "NodeHeartbeatThreshold" => {
+                self.node_heartbeat_threshold = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
+            }
+            "AgentCallTimeout" => {
+                self.agent_call_timeout = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
+            }
+            "AllowExec" => self.allow_exec = boolean(e)?,
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    at: e.at.clone(),
+                    key: e.key.clone(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that need all settings together.
+    // [impl->req~config.manager-open-refused~1]
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let everywhere = self.address.is_none_or(|a| a.is_unspecified());
+        if self.allowed_node_names.is_empty() && everywhere {
+            return Err(ConfigError::Invalid {
+                reason: "AllowedNodeNames is empty while the manager listens on all interfaces; \
+                         list the nodes that may connect"
+                    .to_string(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &self.allowed_node_names {
+            if !seen.insert(n) {
+                return Err(ConfigError::Invalid {
+                    reason: format!("AllowedNodeNames lists '{n}' twice"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Agent settings (`[hirte-agent]` in `agent.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub manager_host: String,
+    pub manager_port: u16,
+    pub log: LogConfig,
+    pub heartbeat_interval: Duration,
+    pub reconnect_interval: Duration,
+    /// Manager silent for this long: the link is considered dead and is re-established.
+    pub manager_timeout: Option<Duration>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node_name: String::new(),
+            manager_host: "127.0.0.1".to_string(),
+            manager_port: 2020,
+            log: LogConfig::default(),
+            heartbeat_interval: Duration::from_secs(5),
+            reconnect_interval: Duration::from_secs(5),
+            manager_timeout: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    pub const SECTION: &'static str = "hirte-agent";
+    pub const FILE_BASE: &'static str = "agent";
+
+    pub fn load(dir: &Path, extra: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = AgentConfig::default();
+        for e in load_entries(dir, Self::FILE_BASE, Self::SECTION, extra)? {
+            cfg.apply(&e)?;
+        }
+        Ok(cfg)
+    }
+
+    // [impl->req~config.agent-keys~1]
+    pub fn apply(&mut self, e: &Entry) -> Result<(), ConfigError> {
+        if self.log.apply(e)? {
+            return Ok(());
+        }
+        match e.key.as_str() {
+            "NodeName" => {
+                let n = single(e)?;
+                validate_node_name(n).map_err(|err| bad(e, err.to_string()))?;
+                self.node_name = n.to_string();
+            }
+            "ManagerHost" => {
+                let h = single(e)?;
+                if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c == '/') {
+                    return Err(bad(e, "expected a host name or IP address"));
+                }
+                self.manager_host = h.to_string();
+            }
+            "ManagerPort" => self.manager_port = port(e)?,
+            // BlueChi's spelling: tcp:host=HOST,port=PORT
+            "ManagerAddress" => {
+                let (host, p) = parse_tcp_address(single(e)?).map_err(|r| bad(e, r))?;
+                self.manager_host = host;
+                self.manager_port = p;
+            }
+            "HeartbeatInterval" => {
+                self.heartbeat_interval = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
+            }
+            "ReconnectInterval" => {
+                self.reconnect_interval = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
+            }
+            "ManagerHeartbeatThreshold" => {
+                self.manager_timeout = Some(span(e, MIN_INTERVAL, MAX_INTERVAL)?);
+            }
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    at: e.at.clone(),
+                    key: e.key.clone(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// How long the manager may stay silent: three of its heartbeat echoes, unless set.
+    pub fn effective_manager_timeout(&self) -> Duration {
+        self.manager_timeout
+            .unwrap_or(self.heartbeat_interval.saturating_mul(3))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_node_name(&self.node_name).map_err(|e| ConfigError::Invalid {
+            reason: format!("NodeName: {e}"),
+        })?;
+        if self.effective_manager_timeout() <= self.heartbeat_interval {
+            return Err(ConfigError::Invalid {
+                reason: "ManagerHeartbeatThreshold must be longer than HeartbeatInterval"
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses `tcp:host=HOST,port=PORT`.
+pub fn parse_tcp_address(s: &str) -> Result<(String, u16), String> {
+    let rest = s
+        .strip_prefix("tcp:")
+        .ok_or_else(|| "expected tcp:host=HOST,port=PORT".to_string())?;
+    let mut host = None;
+    let mut port = None;
+    for part in rest.split(',') {
+        match part.split_once('=') {
+            Some(("host", h)) if !h.is_empty() => host = Some(h.to_string()),
+            Some(("port", p)) => {
+                port = Some(
+                    p.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| format!("bad port '{p}'"))?,
+                )
+            }
+            _ => return Err(format!("unexpected '{part}' in address")),
+        }
+    }
+    match (host, port) {
+        (Some(h), Some(p)) => Ok((h, p)),
+        _ => Err("expected tcp:host=HOST,port=PORT".to_string()),
+    }
+}
+
+/// A command-line override, given the same checks as a file line.
+pub fn cli_entry(key: &str, value: &str) -> Entry {
+    Entry {
+        key: key.to_string(),
+        value: RawValue::Str(value.to_string()),
+        at: Origin {
+            file: "command line".to_string(),
+            line: 0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUIDE_MANAGER: &str = "[hirte]\nManagerPort=2020\nAllowedNodeNames=primary,agent\nLogLevel=info\nLogTarget=journald\n";
+    const GUIDE_AGENT: &str = "[hirte-agent]\nNodeName=agent\nManagerHost=192.168.1.10\nManagerPort=2020\nLogLevel=info\nLogTarget=journald\nHeartbeatInterval=5\nReconnectInterval=10\n";
+
+    fn manager(text: &str) -> Result<ManagerConfig, ConfigError> {
+        let mut c = ManagerConfig::default();
+        for e in parse_text(text, "hirte.conf", "hirte")? {
+            c.apply(&e)?;
+        }
+        Ok(c)
+    }
+
+    fn agent(text: &str) -> Result<AgentConfig, ConfigError> {
+        let mut c = AgentConfig::default();
+        for e in parse_text(text, "agent.conf", "hirte-agent")? {
+            c.apply(&e)?;
+        }
+        Ok(c)
+    }
+
+    // [utest->req~config.syntax~1]
+    // [utest->req~config.manager-keys~1]
+    #[test]
+    fn guide_manager_config_loads_verbatim() {
+        let c = manager(GUIDE_MANAGER).unwrap();
+        assert_eq!(c.port, 2020);
+        assert_eq!(c.allowed_node_names, vec!["primary", "agent"]);
+        assert_eq!(c.log.level, Level::Info);
+        assert_eq!(c.log.target, Target::Journald);
+        c.validate().unwrap();
+    }
+
+    // [utest->req~config.agent-keys~1]
+    #[test]
+    fn guide_agent_config_loads_verbatim() {
+        let c = agent(GUIDE_AGENT).unwrap();
+        assert_eq!(c.node_name, "agent");
+        assert_eq!(c.manager_host, "192.168.1.10");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.reconnect_interval, Duration::from_secs(10));
+        assert_eq!(c.effective_manager_timeout(), Duration::from_secs(15));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_spelling_is_accepted() {
+        let c = manager(
+            "# comment\n[hirte]\nManagerPort = 2021\nAllowedNodeNames = [\"a\", \"b\"]\nLogLevel = \"debug\"\nAllowExec = false\nNodeHeartbeatThreshold = \"500ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.port, 2021);
+        assert_eq!(c.allowed_node_names, vec!["a", "b"]);
+        assert_eq!(c.log.level, Level::Debug);
+        assert!(!c.allow_exec);
+        assert_eq!(c.node_heartbeat_threshold, Duration::from_millis(500));
+        let a = agent("[hirte-agent]\nManagerAddress=tcp:host=h1,port=99\nNodeName=\"n\"\n").unwrap();
+        assert_eq!((a.manager_host.as_str(), a.manager_port), ("h1", 99));
+    }
+
+    // [utest->req~config.errors~1]
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = manager("[hirte]\nManagerPort=abc\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hirte.conf:2: key 'ManagerPort': invalid value 'abc': expected a TCP port from 1 to 65535"
+        );
+        let e = manager("[hirte]\nBogus=1\n").unwrap_err();
+        assert_eq!(e.to_string(), "hirte.conf:2: unknown key 'Bogus'");
+        let e = manager("[other]\n").unwrap_err();
+        assert_eq!(e.to_string(), "hirte.conf:1: unknown section [other]");
+        let e = manager("ManagerPort=1\n").unwrap_err();
+        assert!(matches!(e, ConfigError::OutsideSection { .. }));
+        let e = manager("[hirte]\nManagerPort=1\nManagerPort=2\n").unwrap_err();
+        assert_eq!(e.to_string(), "hirte.conf:3: key 'ManagerPort' is set twice (first on line 2)");
+        for bad_line in [
+            "ManagerPort=0",
+            "ManagerPort=70000",
+            "LogLevel=loud",
+            "LogTarget=paper",
+            "AllowedNodeNames=ok,bad name",
+            "NodeHeartbeatThreshold=1ms",
+            "NodeHeartbeatThreshold=soon",
+            "AllowExec=maybe",
+            "ManagerAddress=not-an-ip",
+            "ManagerPort=[1,2]",
+            "LogLevel=\"unterminated",
+            "just text",
+        ] {
+            let text = format!("[hirte]\n{bad_line}\n");
+            let err = manager(&text).unwrap_err().to_string();
+            assert!(err.starts_with("hirte.conf:2:"), "{bad_line}: {err}");
+        }
+        assert!(agent("[hirte-agent]\nHeartbeatInterval=-5\n").is_err());
+        assert!(agent("[hirte-agent]\nNodeName=a/b\n").is_err());
+        assert!(agent("[hirte-agent]\nManagerAddress=udp:x\n").is_err());
+    }
+
+    // [utest->req~config.manager-open-refused~1]
+    #[test]
+    fn open_manager_without_allowed_names_is_refused() {
+        let c = manager("[hirte]\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = manager("[hirte]\nManagerAddress=127.0.0.1\n").unwrap();
+        assert!(c.validate().is_ok());
+        let c = manager("[hirte]\nAllowedNodeNames=a,a\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = std::env::temp_dir().join(format!("hirte-cfg-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("hirte.conf.d")).unwrap();
+        std::fs::write(dir.join("hirte.conf"), GUIDE_MANAGER).unwrap();
+        std::fs::write(dir.join("hirte.conf.d/20-b.conf"), "[hirte]\nManagerPort=3\n").unwrap();
+        std::fs::write(dir.join("hirte.conf.d/10-a.conf"), "[hirte]\nManagerPort=2\n").unwrap();
+        std::fs::write(dir.join("hirte.conf.d/ignored.txt"), "garbage").unwrap();
+        let c = ManagerConfig::load(&dir, None).unwrap();
+        assert_eq!(c.port, 3);
+        let extra = dir.join("extra.conf");
+        std::fs::write(&extra, "[hirte]\nManagerPort=4\n").unwrap();
+        assert_eq!(ManagerConfig::load(&dir, Some(&extra)).unwrap().port, 4);
+        assert!(ManagerConfig::load(&dir, Some(&dir.join("missing.conf"))).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,274 @@
+//! The manager<->agent link framing: a 4-byte big-endian length, then one D-Bus message in
+//! the standard wire format. Sans-IO: bytes go in, messages or a typed error come out.
+
+use dbus::Message;
+use std::fmt;
+
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// What is wrong with the bytes a peer sent. Every variant ends the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// A length prefix of 0: no message can be that short.
+    Empty,
+    /// A length prefix above the bound in force.
+    TooLarge { len: usize, max: usize },
+    /// The payload is not one valid D-Bus message.
+    BadMessage(String),
+    /// The payload holds a message, but its length disagrees with the frame's.
+    LengthMismatch { frame: usize, message: usize },
+    /// An outgoing message would exceed the bound.
+    OutgoingTooLarge { len: usize, max: usize },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Empty => write!(f, "frame of length 0"),
+            FrameError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
+            }
+            FrameError::BadMessage(e) => write!(f, "frame is not a valid D-Bus message: {e}"),
+            FrameError::LengthMismatch { frame, message } => write!(
+                f,
+                "frame of {frame} bytes holds a D-Bus message of {message} bytes"
+            ),
+            FrameError::OutgoingTooLarge { len, max } => {
+                write!(f, "message of {len} bytes exceeds the frame maximum of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Reassembles frames from a byte stream. Its buffer never holds more than one maximal
+/// frame plus one read chunk, whatever the peer sends.
+// [impl->req~link.framing~1]
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max_frame: usize,
+}
+
+impl FrameDecoder {
+    pub fn new(max_frame: usize) -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            max_frame,
+        }
+    }
+
+    /// Tightens or loosens the bound, e.g. once a connection has registered.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
+    /// Bytes held that do not yet form a frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Adds bytes read from the peer. The length prefix is checked as soon as it is complete,
+    /// so an oversized frame is refused before its payload is buffered.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
+        self.buf.extend_from_slice(bytes);
+        self.check_header().map(|_| ())
+    }
+
+    fn check_header(&self) -> Result<Option<usize>, FrameError> {
+        let Some(header) = self.buf.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let mut len_bytes = [0u8; HEADER_LEN];
+        len_bytes.copy_from_slice(header);
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        Ok(Some(len))
+    }
+
+    /// The next complete frame's payload, if one is buffered.
+    pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(len) = self.check_header()? else {
+            return Ok(None);
+        };
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let payload: Vec<u8> = self.buf.drain(..HEADER_LEN + len).skip(HEADER_LEN).collect();
+        if self.buf.is_empty() {
+            // Give back the memory of a large frame once it is consumed.
+            self.buf = Vec::new();
+        }
+        Ok(Some(payload))
+    }
+
+    /// The next complete frame as a D-Bus message.
+    pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
+        match self.next_payload()? {
+            Some(payload) => decode_message(&payload).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Parses one frame payload into a message; the payload must be exactly one message.
+pub fn decode_message(payload: &[u8]) -> Result<Message, FrameError> {
+    let needed = Message::demarshal_bytes_needed(payload)
+        .map_err(|()| FrameError::BadMessage("invalid message header".to_string()))?;
+    if needed != payload.len() {
+        return Err(FrameError::LengthMismatch {
+            frame: payload.len(),
+            message: needed,
+        });
+    }
+    Message::demarshal(payload).map_err(|e| {
+        FrameError::BadMessage(e.message().unwrap_or("unknown demarshal error").to_string())
+    })
+}
+
+/// Serialises a message (whose serial must already be set) into one frame.
+pub fn encode_message(msg: &Message, max_frame: usize) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    msg.marshal(|chunk| {
+        out.extend_from_slice(chunk);
+        Ok::<(), ()>(())
+    })
+    .map_err(|()| FrameError::BadMessage("marshal failed".to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > max_frame {
+        return Err(FrameError::OutgoingTooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    let len32 = u32::try_from(len).map_err(|_| FrameError::OutgoingTooLarge {
+        len,
+        max: max_frame,
+    })?;
+    if let Some(header) = out.get_mut(..HEADER_LEN) {
+        header.copy_from_slice(&len32.to_be_bytes());
+    }
+    Ok(out)
+}
+
+/// Hands out the non-zero serials a sender must stamp on each message before marshalling.
+#[derive(Debug, Default)]
+pub struct SerialCounter(u32);
+
+impl SerialCounter {
+    pub fn next(&mut self) -> u32 {
+        self.0 = self.0.checked_add(1).unwrap_or(1);
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(serial: u32) -> Message {
+        let mut m = Message::new_method_call(
+            "org.example",
+            "/org/example",
+            "org.example.Iface",
+            "Hello",
+        )
+        .unwrap()
+        .append2("world", 42u32);
+        m.set_serial(serial);
+        m
+    }
+
+    // [utest->req~link.framing~1]
+    #[test]
+    fn roundtrip_in_arbitrary_chunks() {
+        let mut bytes = Vec::new();
+        for s in 1..=3 {
+            bytes.extend(encode_message(&sample(s), 1024).unwrap());
+        }
+        for chunk in [1, 3, 7, bytes.len()] {
+            let mut d = FrameDecoder::new(1024);
+            let mut got = Vec::new();
+            for c in bytes.chunks(chunk) {
+                d.push(c).unwrap();
+                while let Some(m) = d.next_message().unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got.len(), 3);
+            assert_eq!(got[2].get_serial(), Some(3));
+            assert_eq!(got[0].read2::<&str, u32>().unwrap(), ("world", 42));
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    // [utest->req~link.max-frame~1]
+    #[test]
+    fn refuses_oversized_and_empty_frames_from_the_header() {
+        let mut d = FrameDecoder::new(100);
+        assert_eq!(
+            d.push(&1000u32.to_be_bytes()),
+            Err(FrameError::TooLarge { len: 1000, max: 100 })
+        );
+        let mut d = FrameDecoder::new(100);
+        assert_eq!(d.push(&0u32.to_be_bytes()), Err(FrameError::Empty));
+        assert!(matches!(
+            encode_message(&sample(1), 10),
+            Err(FrameError::OutgoingTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_garbage_and_truncated_messages() {
+        let mut d = FrameDecoder::new(1024);
+        d.push(&20u32.to_be_bytes()).unwrap();
+        d.push(&[0xAB; 20]).unwrap();
+        assert!(matches!(d.next_message(), Err(FrameError::BadMessage(_))));
+
+        let good = encode_message(&sample(1), 1024).unwrap();
+        // A frame whose length claims less than the message: the message is cut short.
+        let mut cut = ((good.len() - 8) as u32).to_be_bytes().to_vec();
+        cut.extend_from_slice(&good[4..good.len() - 4]);
+        let mut d = FrameDecoder::new(1024);
+        d.push(&cut).unwrap();
+        assert!(d.next_message().is_err());
+
+        // Trailing bytes after a message inside one frame.
+        let mut long = ((good.len() - 4 + 8) as u32).to_be_bytes().to_vec();
+        long.extend_from_slice(&good[4..]);
+        long.extend_from_slice(&[0u8; 8]);
+        let mut d = FrameDecoder::new(1024);
+        d.push(&long).unwrap();
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::LengthMismatch { .. }) | Err(FrameError::BadMessage(_))
+        ));
+    }
+
+    #[test]
+    fn incomplete_frame_waits() {
+        let good = encode_message(&sample(1), 1024).unwrap();
+        let mut d = FrameDecoder::new(1024);
+        d.push(&good[..good.len() - 1]).unwrap();
+        assert!(d.next_message().unwrap().is_none());
+        d.push(&good[good.len() - 1..]).unwrap();
+        assert!(d.next_message().unwrap().is_some());
+    }
+
+    #[test]
+    fn serials_are_never_zero() {
+        let mut c = SerialCounter(u32::MAX - 1);
+        assert_eq!(c.next(), u32::MAX);
+        assert_eq!(c.next(), 1);
+    }
+}

@@ -1,0 +1,117 @@
+//! Node names: what is valid, and how a name becomes a D-Bus object path element.
+
+use crate::bounds::MAX_NODE_NAME_LEN;
+use std::fmt;
+
+/// Why a node name was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    TooLong(usize),
+    BadChar(char),
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty => write!(f, "node name is empty"),
+            NameError::TooLong(n) => {
+                write!(f, "node name is {n} bytes long, the limit is {MAX_NODE_NAME_LEN}")
+            }
+            NameError::BadChar(c) => write!(
+                f,
+                "node name contains {c:?}; allowed are letters, digits, '-', '_' and '.'"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// A node name is 1..=64 bytes of `[A-Za-z0-9._-]`: safe in logs, paths and tables.
+// [impl->req~common.node-name~1]
+pub fn validate_node_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NODE_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(c) => Err(NameError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+/// Escapes a string into one object path element as sd-bus `bus_path_escape` does:
+/// every byte outside `[A-Za-z0-9]`, and a leading digit, becomes `_xx`; "" becomes `_`.
+// [impl->req~common.path-escape~1]
+pub fn escape_path_element(s: &str) -> String {
+    if s.is_empty() {
+        return "_".to_string();
+    }
+    let mut out = String::with_capacity(s.len() * 3);
+    for (i, b) in s.bytes().enumerate() {
+        let plain = b.is_ascii_alphabetic() || (b.is_ascii_digit() && i > 0);
+        if plain {
+            out.push(char::from(b));
+        } else {
+            out.push('_');
+            out.push_str(&format!("{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Reverses `escape_path_element`; `None` when the element is not a valid escape.
+pub fn unescape_path_element(s: &str) -> Option<String> {
+    if s == "_" {
+        return Some(String::new());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'_' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // [utest->req~common.path-escape~1]
+    #[test]
+    fn escapes_like_sd_bus() {
+        assert_eq!(escape_path_element("qm-node1"), "qm_2dnode1");
+        assert_eq!(escape_path_element(""), "_");
+        assert_eq!(escape_path_element("1abc"), "_31abc");
+        assert_eq!(escape_path_element("a.b_c"), "a_2eb_5fc");
+        for s in ["qm-node1", "", "1abc", "a.b_c", "x\u{e9}"] {
+            assert_eq!(unescape_path_element(&escape_path_element(s)).as_deref(), Some(s));
+        }
+        assert_eq!(unescape_path_element("_zz"), None);
+    }
+
+    // [utest->req~common.node-name~1]
+    #[test]
+    fn validates_node_names() {
+        assert!(validate_node_name("agent-1.lab_x").is_ok());
+        assert_eq!(validate_node_name(""), Err(NameError::Empty));
+        assert_eq!(validate_node_name(&"a".repeat(65)), Err(NameError::TooLong(65)));
+        assert_eq!(validate_node_name("a b"), Err(NameError::BadChar(' ')));
+        assert_eq!(validate_node_name("a/b"), Err(NameError::BadChar('/')));
+        assert!(validate_node_name("\u{e9}").is_err());
+    }
+}

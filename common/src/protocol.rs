@@ -1,0 +1,61 @@
+//! Names of the public D-Bus API and of the internal manager<->agent protocol.
+
+/// Well-known name of the manager on the system bus.
+pub const MANAGER_BUS_NAME: &str = "org.containers.hirte";
+pub const MANAGER_PATH: &str = "/org/containers/hirte";
+pub const MANAGER_IFACE: &str = "org.containers.hirte.Manager";
+pub const NODE_IFACE: &str = "org.containers.hirte.Node";
+pub const JOB_IFACE: &str = "org.containers.hirte.Job";
+pub const MONITOR_IFACE: &str = "org.containers.hirte.Monitor";
+pub const NODE_PATH_PREFIX: &str = "/org/containers/hirte/node";
+pub const JOB_PATH_PREFIX: &str = "/org/containers/hirte/job";
+pub const MONITOR_PATH_PREFIX: &str = "/org/containers/hirte/monitor";
+
+/// Well-known name of the agent on its node's local bus.
+pub const AGENT_BUS_NAME: &str = "org.containers.hirte.Agent";
+pub const AGENT_IFACE: &str = "org.containers.hirte.Agent";
+
+/// Internal link: the agent calls the manager here (only `Register`).
+pub const INTERNAL_MANAGER_IFACE: &str = "org.containers.hirte.internal.Manager";
+pub const INTERNAL_MANAGER_PATH: &str = "/org/containers/hirte/internal";
+/// Internal link: the manager calls the agent here; the agent's signals come from here too.
+pub const INTERNAL_AGENT_IFACE: &str = "org.containers.hirte.internal.Agent";
+pub const INTERNAL_AGENT_PATH: &str = "/org/containers/hirte/internal/agent";
+/// Neither side of the link is a bus: messages carry this as destination for libdbus' sake.
+pub const LINK_PEER: &str = "org.containers.hirte.Link";
+
+/// Public error names (`org.containers.hirte.Error.<Name>`).
+pub mod error {
+    pub const OFFLINE: &str = "org.containers.hirte.Error.Offline";
+    pub const NODE_NOT_FOUND: &str = "org.containers.hirte.Error.NodeNotFound";
+    pub const NOT_ALLOWED: &str = "org.containers.hirte.Error.NotAllowed";
+    pub const BUSY: &str = "org.containers.hirte.Error.Busy";
+    pub const TIMEOUT: &str = "org.containers.hirte.Error.Timeout";
+    pub const INVALID_ARGS: &str = "org.containers.hirte.Error.InvalidArgs";
+    pub const NO_SUCH_SUBSCRIPTION: &str = "org.containers.hirte.Error.NoSuchSubscription";
+    pub const ACTIVATION_FAILED: &str = "org.containers.hirte.Error.ActivationFailed";
+    /// Register refused: a node of that name is already online.
+    pub const ADDRESS_IN_USE: &str = "org.containers.hirte.Error.AddressInUse";
+    /// The link peer broke the protocol (e.g. a second Register).
+    pub const PROTOCOL: &str = "org.containers.hirte.Error.Protocol";
+}
+
+/// Node status values.
+pub const NODE_ONLINE: &str = "online";
+pub const NODE_OFFLINE: &str = "offline";
+
+/// Job result a job gets when its node goes away before systemd answered.
+pub const JOB_RESULT_CANCELLED: &str = "cancelled";
+
+/// The D-Bus signature of a message's arguments (e.g. `"ss"`, `""` for none).
+pub fn signature_of(msg: &dbus::Message) -> String {
+    let mut it = msg.iter_init();
+    let mut sig = String::new();
+    while it.arg_type() != dbus::arg::ArgType::Invalid {
+        sig.push_str(&it.signature());
+        if !it.next() {
+            break;
+        }
+    }
+    sig
+}

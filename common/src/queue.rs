@@ -1,0 +1,188 @@
+//! A fixed-capacity queue between threads, with an eventfd that a `poll()` loop can wait on.
+//!
+//! Capacity is allocated once; a full queue is reported to the producer (`Full`), never grown.
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Why an item could not be queued; the item is handed back.
+pub enum PushError<T> {
+    /// The queue held `capacity` items for the whole wait.
+    Full(T),
+    /// The consumer closed the queue.
+    Closed(T),
+}
+
+impl<T> fmt::Debug for PushError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PushError::Full(_) => write!(f, "Full"),
+            PushError::Closed(_) => write!(f, "Closed"),
+        }
+    }
+}
+
+impl<T> fmt::Display for PushError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PushError::Full(_) => write!(f, "queue full"),
+            PushError::Closed(_) => write!(f, "queue closed"),
+        }
+    }
+}
+
+struct Inner<T> {
+    items: VecDeque<T>,
+    closed: bool,
+}
+
+/// Bounded multi-producer queue whose consumer waits with `poll()` on [`BoundedQueue::wake_fd`].
+// [impl->req~bounds.queues~1]
+pub struct BoundedQueue<T> {
+    inner: Mutex<Inner<T>>,
+    not_full: Condvar,
+    capacity: usize,
+    wake: EventFd,
+}
+
+impl<T> BoundedQueue<T> {
+    pub fn new(capacity: usize) -> nix::Result<Self> {
+        Ok(BoundedQueue {
+            inner: Mutex::new(Inner {
+                items: VecDeque::with_capacity(capacity),
+                closed: false,
+            }),
+            not_full: Condvar::new(),
+            capacity,
+            wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
+        })
+    }
+
+    // A producer that panicked mid-push cannot leave the deque inconsistent (push_back is
+    // atomic from our point of view), so a poisoned lock is safe to keep using.
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues an item, or reports `Full` at once.
+    pub fn try_push(&self, item: T) -> Result<(), PushError<T>> {
+        self.push_timeout(item, Duration::ZERO)
+    }
+
+    /// Queues an item, waiting at most `timeout` for room.
+    pub fn push_timeout(&self, item: T, timeout: Duration) -> Result<(), PushError<T>> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            if inner.closed {
+                return Err(PushError::Closed(item));
+            }
+            if inner.items.len() < self.capacity {
+                inner.items.push_back(item);
+                drop(inner);
+                // A failed eventfd write can only mean the counter is saturated: already woken.
+                let _ = self.wake.write(1);
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(PushError::Full(item));
+            }
+            inner = self
+                .not_full
+                .wait_timeout(inner, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Takes the oldest item, if any.
+    pub fn try_pop(&self) -> Option<T> {
+        let item = self.lock().items.pop_front();
+        if item.is_some() {
+            self.not_full.notify_one();
+        }
+        item
+    }
+
+    /// Clears the wake-up counter; call after `poll()` reported the fd readable, before draining.
+    pub fn clear_wake(&self) {
+        let _ = self.wake.read();
+    }
+
+    /// The fd that becomes readable when items are pushed.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Refuses further pushes (the consumer is gone) and wakes waiting producers.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.not_full.notify_all();
+        let _ = self.wake.write(1);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    // [utest->req~bounds.queues~1]
+    #[test]
+    fn full_queue_is_reported_not_grown() {
+        let q = BoundedQueue::new(2).unwrap();
+        q.try_push(1).unwrap();
+        q.try_push(2).unwrap();
+        assert!(matches!(q.try_push(3), Err(PushError::Full(3))));
+        assert!(matches!(
+            q.push_timeout(4, Duration::from_millis(20)),
+            Err(PushError::Full(4))
+        ));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.try_pop(), Some(1));
+        q.try_push(5).unwrap();
+        assert_eq!(q.try_pop(), Some(2));
+        assert_eq!(q.try_pop(), Some(5));
+        assert_eq!(q.try_pop(), None);
+    }
+
+    #[test]
+    fn waiting_producer_gets_room() {
+        let q = Arc::new(BoundedQueue::new(1).unwrap());
+        q.try_push(1).unwrap();
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || q2.push_timeout(2, Duration::from_secs(5)).is_ok());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(q.try_pop(), Some(1));
+        assert!(t.join().unwrap());
+        assert_eq!(q.try_pop(), Some(2));
+    }
+
+    #[test]
+    fn closed_queue_refuses() {
+        let q = BoundedQueue::new(1).unwrap();
+        q.close();
+        assert!(matches!(q.try_push(1), Err(PushError::Closed(1))));
+    }
+}
