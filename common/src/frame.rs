@@ -166,7 +166,7 @@ pub fn encode_message(msg: &Message, max_frame: usize) -> Result<Vec<u8>, FrameE
 pub struct SerialCounter(u32);
 
 impl SerialCounter {
-    pub fn next(&mut self) -> u32 {
+    pub fn next_serial(&mut self) -> u32 {
         self.0 = self.0.checked_add(1).unwrap_or(1);
         self.0
     }
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn serials_are_never_zero() {
         let mut c = SerialCounter(u32::MAX - 1);
-        assert_eq!(c.next(), u32::MAX);
-        assert_eq!(c.next(), 1);
+        assert_eq!(c.next_serial(), u32::MAX);
+        assert_eq!(c.next_serial(), 1);
     }
 }
