@@ -12,5 +12,6 @@ pub mod handshake;
 pub mod log;
 pub mod names;
 pub mod protocol;
+pub mod sys;
 pub mod queue;
 pub mod timespan;

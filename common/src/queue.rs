@@ -126,6 +126,11 @@ impl<T> BoundedQueue<T> {
         let _ = self.wake.read();
     }
 
+    /// Wakes the consumer without queueing anything (e.g. to make it look at a flag).
+    pub fn wake_only(&self) {
+        let _ = self.wake.write(1);
+    }
+
     /// The fd that becomes readable when items are pushed.
     pub fn wake_fd(&self) -> BorrowedFd<'_> {
         self.wake.as_fd()

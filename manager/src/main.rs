@@ -1,1 +1,133 @@
-fn main(){}
+//! `hirte`: the Hirte-rs manager.
+//!
+//! Threads: the core (D-Bus API and all state), the listener, and one per agent connection.
+
+mod api;
+mod core;
+mod events;
+mod link;
+mod listener;
+mod state;
+
+use clap::Parser;
+use dbus::blocking::Connection;
+use dbus_crossroads::Crossroads;
+use hirte_common::bounds::CORE_QUEUE_DEPTH;
+use hirte_common::config::{cli_entry, config_dir, ManagerConfig};
+use hirte_common::queue::BoundedQueue;
+use hirte_common::{log, log_error, log_info, protocol};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+#[derive(Parser)]
+#[command(name = "hirte", version, about = "Hirte-rs manager: controls systemd on many nodes")]
+struct Cli {
+    /// Extra configuration file, read after /etc/hirte/hirte.conf and its drop-ins
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// TCP port for agents (overrides ManagerPort)
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    port: Option<String>,
+}
+
+fn load_config(cli: &Cli) -> Result<ManagerConfig, String> {
+    let mut cfg =
+        ManagerConfig::load(&config_dir(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(p) = &cli.port {
+        cfg.apply(&cli_entry("ManagerPort", p))
+            .map_err(|e| e.to_string())?;
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let cfg = load_config(&cli)?;
+    log::init("hirte", cfg.log.level, cfg.log.target, cfg.log.is_quiet);
+    log_info!(
+        "Starting hirte {} (port {}, {} allowed nodes)",
+        env!("CARGO_PKG_VERSION"),
+        cfg.port,
+        cfg.allowed_node_names.len()
+    );
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+
+    let conn = Connection::new_system().map_err(|e| {
+        format!(
+            "cannot connect to the system bus: {}",
+            e.message().unwrap_or("unknown error")
+        )
+    })?;
+    let owned = conn
+        .request_name(protocol::MANAGER_BUS_NAME, false, false, true)
+        .map_err(|e| {
+            format!(
+                "cannot own {} on the system bus: {} (is the D-Bus policy installed?)",
+                protocol::MANAGER_BUS_NAME,
+                e.message().unwrap_or("unknown error")
+            )
+        })?;
+    if owned != dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner {
+        return Err(format!(
+            "{} is already owned: is another manager running?",
+            protocol::MANAGER_BUS_NAME
+        ));
+    }
+
+    let addr = cfg.address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let tcp = TcpListener::bind((addr, cfg.port))
+        .map_err(|e| format!("cannot listen on {addr}:{}: {e}", cfg.port))?;
+    log_info!("Listening on {addr}:{}", cfg.port);
+
+    let events = Arc::new(
+        BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| format!("cannot create queue: {e}"))?,
+    );
+    let model = Arc::new(Mutex::new(state::Manager::new(cfg)));
+    let mut cr = Crossroads::new();
+    let tokens = api::export(&mut cr, &model);
+
+    let listener = listener::Listener {
+        listener: tcp,
+        events: events.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let listener_thread = std::thread::Builder::new()
+        .name("listener".into())
+        .spawn(move || listener.run())
+        .map_err(|e| format!("cannot start listener thread: {e}"))?;
+
+    let mut core = core::Core {
+        conn,
+        cr,
+        tokens,
+        model,
+        events: events.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let result = core.run().map_err(|e| e.to_string());
+    shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+    events.close();
+    let _ = listener_thread.join();
+    log_info!("Stopped");
+    result
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log_error!("{e}");
+            eprintln!("hirte: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The core thread: the only owner of the model and of the system-bus connection.
+//!
+//! It waits in one `poll()` on the bus socket and the event queue's eventfd, so it reacts to
+//! either at once and never spins; timers (heartbeats, call deadlines) are checked on every
+//! wake-up and at least every `CORE_TICK`.
+
+use crate::api::{job_object_path, Tokens};
+use crate::events::LinkEvent;
+use crate::state::{lock, ObjectOp, Shared};
+use dbus::blocking::Connection;
+use dbus_crossroads::Crossroads;
+use hirte_common::bounds::CORE_TICK;
+use hirte_common::queue::BoundedQueue;
+use hirte_common::sys::bus_fd;
+use hirte_common::{log_error, log_info};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub enum CoreError {
+    Bus(String),
+    Poll(nix::errno::Errno),
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreError::Bus(e) => write!(f, "lost the system bus: {e}"),
+            CoreError::Poll(e) => write!(f, "poll failed: {e}"),
+        }
+    }
+}
+
+pub struct Core {
+    pub conn: Connection,
+    pub cr: Crossroads,
+    pub tokens: Tokens,
+    pub model: Shared,
+    pub events: Arc<BoundedQueue<LinkEvent>>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl Core {
+    pub fn run(&mut self) -> Result<(), CoreError> {
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                log_info!("Shutting down");
+                self.guarded("shutdown", |core| lock(&core.model).shutdown());
+                self.apply_effects();
+                let _ = self.conn.channel().flush();
+                return Ok(());
+            }
+            let timeout = lock(&self.model)
+                .next_deadline(Instant::now())
+                .map_or(CORE_TICK, |d| d.min(CORE_TICK));
+            self.wait(timeout)?;
+            self.conn
+                .channel()
+                .read_write(Some(Duration::ZERO))
+                .map_err(|()| CoreError::Bus("connection closed".to_string()))?;
+            while let Some(msg) = self.conn.channel().pop_message() {
+                self.guarded("a D-Bus call", |core| {
+                    if msg.msg_type() == dbus::message::MessageType::MethodCall {
+                        let _ = core.cr.handle_message(msg, &core.conn);
+                    }
+                });
+                self.apply_effects();
+            }
+            self.events.clear_wake();
+            while let Some(ev) = self.events.try_pop() {
+                self.guarded("an agent message", |core| {
+                    let mut m = lock(&core.model);
+                    match ev {
+                        LinkEvent::Register { handle, name, call } => {
+                            m.on_register(handle, &name, &call)
+                        }
+                        LinkEvent::Frame { link, msg } => m.on_frame(link, msg),
+                        LinkEvent::Closed { link, reason } => m.on_link_closed(link, &reason),
+                    }
+                });
+                self.apply_effects();
+            }
+            self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
+            self.apply_effects();
+            let _ = self.conn.channel().flush();
+        }
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<(), CoreError> {
+        let mut fds = [
+            PollFd::new(bus_fd(&self.conn), PollFlags::POLLIN),
+            PollFd::new(self.events.wake_fd(), PollFlags::POLLIN),
+        ];
+        let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(CoreError::Poll(e)),
+        }
+    }
+
+    /// Runs one step; a panic in it is logged and the manager goes on with the next message.
+    fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Core)) {
+        if catch_unwind(AssertUnwindSafe(|| f(self))).is_err() {
+            log_error!("Internal error while handling {what}; the manager continues");
+        }
+    }
+
+    /// Applies object-tree changes, then sends queued bus messages, in that order, so a job
+    /// object exists before its `JobNew` and the reply naming it.
+    fn apply_effects(&mut self) {
+        let (ops, outbox) = {
+            let mut m = lock(&self.model);
+            (
+                std::mem::take(&mut m.object_ops),
+                std::mem::take(&mut m.outbox),
+            )
+        };
+        for op in ops {
+            match op {
+                ObjectOp::AddJob(id) => {
+                    if let Some(p) = job_object_path(id) {
+                        self.cr.insert(p, &[self.tokens.job], id);
+                    }
+                }
+                ObjectOp::RemoveJob(id) => {
+                    if let Some(p) = job_object_path(id) {
+                        let _ = self.cr.remove::<u32>(&p);
+                    }
+                }
+            }
+        }
+        for msg in outbox {
+            let _ = self.conn.channel().send(msg);
+        }
+    }
+}
