@@ -1,1 +1,125 @@
-fn main(){}
+//! `hirte-agent`: runs on every node, connects to the manager and drives the node's systemd.
+//!
+//! Threads: the core (systemd bus, executes calls) and the link (manager connection).
+
+mod core;
+mod link;
+mod systemd;
+
+use clap::Parser;
+use dbus::channel::BusType;
+use hirte_common::sys::open_bus;
+use hirte_common::bounds::{CORE_QUEUE_DEPTH, LINK_OUTBOUND_DEPTH};
+use hirte_common::config::{cli_entry, config_dir, AgentConfig};
+use hirte_common::frame::SerialCounter;
+use hirte_common::queue::BoundedQueue;
+use hirte_common::{log, log_error, log_info};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "hirte-agent", version, about = "Hirte-rs agent: runs one node's systemd for the manager")]
+struct Cli {
+    /// Extra configuration file, read after /etc/hirte/agent.conf and its drop-ins
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node name (overrides NodeName)
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    name: Option<String>,
+    /// Manager host name or address (overrides ManagerHost)
+    #[arg(short = 'H', long = "host", value_name = "HOST")]
+    host: Option<String>,
+    /// Manager port (overrides ManagerPort)
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    port: Option<String>,
+    /// Drive the calling user's systemd (session bus) instead of the system manager
+    #[arg(long = "user")]
+    user: bool,
+}
+
+fn load_config(cli: &Cli) -> Result<AgentConfig, String> {
+    let mut cfg =
+        AgentConfig::load(&config_dir(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+    let overrides = [
+        ("NodeName", &cli.name),
+        ("ManagerHost", &cli.host),
+        ("ManagerPort", &cli.port),
+    ];
+    for (key, value) in overrides {
+        if let Some(v) = value {
+            cfg.apply(&cli_entry(key, v)).map_err(|e| e.to_string())?;
+        }
+    }
+    if cfg.node_name.is_empty() {
+        // As BlueChi does: the host name is the default node name.
+        let host = nix::unistd::gethostname()
+            .map_err(|e| format!("NodeName is not set and the host name is unknown: {e}"))?;
+        cfg.apply(&cli_entry("NodeName", &host.to_string_lossy()))
+            .map_err(|e| format!("NodeName is not set and the host name is not usable: {e}"))?;
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let cfg = load_config(&cli)?;
+    log::init("hirte-agent", cfg.log.level, cfg.log.target, cfg.log.is_quiet);
+    log_info!(
+        "Starting hirte-agent {} as node '{}', manager {}:{}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.node_name,
+        cfg.manager_host,
+        cfg.manager_port
+    );
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+    let (sd, which) = if cli.user {
+        (open_bus(BusType::Session), "session")
+    } else {
+        (open_bus(BusType::System), "system")
+    };
+    let sd = sd.map_err(|e| {
+        format!(
+            "cannot connect to the {which} bus for systemd: {}",
+            e.message().unwrap_or("unknown error")
+        )
+    })?;
+    core::subscribe(&sd)?;
+
+    let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| e.to_string())?);
+    let outbound = Arc::new(BoundedQueue::new(LINK_OUTBOUND_DEPTH).map_err(|e| e.to_string())?);
+    let link = link::Link {
+        cfg: cfg.clone(),
+        outbound: outbound.clone(),
+        events: events.clone(),
+        shutdown: shutdown.clone(),
+        serials: SerialCounter::default(),
+    };
+    let link_thread = std::thread::Builder::new()
+        .name("link".into())
+        .spawn(move || link.run())
+        .map_err(|e| format!("cannot start link thread: {e}"))?;
+    let mut core = core::Core::new(sd, cfg.node_name.clone(), events.clone(), outbound, shutdown.clone());
+    let result = core.run();
+    shutdown.store(true, Ordering::Relaxed);
+    events.close();
+    let _ = link_thread.join();
+    result
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log_error!("{e}");
+            eprintln!("hirte-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

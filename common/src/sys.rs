@@ -3,9 +3,18 @@
 #![allow(unsafe_code)]
 
 use dbus::blocking::Connection;
+use dbus::channel::{BusType, Channel};
 use std::os::fd::BorrowedFd;
 
+/// Connects to a bus with fd watching enabled, as [`bus_fd`] requires.
+pub fn open_bus(bus: BusType) -> Result<Connection, dbus::Error> {
+    let mut channel = Channel::get_private(bus)?;
+    channel.set_watch_enabled(true);
+    Ok(Connection::from(channel))
+}
+
 /// The fd of the connection's socket, borrowed for no longer than the connection itself.
+/// The connection must come from [`open_bus`].
 pub fn bus_fd(conn: &Connection) -> BorrowedFd<'_> {
     let raw = conn.channel().watch().fd;
     // SAFETY: `raw` is the socket libdbus opened for `conn` and closes only when `conn` is

@@ -10,7 +10,6 @@ mod listener;
 mod state;
 
 use clap::Parser;
-use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_QUEUE_DEPTH;
 use hirte_common::config::{cli_entry, config_dir, ManagerConfig};
@@ -60,7 +59,7 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
 
-    let conn = Connection::new_system().map_err(|e| {
+    let conn = hirte_common::sys::open_bus(dbus::channel::BusType::System).map_err(|e| {
         format!(
             "cannot connect to the system bus: {}",
             e.message().unwrap_or("unknown error")

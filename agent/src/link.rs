@@ -1,0 +1,303 @@
+//! The agent's one connection to the manager: connect, Register, heartbeat, relay frames.
+//!
+//! Runs in its own thread so a slow systemd call in the core never delays heartbeats, and a
+//! dead manager is noticed (no heartbeat echo for `ManagerHeartbeatThreshold`) without help
+//! from the core.
+
+use hirte_common::bounds::{
+    CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, LINK_WRITE_TIMEOUT, MAX_FRAME_SIZE, READ_CHUNK,
+};
+use hirte_common::config::AgentConfig;
+use hirte_common::frame::{encode_message, FrameDecoder, SerialCounter};
+use hirte_common::handshake::register_call;
+use hirte_common::protocol;
+use hirte_common::queue::{BoundedQueue, PushError};
+use hirte_common::{log_debug, log_error, log_info, log_warn};
+use dbus::message::MessageType;
+use dbus::Message;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// From the link thread to the core.
+pub enum FromLink {
+    Connected,
+    Frame(Message),
+    Disconnected,
+}
+
+/// How long the link waits for room in the core's queue before it drops the connection.
+const CORE_PUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+enum LinkError {
+    Resolve(String),
+    Connect(String),
+    Io(std::io::Error),
+    Protocol(String),
+    Refused(String),
+    ManagerSilent(Duration),
+    CoreStuck,
+    Shutdown,
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Resolve(e) => write!(f, "cannot resolve manager host: {e}"),
+            LinkError::Connect(e) => write!(f, "cannot connect: {e}"),
+            LinkError::Io(e) => write!(f, "I/O error: {e}"),
+            LinkError::Protocol(e) => write!(f, "protocol error: {e}"),
+            LinkError::Refused(e) => write!(f, "manager refused registration: {e}"),
+            LinkError::ManagerSilent(d) => write!(
+                f,
+                "no message from the manager for {}",
+                hirte_common::timespan::format_timespan(*d)
+            ),
+            LinkError::CoreStuck => write!(f, "agent core not accepting messages"),
+            LinkError::Shutdown => write!(f, "shutting down"),
+        }
+    }
+}
+
+pub struct Link {
+    pub cfg: AgentConfig,
+    pub outbound: Arc<BoundedQueue<Message>>,
+    pub events: Arc<BoundedQueue<FromLink>>,
+    pub shutdown: Arc<AtomicBool>,
+    pub serials: SerialCounter,
+}
+
+impl Link {
+    // [impl->req~agent.reconnect~1]
+    pub fn run(mut self) {
+        let mut last_error = String::new();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            match self.connect() {
+                Ok(stream) => {
+                    last_error.clear();
+                    let end = self.session(&stream);
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    let _ = self.events.push_timeout(FromLink::Disconnected, CORE_PUSH_TIMEOUT);
+                    if let Err(LinkError::Shutdown) = end {
+                        return;
+                    }
+                    let reason = end.err().map(|e| e.to_string()).unwrap_or_default();
+                    log_warn!("Lost the manager connection: {reason}; reconnecting");
+                    // Try at once (a restarted manager may already be back), then every interval.
+                    continue;
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text != last_error {
+                        match e {
+                            LinkError::Refused(_) => log_error!("{text}"),
+                            _ => log_warn!(
+                                "Cannot reach manager at {}:{}: {text}; retrying every {}",
+                                self.cfg.manager_host,
+                                self.cfg.manager_port,
+                                hirte_common::timespan::format_timespan(
+                                    self.cfg.reconnect_interval
+                                )
+                            ),
+                        }
+                        last_error = text;
+                    } else {
+                        log_debug!("Still cannot reach the manager: {text}");
+                    }
+                }
+            }
+            self.sleep(self.cfg.reconnect_interval);
+        }
+    }
+
+    fn sleep(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.shutdown.load(Ordering::Relaxed) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(CORE_TICK));
+        }
+    }
+
+    /// Resolves the host anew on each attempt (its address may have moved), connects, registers.
+    fn connect(&mut self) -> Result<TcpStream, LinkError> {
+        let addrs: Vec<SocketAddr> = (self.cfg.manager_host.as_str(), self.cfg.manager_port)
+            .to_socket_addrs()
+            .map_err(|e| LinkError::Resolve(e.to_string()))?
+            .collect();
+        let mut last = LinkError::Resolve("no addresses".to_string());
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    stream.set_nodelay(true).map_err(LinkError::Io)?;
+                    stream
+                        .set_write_timeout(Some(LINK_WRITE_TIMEOUT))
+                        .map_err(LinkError::Io)?;
+                    self.register(&stream)?;
+                    return Ok(stream);
+                }
+                Err(e) => last = LinkError::Connect(format!("{addr}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    fn send(&mut self, stream: &TcpStream, mut msg: Message) -> Result<(), LinkError> {
+        msg.set_serial(self.serials.next_serial());
+        let bytes =
+            encode_message(&msg, MAX_FRAME_SIZE).map_err(|e| LinkError::Protocol(e.to_string()))?;
+        let mut s = stream;
+        s.write_all(&bytes).map_err(LinkError::Io)
+    }
+
+    // [impl->req~agent.register~1]
+    fn register(&mut self, stream: &TcpStream) -> Result<(), LinkError> {
+        // Frames queued for an earlier connection belong to calls the manager has given up.
+        while self.outbound.try_pop().is_some() {}
+        let call = register_call(&self.cfg.node_name)
+            .ok_or_else(|| LinkError::Protocol("cannot build Register".to_string()))?;
+        self.send(stream, call)?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(LinkError::Io)?;
+        let mut decoder = FrameDecoder::new(MAX_FRAME_SIZE);
+        let mut buf = vec![0u8; READ_CHUNK];
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut s = stream;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(LinkError::Protocol("no answer to Register".to_string()));
+            }
+            let n = s.read(&mut buf).map_err(LinkError::Io)?;
+            if n == 0 {
+                return Err(LinkError::Protocol("manager closed the connection".to_string()));
+            }
+            decoder
+                .push(buf.get(..n).unwrap_or_default())
+                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            if let Some(mut reply) = decoder
+                .next_message()
+                .map_err(|e| LinkError::Protocol(e.to_string()))?
+            {
+                stream.set_read_timeout(None).map_err(LinkError::Io)?;
+                if let Err(e) = reply.as_result() {
+                    return Err(LinkError::Refused(
+                        e.message().unwrap_or("no reason given").to_string(),
+                    ));
+                }
+                if decoder.buffered() > 0 {
+                    return Err(LinkError::Protocol(
+                        "manager sent data before accepting".to_string(),
+                    ));
+                }
+                log_info!(
+                    "Connected to manager at {}:{} as node '{}'",
+                    self.cfg.manager_host,
+                    self.cfg.manager_port,
+                    self.cfg.node_name
+                );
+                return Ok(());
+            }
+        }
+    }
+
+    fn heartbeat() -> Option<Message> {
+        Message::new_signal(
+            protocol::INTERNAL_AGENT_PATH,
+            protocol::INTERNAL_AGENT_IFACE,
+            "Heartbeat",
+        )
+        .ok()
+    }
+
+    // [impl->req~link.heartbeat~1]
+    fn session(&mut self, stream: &TcpStream) -> Result<(), LinkError> {
+        match self.events.push_timeout(FromLink::Connected, CORE_PUSH_TIMEOUT) {
+            Ok(()) => {}
+            Err(PushError::Closed(_)) => return Err(LinkError::Shutdown),
+            Err(PushError::Full(_)) => return Err(LinkError::CoreStuck),
+        }
+        let interval = self.cfg.heartbeat_interval;
+        let silence = self.cfg.effective_manager_timeout();
+        let mut decoder = FrameDecoder::new(MAX_FRAME_SIZE);
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut last_rx = Instant::now();
+        let mut next_beat = Instant::now();
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return Err(LinkError::Shutdown);
+            }
+            let now = Instant::now();
+            if now >= next_beat {
+                if let Some(hb) = Self::heartbeat() {
+                    self.send(stream, hb)?;
+                }
+                next_beat = now + interval;
+            }
+            if now.saturating_duration_since(last_rx) > silence {
+                return Err(LinkError::ManagerSilent(silence));
+            }
+            let wait = next_beat
+                .saturating_duration_since(now)
+                .min(CORE_TICK)
+                .max(Duration::from_millis(1));
+            let (sock_ready, wake_ready) = {
+                let mut fds = [
+                    PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.outbound.wake_fd(), PollFlags::POLLIN),
+                ];
+                let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(LinkError::Io(e.into())),
+                }
+                let ready = |f: &PollFd| {
+                    f.revents().is_some_and(|r| {
+                        r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                    })
+                };
+                (fds.first().is_some_and(ready), fds.get(1).is_some_and(ready))
+            };
+            if wake_ready {
+                self.outbound.clear_wake();
+            }
+            while let Some(msg) = self.outbound.try_pop() {
+                self.send(stream, msg)?;
+            }
+            if !sock_ready {
+                continue;
+            }
+            let mut s = stream;
+            let n = s.read(&mut buf).map_err(LinkError::Io)?;
+            if n == 0 {
+                return Err(LinkError::Protocol("manager closed the connection".to_string()));
+            }
+            decoder
+                .push(buf.get(..n).unwrap_or_default())
+                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            while let Some(msg) = decoder
+                .next_message()
+                .map_err(|e| LinkError::Protocol(e.to_string()))?
+            {
+                last_rx = Instant::now();
+                let is_heartbeat = msg.msg_type() == MessageType::Signal
+                    && msg.member().is_some_and(|m| &*m == "Heartbeat");
+                if is_heartbeat {
+                    continue;
+                }
+                match self.events.push_timeout(FromLink::Frame(msg), CORE_PUSH_TIMEOUT) {
+                    Ok(()) => {}
+                    Err(PushError::Closed(_)) => return Err(LinkError::Shutdown),
+                    Err(PushError::Full(_)) => return Err(LinkError::CoreStuck),
+                }
+            }
+        }
+    }
+}

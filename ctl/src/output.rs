@@ -1,0 +1,86 @@
+//! Plain-text tables, shaped so that the guide's `awk`/`grep` scripts work on them.
+
+use std::time::{Duration, SystemTime};
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cols {
+                l.push_str(cell);
+            } else {
+                let w = widths.get(i).copied().unwrap_or(0);
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `now`, `2s ago`, `5min ago`, `3h ago`, `2d ago`, or `never`: one or two words, so
+/// `awk '{print $3, $4}'` prints all of it.
+// [impl->req~ctl.list-nodes~1]
+pub fn last_seen(realtime_us: u64, now: SystemTime) -> String {
+    if realtime_us == 0 {
+        return "never".to_string();
+    }
+    let seen = SystemTime::UNIX_EPOCH + Duration::from_micros(realtime_us);
+    let age = now.duration_since(seen).unwrap_or_default().as_secs();
+    match age {
+        0 => "now".to_string(),
+        1..=59 => format!("{age}s ago"),
+        60..=3599 => format!("{}min ago", age / 60),
+        3600..=86_399 => format!("{}h ago", age / 3600),
+        _ => format!("{}d ago", age / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // [utest->req~ctl.list-nodes~1]
+    #[test]
+    fn last_seen_is_awk_friendly() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let us = |s: u64| s * 1_000_000;
+        assert_eq!(last_seen(us(1_000_000), now), "now");
+        assert_eq!(last_seen(us(999_998), now), "2s ago");
+        assert_eq!(last_seen(us(1_000_000 - 300), now), "5min ago");
+        assert_eq!(last_seen(us(1_000_000 - 7200), now), "2h ago");
+        assert_eq!(last_seen(0, now), "never");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["NODE", "STATE", "LAST SEEN"],
+            &[
+                vec!["primary".into(), "online".into(), "now".into()],
+                vec!["agent".into(), "online".into(), "2s ago".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "NODE     STATE   LAST SEEN\nprimary  online  now\nagent    online  2s ago\n"
+        );
+        for line in t.lines().skip(1) {
+            assert_eq!(line.split_whitespace().count() >= 3, true);
+        }
+    }
+}
