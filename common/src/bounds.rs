@@ -57,3 +57,27 @@ pub const CONNECTION_THREAD_STACK: usize = 256 * 1024;
 
 /// Read chunk of a connection thread.
 pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Monitors across all D-Bus clients of the manager.
+pub const MAX_MONITORS: usize = 256;
+
+/// Monitors one D-Bus client (unique name) may own.
+pub const MAX_MONITORS_PER_OWNER: usize = 32;
+
+/// Subscriptions in one monitor.
+pub const MAX_SUBSCRIPTIONS_PER_MONITOR: usize = 256;
+
+/// Units named in one `SubscribeList`.
+pub const MAX_UNITS_PER_SUBSCRIPTION: usize = 256;
+
+/// Peers one monitor may forward to.
+pub const MAX_PEERS_PER_MONITOR: usize = 8;
+
+/// Units a wildcard subscription remembers (for virtual events when their node drops).
+pub const MAX_SEEN_UNITS_PER_SUBSCRIPTION: usize = 1024;
+
+/// Units one agent watches for the manager (`*` counts as one).
+pub const MAX_AGENT_SUBSCRIPTIONS: usize = 2048;
+
+/// Bytes of stdout, and of stderr, `Exec` returns; the rest is cut.
+pub const EXEC_MAX_OUTPUT: usize = 64 * 1024;

@@ -2,8 +2,9 @@
 //! interfaces. Handlers parse and type-check arguments (crossroads answers `InvalidArgs` on a
 //! wrong signature) and hand the work to the model in `state`.
 
-use crate::state::{job_path, lock, merr, Shared, UnitRow};
-use dbus::arg::{AppendAll, ArgAll, ReadAll};
+use crate::state::{job_path, lock, merr, FanOut, Shared, UnitRow};
+use dbus::arg::{AppendAll, ArgAll, ReadAll, RefArg, Variant};
+use std::time::Duration;
 use dbus::Path;
 use dbus_crossroads::{Crossroads, IfaceBuilder, IfaceToken};
 use hirte_common::log;
@@ -12,6 +13,7 @@ use std::collections::HashMap;
 
 pub struct Tokens {
     pub job: IfaceToken<u32>,
+    pub monitor: IfaceToken<u32>,
 }
 
 /// Registers the interfaces and exports the manager and node objects.
@@ -19,7 +21,10 @@ pub fn export(cr: &mut Crossroads, shared: &Shared) -> Tokens {
     let manager = register_manager(cr, shared.clone());
     let node = register_node(cr, shared.clone());
     let job = register_job(cr, shared.clone());
+    let monitor = register_monitor(cr, shared.clone());
+    let metrics = register_metrics(cr);
     cr.insert(protocol::MANAGER_PATH, &[manager], ());
+    cr.insert(crate::state::METRICS_PATH, &[metrics], ());
     let nodes: Vec<(String, usize)> = lock(shared)
         .nodes
         .iter()
@@ -29,7 +34,104 @@ pub fn export(cr: &mut Crossroads, shared: &Shared) -> Tokens {
     for (path, idx) in nodes {
         cr.insert(path, &[node], idx);
     }
-    Tokens { job }
+    Tokens { job, monitor }
+}
+
+fn register_metrics(cr: &mut Crossroads) -> IfaceToken<()> {
+    cr.register(crate::state::METRICS_IFACE, |b: &mut IfaceBuilder<()>| {
+        b.signal::<(String, String, String, u64, u64), _>(
+            "StartUnitJobMetrics",
+            ("node", "job_id", "unit", "job_measured_time_micros", "unit_start_prop_time_micros"),
+        );
+        b.signal::<(String, String, String, u64), _>(
+            "AgentJobMetrics",
+            ("node", "unit", "method", "systemd_job_time_micros"),
+        );
+    })
+}
+
+fn caller(ctx: &dbus_crossroads::Context) -> String {
+    ctx.message()
+        .sender()
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+fn monitor_err(e: crate::monitor::MonitorError) -> dbus_crossroads::MethodErr {
+    use crate::monitor::MonitorError as E;
+    let name = match e {
+        E::NoSuchSubscription(_) | E::NoSuchPeer(_) => error::NO_SUCH_SUBSCRIPTION,
+        E::NotOwner => error::NOT_ALLOWED,
+        E::EmptyName | E::NoSuchMonitor(_) => error::INVALID_ARGS,
+        _ => error::BUSY,
+    };
+    merr(name, e.to_string())
+}
+
+// [impl->req~api.monitor~1]
+fn register_monitor(cr: &mut Crossroads, st: Shared) -> IfaceToken<u32> {
+    cr.register(protocol::MONITOR_IFACE, move |b: &mut IfaceBuilder<u32>| {
+        let s = st.clone();
+        b.method("Close", (), (), move |ctx, id: &mut u32, ()| {
+            let mut m = lock(&s);
+            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
+            m.close_monitor(*id, "closed by its owner");
+            Ok(())
+        });
+        let s = st.clone();
+        b.method("Subscribe", ("node", "unit"), ("id",), move |ctx, id: &mut u32, (node, unit): (String, String)| {
+            let mut m = lock(&s);
+            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
+            let sub = m.monitors.subscribe(*id, &node, vec![unit]).map_err(monitor_err)?;
+            m.sync_all_subscriptions();
+            Ok((sub,))
+        });
+        let s = st.clone();
+        b.method("SubscribeList", ("node", "units"), ("id",), move |ctx, id: &mut u32, (node, units): (String, Vec<String>)| {
+            let mut m = lock(&s);
+            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
+            let sub = m.monitors.subscribe(*id, &node, units).map_err(monitor_err)?;
+            m.sync_all_subscriptions();
+            Ok((sub,))
+        });
+        let s = st.clone();
+        b.method("Unsubscribe", ("id",), (), move |ctx, id: &mut u32, (sub,): (u32,)| {
+            let mut m = lock(&s);
+            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
+            m.monitors.unsubscribe(*id, sub).map_err(monitor_err)?;
+            m.sync_all_subscriptions();
+            Ok(())
+        });
+        let s = st.clone();
+        b.method("AddPeer", ("bus_name",), ("id",), move |ctx, id: &mut u32, (name,): (String,)| {
+            let mut m = lock(&s);
+            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
+            if dbus::strings::BusName::new(name.clone()).is_err() {
+                return Err(merr(error::INVALID_ARGS, format!("'{name}' is not a bus name")));
+            }
+            let peer = m.monitors.add_peer(*id, &name).map_err(monitor_err)?;
+            Ok((peer,))
+        });
+        let s = st.clone();
+        b.method("RemovePeer", ("id", "reason"), (), move |ctx, id: &mut u32, (peer, reason): (u32, String)| {
+            let mut m = lock(&s);
+            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
+            let name = m.monitors.remove_peer(*id, peer).map_err(monitor_err)?;
+            m.notify_peer_removed(*id, &name, &reason);
+            Ok(())
+        });
+        b.signal::<(String, String, String, dbus::arg::PropMap), _>(
+            "UnitPropertiesChanged",
+            ("node", "unit", "interface", "props"),
+        );
+        b.signal::<(String, String, String, String, String), _>(
+            "UnitStateChanged",
+            ("node", "unit", "active_state", "sub_state", "reason"),
+        );
+        b.signal::<(String, String, String), _>("UnitNew", ("node", "unit", "reason"));
+        b.signal::<(String, String, String), _>("UnitRemoved", ("node", "unit", "reason"));
+        b.signal::<(String,), _>("PeerRemoved", ("reason",));
+    })
 }
 
 // [impl->req~api.manager~1]
@@ -69,8 +171,34 @@ fn register_manager(cr: &mut Crossroads, st: Shared) -> IfaceToken<()> {
             "ListUnits",
             (),
             ("units",),
-            move |ctx, _, ()| lock(&s).list_all_units(ctx),
+            move |ctx, _, ()| lock(&s).fan_out("ListUnits", FanOut::Units, Some(ctx)),
         );
+        let s = st.clone();
+        b.method("CreateMonitor", (), ("monitor",), move |ctx, _, ()| {
+            let mut m = lock(&s);
+            let owner = caller(ctx);
+            let id = m.monitors.create(&owner).map_err(monitor_err)?;
+            m.object_ops.push(crate::state::ObjectOp::AddMonitor(id));
+            let path = Path::new(crate::state::monitor_path(id))
+                .map_err(|e| merr(error::INVALID_ARGS, e))?;
+            Ok((path,))
+        });
+        let s = st.clone();
+        b.method_with_cr_custom::<(), (HashMap<String, Vec<(String, String)>>,), _, _>(
+            "ListUnitFiles",
+            (),
+            ("unit_files",),
+            move |ctx, _, ()| lock(&s).fan_out("ListUnitFiles", FanOut::UnitFiles, Some(ctx)),
+        );
+        for (member, on) in [("EnableMetrics", true), ("DisableMetrics", false)] {
+            let s = st.clone();
+            b.method_with_cr_custom::<(), (), _, _>(member, (), (), move |ctx, _, ()| {
+                let mut m = lock(&s);
+                m.metrics = on;
+                hirte_common::log_info!("Metrics {}", if on { "enabled" } else { "disabled" });
+                m.fan_out(member, FanOut::Ack, Some(ctx))
+            });
+        }
         b.method("SetLogLevel", ("level",), (), move |_, _, (level,): (String,)| {
             let lvl = level
                 .parse::<log::Level>()
@@ -106,7 +234,7 @@ fn relay<IA, OA>(
     ins: IA::strs,
     outs: OA::strs,
 ) where
-    IA: ArgAll + ReadAll + AppendAll + Send + 'static,
+    IA: ArgAll + ReadAll + AppendAll + 'static,
     OA: ArgAll + AppendAll,
 {
     let s = st.clone();
@@ -129,7 +257,77 @@ fn job_method(b: &mut IfaceBuilder<usize>, st: &Shared, member: &'static str, jo
             let Some(idx) = cr.data_mut::<usize>(ctx.path()).copied() else {
                 return Some(ctx);
             };
-            lock(&s).start_job(idx, member, job_type, unit, mode, ctx)
+            let fill = |m: &mut dbus::Message, id: u32| m.append_all((unit.clone(), mode, id));
+            lock(&s).start_job(idx, member, job_type, unit.clone(), fill, ctx)
+        },
+    );
+}
+
+type Props = Vec<(String, Variant<Box<dyn RefArg>>)>;
+type AuxUnits = Vec<(String, Props)>;
+
+/// `StartTransientUnit`: a job like `StartUnit`, with the unit's properties.
+fn transient_method(b: &mut IfaceBuilder<usize>, st: &Shared) {
+    let s = st.clone();
+    b.method_with_cr_custom::<(String, String, Props, AuxUnits), (Path<'static>,), _, _>(
+        "StartTransientUnit",
+        ("name", "mode", "properties", "aux"),
+        ("job",),
+        move |ctx, cr, (name, mode, props, aux): (String, String, Props, AuxUnits)| {
+            let Some(idx) = cr.data_mut::<usize>(ctx.path()).copied() else {
+                return Some(ctx);
+            };
+            let fill = |m: &mut dbus::Message, id: u32| {
+                m.append_all((name.clone(), mode, props, aux, id))
+            };
+            lock(&s).start_job(idx, "StartTransientUnit", "start", name.clone(), fill, ctx)
+        },
+    );
+}
+
+/// Longest command `Exec` may run; a larger timeout is refused, not silently clipped.
+pub const EXEC_MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Timeout of an `Exec` whose caller passed 0.
+pub const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Arguments one `Exec` may pass.
+pub const EXEC_MAX_ARGS: usize = 256;
+
+// [impl->req~api.exec~1]
+fn exec_method(b: &mut IfaceBuilder<usize>, st: &Shared) {
+    let s = st.clone();
+    b.method_with_cr_custom::<(Vec<String>, u64), (i32, Vec<u8>, Vec<u8>), _, _>(
+        "Exec",
+        ("argv", "timeout_usec"),
+        ("exit_status", "stdout", "stderr"),
+        move |mut ctx, cr, (argv, timeout_usec): (Vec<String>, u64)| {
+            let Some(idx) = cr.data_mut::<usize>(ctx.path()).copied() else {
+                return Some(ctx);
+            };
+            let mut m = lock(&s);
+            let refusal = if !m.cfg.allow_exec {
+                Some((error::NOT_ALLOWED, "Exec is disabled on this manager (AllowExec=no)".to_string()))
+            } else if argv.is_empty() || argv.len() > EXEC_MAX_ARGS {
+                Some((error::INVALID_ARGS, format!("Exec takes 1 to {EXEC_MAX_ARGS} arguments")))
+            } else if Duration::from_micros(timeout_usec) > EXEC_MAX_TIMEOUT {
+                Some((
+                    error::INVALID_ARGS,
+                    format!("Exec timeout above the maximum of {}s", EXEC_MAX_TIMEOUT.as_secs()),
+                ))
+            } else {
+                None
+            };
+            if let Some((name, text)) = refusal {
+                ctx.reply::<()>(Err(merr(name, text)));
+                return Some(ctx);
+            }
+            let timeout = match timeout_usec {
+                0 => EXEC_DEFAULT_TIMEOUT,
+                t => Duration::from_micros(t),
+            };
+            let micros = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
+            // The agent enforces the timeout; the manager waits a little longer for its answer.
+            let wait = timeout + m.cfg.agent_call_timeout;
+            m.relay_within(idx, "Exec", |msg| msg.append_all((argv, micros)), ctx, wait)
         },
     );
 }
@@ -173,6 +371,31 @@ fn register_node(cr: &mut Crossroads, st: Shared) -> IfaceToken<usize> {
             ("changes",),
         );
         relay::<(), ()>(b, &st, "Reload", (), ());
+        transient_method(b, &st);
+        exec_method(b, &st);
+        relay::<(String,), ()>(b, &st, "FreezeUnit", ("unit",), ());
+        relay::<(String,), ()>(b, &st, "ThawUnit", ("unit",), ());
+        relay::<(String, String, i32), ()>(b, &st, "KillUnit", ("unit", "whom", "signal"), ());
+        relay::<(String, bool, Props), ()>(
+            b,
+            &st,
+            "SetUnitProperties",
+            ("unit", "runtime", "properties"),
+            (),
+        );
+        relay::<(), (Vec<(String, String)>,)>(b, &st, "ListUnitFiles", (), ("unit_files",));
+        relay::<(String,), (String,)>(b, &st, "GetUnitFileState", ("file",), ("state",));
+        relay::<(), ()>(b, &st, "ResetFailed", (), ());
+        relay::<(String,), ()>(b, &st, "ResetFailedUnit", ("unit",), ());
+        relay::<(), (String,)>(b, &st, "GetDefaultTarget", (), ("target",));
+        relay::<(String, bool), (Vec<UnitFileChange>,)>(
+            b,
+            &st,
+            "SetDefaultTarget",
+            ("target", "force"),
+            ("changes",),
+        );
+        relay::<(String,), ()>(b, &st, "SetLogLevel", ("level",), ());
         b.property::<String, _>("Name")
             .get({
                 let s = st.clone();

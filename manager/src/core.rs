@@ -6,7 +6,7 @@
 
 use crate::api::{job_object_path, Tokens};
 use crate::events::LinkEvent;
-use crate::state::{lock, ObjectOp, Shared};
+use crate::state::{lock, monitor_path, ObjectOp, Shared};
 use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_TICK;
@@ -44,6 +44,7 @@ pub struct Core {
 
 impl Core {
     pub fn run(&mut self) -> Result<(), CoreError> {
+        self.watch_clients()?;
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
                 log_info!("Shutting down");
@@ -62,8 +63,12 @@ impl Core {
                 .map_err(|()| CoreError::Bus("connection closed".to_string()))?;
             while let Some(msg) = self.conn.channel().pop_message() {
                 self.guarded("a D-Bus call", |core| {
-                    if msg.msg_type() == dbus::message::MessageType::MethodCall {
-                        let _ = core.cr.handle_message(msg, &core.conn);
+                    match msg.msg_type() {
+                        dbus::message::MessageType::MethodCall => {
+                            let _ = core.cr.handle_message(msg, &core.conn);
+                        }
+                        dbus::message::MessageType::Signal => core.on_bus_signal(&msg),
+                        _ => {}
                     }
                 });
                 self.apply_effects();
@@ -100,6 +105,26 @@ impl Core {
         }
     }
 
+    /// Watches clients leaving the bus, to close the monitors they own.
+    pub fn watch_clients(&self) -> Result<(), CoreError> {
+        self.conn
+            .add_match_no_cb(
+                "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged'",
+            )
+            .map_err(|e| CoreError::Bus(e.message().unwrap_or("AddMatch failed").to_string()))
+    }
+
+    fn on_bus_signal(&mut self, msg: &dbus::Message) {
+        if msg.member().as_deref() != Some("NameOwnerChanged") {
+            return;
+        }
+        if let Ok((name, _old, new)) = msg.read3::<&str, &str, &str>() {
+            if new.is_empty() && name.starts_with(':') {
+                lock(&self.model).on_name_lost(name);
+            }
+        }
+    }
+
     /// Runs one step; a panic in it is logged and the manager goes on with the next message.
     fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Core)) {
         if catch_unwind(AssertUnwindSafe(|| f(self))).is_err() {
@@ -126,6 +151,16 @@ impl Core {
                 }
                 ObjectOp::RemoveJob(id) => {
                     if let Some(p) = job_object_path(id) {
+                        let _ = self.cr.remove::<u32>(&p);
+                    }
+                }
+                ObjectOp::AddMonitor(id) => {
+                    if let Ok(p) = dbus::Path::new(monitor_path(id)) {
+                        self.cr.insert(p, &[self.tokens.monitor], id);
+                    }
+                }
+                ObjectOp::RemoveMonitor(id) => {
+                    if let Ok(p) = dbus::Path::new(monitor_path(id)) {
                         let _ = self.cr.remove::<u32>(&p);
                     }
                 }

@@ -7,6 +7,7 @@ mod core;
 mod events;
 mod link;
 mod listener;
+mod monitor;
 mod state;
 
 use clap::Parser;

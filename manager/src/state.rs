@@ -4,7 +4,9 @@
 //! which the core applies after each step.
 
 use crate::events::{LinkHandle, LinkId};
-use dbus::arg::{PropMap, RefArg, Variant};
+use crate::monitor::Monitors;
+use dbus::arg::messageitem::MessageItem;
+use dbus::arg::{Arg, PropMap, RefArg, Variant};
 use dbus::message::MessageType;
 use dbus::strings::ErrorName;
 use dbus::{Message, Path};
@@ -13,10 +15,10 @@ use hirte_common::bounds::{MAX_JOBS, MAX_PENDING_CALLS_PER_NODE};
 use hirte_common::config::ManagerConfig;
 use hirte_common::frame::SerialCounter;
 use hirte_common::names::escape_path_element;
-use hirte_common::protocol::{self, error};
+use hirte_common::protocol::{self, error, signature_of};
 use hirte_common::{log_debug, log_fields, log_warn};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,6 +52,8 @@ pub enum PendingKind {
     JobStart { ctx: Context, job: u32 },
     /// One node's part of a call that spans all nodes.
     Part { agg: u64 },
+    /// The manager's own call (monitor subscriptions): only a failure is logged.
+    Internal,
 }
 
 pub struct Pending {
@@ -63,6 +67,8 @@ pub struct Online {
     pub link: Arc<LinkHandle>,
     serials: SerialCounter,
     pending: HashMap<u32, Pending>,
+    /// Units this agent currently watches for monitors.
+    agent_subs: BTreeSet<String>,
 }
 
 pub struct Node {
@@ -93,15 +99,28 @@ pub struct Job {
     pub state: String,
     /// Public (JobNew sent) once the agent accepted it.
     pub started: bool,
+    pub created: Instant,
     /// A result that arrived before the agent's acceptance was processed.
     pub early_result: Option<String>,
 }
 
-/// Spans-all-nodes calls (`Manager.ListUnits`): parts are collected, then one reply.
+/// What a call that spans all online nodes answers once every part is in.
+#[derive(Clone, Copy)]
+pub enum FanOut {
+    /// `a{sa(ssssssouso)}`: node -> units.
+    Units,
+    /// `a{sa(ss)}`: node -> unit files.
+    UnitFiles,
+    /// Nothing: every node just has to acknowledge (metrics on/off).
+    Ack,
+}
+
+/// Spans-all-nodes calls (`Manager.ListUnits`, ...): parts are collected, then one reply.
 pub struct Aggregate {
-    ctx: Context,
+    ctx: Option<Context>,
+    kind: FanOut,
     remaining: usize,
-    units: HashMap<String, Vec<UnitRow>>,
+    parts: Vec<(String, Message)>,
     failure: Option<String>,
 }
 
@@ -109,6 +128,8 @@ pub struct Aggregate {
 pub enum ObjectOp {
     AddJob(u32),
     RemoveJob(u32),
+    AddMonitor(u32),
+    RemoveMonitor(u32),
 }
 
 pub struct Manager {
@@ -123,6 +144,15 @@ pub struct Manager {
     last_status: &'static str,
     pub outbox: Vec<Message>,
     pub object_ops: Vec<ObjectOp>,
+    pub monitors: Monitors,
+    pub metrics: bool,
+}
+
+pub const METRICS_PATH: &str = "/org/containers/hirte/metrics";
+pub const METRICS_IFACE: &str = "org.containers.hirte.Metrics";
+
+pub fn monitor_path(id: u32) -> String {
+    format!("{}/{id}", protocol::MONITOR_PATH_PREFIX)
 }
 
 pub fn job_path(id: u32) -> String {
@@ -215,6 +245,8 @@ impl Manager {
             last_status: "down",
             outbox: Vec::new(),
             object_ops: Vec::new(),
+            monitors: Monitors::default(),
+            metrics: false,
         };
         m.last_status = m.status();
         m
@@ -346,6 +378,7 @@ impl Manager {
                 link: handle,
                 serials,
                 pending: HashMap::new(),
+                agent_subs: BTreeSet::new(),
             });
         }
         self.touch(idx);
@@ -355,6 +388,10 @@ impl Manager {
             "Agent '{name}' connected from {peer}"
         );
         self.announce_node_state(idx);
+        self.sync_agent_subscriptions(idx);
+        if self.metrics {
+            let _ = self.call_node(idx, "EnableMetrics", |_| {}, PendingKind::Internal);
+        }
     }
 
     /// A registered link ended (the connection thread saw it go).
@@ -395,6 +432,109 @@ impl Manager {
             self.finish_job(id, protocol::JOB_RESULT_CANCELLED);
         }
         self.announce_node_state(idx);
+        self.virtual_offline_events(&name);
+    }
+
+    // ---- monitors ------------------------------------------------------------------------
+
+    /// A monitor signal to each recipient (unicast: only the owner and its peers get it).
+    fn monitor_signal(&mut self, monitor: u32, recipients: &[String], member: &str, items: &[MessageItem]) {
+        let path = monitor_path(monitor);
+        for r in recipients {
+            let Some(mut m) = Self::signal(&path, protocol::MONITOR_IFACE, member) else {
+                continue;
+            };
+            m.append_items(items);
+            let Ok(dest) = dbus::strings::BusName::new(r.clone()) else {
+                continue;
+            };
+            m.set_destination(Some(dest));
+            self.outbox.push(m);
+        }
+    }
+
+    /// When a node drops, its subscribers learn that its units are gone for them.
+    // [impl->req~manager.monitor-virtual~1]
+    fn virtual_offline_events(&mut self, node: &str) {
+        for (mid, recipients, units) in self.monitors.units_of_node(node) {
+            for unit in units {
+                let n = MessageItem::Str(node.to_string());
+                let u = MessageItem::Str(unit);
+                let state = [
+                    n.clone(),
+                    u.clone(),
+                    MessageItem::Str("inactive".into()),
+                    MessageItem::Str("agent-offline".into()),
+                    MessageItem::Str("virtual".into()),
+                ];
+                self.monitor_signal(mid, &recipients, "UnitStateChanged", &state);
+                let removed = [n, u, MessageItem::Str("virtual".into())];
+                self.monitor_signal(mid, &recipients, "UnitRemoved", &removed);
+            }
+        }
+    }
+
+    /// Brings what a node's agent watches in line with what the monitors want.
+    // [impl->req~manager.monitors~1]
+    pub fn sync_agent_subscriptions(&mut self, idx: usize) {
+        let Some(node) = self.nodes.get(idx) else {
+            return;
+        };
+        let wanted = self.monitors.wanted_units(&node.name);
+        let Some(current) = node.online.as_ref().map(|o| o.agent_subs.clone()) else {
+            return;
+        };
+        for unit in current.difference(&wanted) {
+            let u = unit.clone();
+            let _ = self.call_node(idx, "Unsubscribe", |m| m.append_all((u,)), PendingKind::Internal);
+        }
+        for unit in wanted.difference(&current) {
+            let u = unit.clone();
+            let _ = self.call_node(idx, "Subscribe", |m| m.append_all((u,)), PendingKind::Internal);
+        }
+        if let Some(o) = self.nodes.get_mut(idx).and_then(|n| n.online.as_mut()) {
+            o.agent_subs = wanted;
+        }
+    }
+
+    pub fn notify_peer_removed(&mut self, monitor: u32, peer: &str, reason: &str) {
+        self.monitor_signal(monitor, &[peer.to_string()], "PeerRemoved", &[MessageItem::Str(reason.to_string())]);
+    }
+
+    pub fn sync_all_subscriptions(&mut self) {
+        for idx in 0..self.nodes.len() {
+            self.sync_agent_subscriptions(idx);
+        }
+    }
+
+    /// Closes a monitor: its subscriptions end, its peers are told.
+    pub fn close_monitor(&mut self, id: u32, reason: &str) {
+        if let Some(m) = self.monitors.close(id) {
+            let peers: Vec<String> = m.peers.values().cloned().collect();
+            self.monitor_signal(id, &peers, "PeerRemoved", &[MessageItem::Str(reason.to_string())]);
+            self.object_ops.push(ObjectOp::RemoveMonitor(id));
+            self.sync_all_subscriptions();
+        }
+    }
+
+    /// A bus client went away: its monitors close, it stops being anyone's peer.
+    // [impl->req~manager.monitor-owner-gone~1]
+    pub fn on_name_lost(&mut self, name: &str) {
+        for id in self.monitors.owned_by(name) {
+            self.close_monitor(id, "owner left the bus");
+        }
+        for (mid, pid) in self.monitors.peers_named(name) {
+            let _ = self.monitors.remove_peer(mid, pid);
+        }
+    }
+
+    /// A unit event from an agent, for the monitors that want it.
+    fn route_unit_event(&mut self, node: &str, unit: &str, member: &str, items: Vec<MessageItem>) {
+        let mut full = vec![MessageItem::Str(node.to_string())];
+        full.extend(items);
+        for (mid, recipients) in self.monitors.route(node, unit) {
+            self.monitor_signal(mid, &recipients, member, &full);
+        }
     }
 
     /// Called every core tick: heartbeats and call deadlines.
@@ -460,6 +600,7 @@ impl Manager {
                 self.emit(r);
             }
             PendingKind::Part { agg } => self.aggregate_part(agg, None, Some(text.to_string())),
+            PendingKind::Internal => log_debug!("{} not answered: {text}", p.member),
         }
     }
 
@@ -473,7 +614,19 @@ impl Manager {
         fill: impl FnOnce(&mut Message),
         kind: PendingKind,
     ) -> Result<(), (MethodErr, PendingKind)> {
-        let deadline = Instant::now() + self.cfg.agent_call_timeout;
+        let timeout = self.cfg.agent_call_timeout;
+        self.call_node_within(idx, member, fill, kind, timeout)
+    }
+
+    fn call_node_within(
+        &mut self,
+        idx: usize,
+        member: &'static str,
+        fill: impl FnOnce(&mut Message),
+        kind: PendingKind,
+        timeout: Duration,
+    ) -> Result<(), (MethodErr, PendingKind)> {
+        let deadline = Instant::now() + timeout;
         let Some(node) = self.nodes.get_mut(idx) else {
             return Err((merr(error::NODE_NOT_FOUND, "no such node"), kind));
         };
@@ -525,7 +678,20 @@ impl Manager {
         fill: impl FnOnce(&mut Message),
         ctx: Context,
     ) -> Option<Context> {
-        match self.call_node(idx, member, fill, PendingKind::Relay(ctx)) {
+        let timeout = self.cfg.agent_call_timeout;
+        self.relay_within(idx, member, fill, ctx, timeout)
+    }
+
+    /// `relay` with its own answer deadline (for `Exec`, which runs as long as its command).
+    pub fn relay_within(
+        &mut self,
+        idx: usize,
+        member: &'static str,
+        fill: impl FnOnce(&mut Message),
+        ctx: Context,
+        timeout: Duration,
+    ) -> Option<Context> {
+        match self.call_node_within(idx, member, fill, PendingKind::Relay(ctx), timeout) {
             Ok(()) => None,
             Err((e, PendingKind::Relay(mut ctx))) => {
                 ctx.reply::<()>(Err(e));
@@ -543,7 +709,7 @@ impl Manager {
         member: &'static str,
         job_type: &'static str,
         unit: String,
-        mode: String,
+        fill: impl FnOnce(&mut Message, u32),
         mut ctx: Context,
     ) -> Option<Context> {
         // [impl->req~bounds.jobs~1]
@@ -560,14 +726,15 @@ impl Manager {
             Job {
                 id,
                 node: idx,
-                unit: unit.clone(),
+                unit,
                 job_type,
                 state: "waiting".to_string(),
                 started: false,
+                created: Instant::now(),
                 early_result: None,
             },
         );
-        let fill = |m: &mut Message| m.append_all((unit, mode, id));
+        let fill = |m: &mut Message| fill(m, id);
         match self.call_node(idx, member, fill, PendingKind::JobStart { ctx, job: id }) {
             Ok(()) => {
                 self.object_ops.push(ObjectOp::AddJob(id));
@@ -630,34 +797,46 @@ impl Manager {
         let sig = Self::signal(protocol::MANAGER_PATH, protocol::MANAGER_IFACE, "JobRemoved")
             .and_then(|m| {
                 let path = Path::new(job_path(id)).ok()?;
-                let mut m = m.append3(id, path, node);
+                let mut m = m.append3(id, path, node.clone());
                 m.append_all((job.unit.clone(), result.to_string()));
                 Some(m)
             });
         self.emit(sig);
         self.object_ops.push(ObjectOp::RemoveJob(id));
+        // [impl->req~manager.metrics~1]
+        if self.metrics && job.job_type == "start" {
+            let micros = u64::try_from(job.created.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let sig = Self::signal(METRICS_PATH, METRICS_IFACE, "StartUnitJobMetrics").map(|m| {
+                m.append3(node.clone(), id.to_string(), job.unit.clone())
+                    .append2(micros, 0u64)
+            });
+            self.emit(sig);
+        }
     }
 
     // ---- spanning calls ------------------------------------------------------------------
 
-    /// `Manager.ListUnits`: asks every online node, answers once all did.
+    /// Sends `member` to every online node; answers the caller once all parts are in.
+    /// Any failing node fails the whole call, naming the node: a partial list would hide it.
     // [impl->req~manager.list-units~1]
-    pub fn list_all_units(&mut self, mut ctx: Context) -> Option<Context> {
+    pub fn fan_out(
+        &mut self,
+        member: &'static str,
+        kind: FanOut,
+        ctx: Option<Context>,
+    ) -> Option<Context> {
         let online: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes.get(*i).is_some_and(|n| n.online.is_some()))
             .collect();
-        if online.is_empty() {
-            ctx.reply(Ok((HashMap::<String, Vec<UnitRow>>::new(),)));
-            return Some(ctx);
-        }
         self.next_agg += 1;
         let agg = self.next_agg;
         self.aggregates.insert(
             agg,
             Aggregate {
                 ctx,
-                remaining: online.len(),
-                units: HashMap::new(),
+                kind,
+                remaining: online.len() + 1,
+                parts: Vec::new(),
                 failure: None,
             },
         );
@@ -667,20 +846,21 @@ impl Manager {
                 .get(idx)
                 .map(|n| n.name.clone())
                 .unwrap_or_default();
-            if let Err((e, _)) = self.call_node(idx, "ListUnits", |_| {}, PendingKind::Part { agg })
-            {
+            if let Err((e, _)) = self.call_node(idx, member, |_| {}, PendingKind::Part { agg }) {
                 self.aggregate_part(agg, None, Some(format!("node '{name}': {e}")));
             }
         }
+        // The extra count keeps the aggregate open until every call was sent.
+        self.aggregate_part(agg, None, None);
         None
     }
 
-    fn aggregate_part(&mut self, agg: u64, rows: Option<(String, Vec<UnitRow>)>, failure: Option<String>) {
+    fn aggregate_part(&mut self, agg: u64, part: Option<(String, Message)>, failure: Option<String>) {
         let Some(a) = self.aggregates.get_mut(&agg) else {
             return;
         };
-        if let Some((node, rows)) = rows {
-            a.units.insert(node, rows);
+        if let Some(p) = part {
+            a.parts.push(p);
         }
         if let Some(f) = failure {
             a.failure.get_or_insert(f);
@@ -689,21 +869,32 @@ impl Manager {
         if a.remaining > 0 {
             return;
         }
-        let Some(mut a) = self.aggregates.remove(&agg) else {
+        let Some(a) = self.aggregates.remove(&agg) else {
             return;
         };
-        match a.failure {
-            Some(f) => {
-                a.ctx.reply::<()>(Err(merr(error::TIMEOUT, f)));
+        let Some(mut ctx) = a.ctx else {
+            return;
+        };
+        let result = match a.failure {
+            Some(f) => Err(f),
+            None => fan_out_reply(a.kind, a.parts),
+        };
+        match result {
+            Ok(reply) => {
+                let call = ctx.message();
+                if !call.get_no_reply() {
+                    let mut m = call.method_return();
+                    m.append_items(&reply);
+                    self.outbox.push(m);
+                }
             }
-            None => {
-                a.ctx.reply(Ok((a.units,)));
+            Err(f) => {
+                ctx.reply::<()>(Err(merr(error::TIMEOUT, f)));
+                let sink = VecSender(RefCell::new(Vec::new()));
+                let _ = ctx.flush_messages(&sink);
+                self.outbox.extend(sink.0.into_inner());
             }
         }
-        let mut ctx = a.ctx;
-        let sink = VecSender(RefCell::new(Vec::new()));
-        let _ = ctx.flush_messages(&sink);
-        self.outbox.extend(sink.0.into_inner());
     }
 
     // ---- messages from agents ------------------------------------------------------------
@@ -796,6 +987,39 @@ impl Manager {
                 }
                 Err(e) => log_warn!("Node '{node_name}' sent a malformed JobStateChanged: {e}"),
             },
+            "UnitNew" | "UnitRemoved" | "UnitStateChanged" | "UnitPropertiesChanged" => {
+                let mut items = msg.get_items();
+                let unit = match items.first() {
+                    Some(MessageItem::Str(u)) => u.clone(),
+                    _ => {
+                        log_warn!("Node '{node_name}' sent a malformed {member}");
+                        return;
+                    }
+                };
+                let expected = match member.as_str() {
+                    "UnitNew" => "ss",
+                    "UnitRemoved" => "s",
+                    "UnitStateChanged" => "ssss",
+                    _ => "ssa{sv}",
+                };
+                if signature_of(msg) != expected {
+                    log_warn!("Node '{node_name}' sent a malformed {member}");
+                    return;
+                }
+                if member == "UnitRemoved" {
+                    items.push(MessageItem::Str("real".into()));
+                }
+                self.route_unit_event(node_name, &unit, &member, items);
+            }
+            "AgentJobMetrics" => {
+                if self.metrics {
+                    if let Ok((unit, method, micros)) = msg.read3::<&str, &str, u64>() {
+                        let sig = Self::signal(METRICS_PATH, METRICS_IFACE, "AgentJobMetrics")
+                            .map(|m| m.append3(node_name, unit, method).append1(micros));
+                        self.emit(sig);
+                    }
+                }
+            }
             other => log_debug!("Node '{node_name}' sent signal '{other}', ignored"),
         }
     }
@@ -845,18 +1069,17 @@ impl Manager {
                 if let Err(e) = answer.as_result() {
                     let text = format!(
                         "node '{name}': {}",
-                        e.message().unwrap_or("ListUnits failed")
+                        e.message().unwrap_or("call failed")
                     );
                     self.aggregate_part(agg, None, Some(text));
                     return;
                 }
-                match answer.read1::<Vec<UnitRow>>() {
-                    Ok(rows) => self.aggregate_part(agg, Some((name, rows)), None),
-                    Err(e) => self.aggregate_part(
-                        agg,
-                        None,
-                        Some(format!("node '{name}' sent a malformed unit list: {e}")),
-                    ),
+                self.aggregate_part(agg, Some((name, answer)), None);
+            }
+            PendingKind::Internal => {
+                let mut answer = answer;
+                if let Err(e) = answer.as_result() {
+                    log_warn!("{} failed on node {idx}: {}", p.member, e.message().unwrap_or(""));
                 }
             }
         }
@@ -878,6 +1101,29 @@ impl Manager {
             .map(|p| p.deadline.saturating_duration_since(now))
             .min()
     }
+}
+
+/// Builds the combined answer of a fan-out call from each node's reply.
+fn fan_out_reply(kind: FanOut, parts: Vec<(String, Message)>) -> Result<Vec<MessageItem>, String> {
+    fn collect<T: Arg + for<'a> dbus::arg::Get<'a>>(
+        parts: Vec<(String, Message)>,
+    ) -> Result<HashMap<String, T>, String> {
+        parts
+            .into_iter()
+            .map(|(node, msg)| {
+                msg.read1::<T>()
+                    .map(|v| (node.clone(), v))
+                    .map_err(|e| format!("node '{node}' sent a malformed answer: {e}"))
+            })
+            .collect()
+    }
+    let mut m = Message::new_signal("/", "x.y", "z").map_err(|e| e.to_string())?;
+    match kind {
+        FanOut::Units => m = m.append1(collect::<Vec<UnitRow>>(parts)?),
+        FanOut::UnitFiles => m = m.append1(collect::<Vec<(String, String)>>(parts)?),
+        FanOut::Ack => {}
+    }
+    Ok(m.get_items())
 }
 
 /// Collects messages that crossroads' `Context` would send, so they go through the outbox.

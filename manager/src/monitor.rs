@@ -1,0 +1,332 @@
+//! Monitors: who wants which unit events of which nodes. Pure bookkeeping; `state` turns its
+//! answers into signals and agent subscriptions.
+
+use hirte_common::bounds::{
+    MAX_MONITORS, MAX_MONITORS_PER_OWNER, MAX_PEERS_PER_MONITOR, MAX_SEEN_UNITS_PER_SUBSCRIPTION,
+    MAX_SUBSCRIPTIONS_PER_MONITOR, MAX_UNITS_PER_SUBSCRIPTION,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+pub const WILDCARD: &str = "*";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorError {
+    TooManyMonitors,
+    TooManyForOwner,
+    TooManySubscriptions,
+    TooManyUnits,
+    TooManyPeers,
+    NoSuchMonitor(u32),
+    NoSuchSubscription(u32),
+    NoSuchPeer(u32),
+    NotOwner,
+    EmptyName,
+}
+
+impl fmt::Display for MonitorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MonitorError::TooManyMonitors => {
+                write!(f, "{MAX_MONITORS} monitors exist; close one first")
+            }
+            MonitorError::TooManyForOwner => {
+                write!(f, "a client may own at most {MAX_MONITORS_PER_OWNER} monitors")
+            }
+            MonitorError::TooManySubscriptions => write!(
+                f,
+                "a monitor may hold at most {MAX_SUBSCRIPTIONS_PER_MONITOR} subscriptions"
+            ),
+            MonitorError::TooManyUnits => write!(
+                f,
+                "a subscription may name 1 to {MAX_UNITS_PER_SUBSCRIPTION} units"
+            ),
+            MonitorError::TooManyPeers => {
+                write!(f, "a monitor may have at most {MAX_PEERS_PER_MONITOR} peers")
+            }
+            MonitorError::NoSuchMonitor(id) => write!(f, "no monitor {id}"),
+            MonitorError::NoSuchSubscription(id) => write!(f, "no subscription {id}"),
+            MonitorError::NoSuchPeer(id) => write!(f, "no peer {id}"),
+            MonitorError::NotOwner => write!(f, "only the monitor's owner may do that"),
+            MonitorError::EmptyName => write!(f, "node and unit names must not be empty"),
+        }
+    }
+}
+
+pub struct Subscription {
+    pub node: String,
+    pub units: Vec<String>,
+    /// Units a wildcard subscription saw, so they get virtual events when the node drops.
+    pub seen: BTreeSet<(String, String)>,
+}
+
+impl Subscription {
+    pub fn matches_node(&self, node: &str) -> bool {
+        self.node == WILDCARD || self.node == node
+    }
+
+    pub fn matches(&self, node: &str, unit: &str) -> bool {
+        self.matches_node(node) && self.units.iter().any(|u| u == WILDCARD || u == unit)
+    }
+}
+
+pub struct Monitor {
+    pub owner: String,
+    pub peers: BTreeMap<u32, String>,
+    pub subs: BTreeMap<u32, Subscription>,
+}
+
+impl Monitor {
+    /// Bus names that receive this monitor's signals: the owner, then its peers.
+    pub fn recipients(&self) -> Vec<String> {
+        let mut r = vec![self.owner.clone()];
+        r.extend(self.peers.values().cloned());
+        r
+    }
+}
+
+#[derive(Default)]
+pub struct Monitors {
+    pub monitors: BTreeMap<u32, Monitor>,
+    next_id: u32,
+}
+
+fn next(counter: &mut u32) -> u32 {
+    *counter = counter.checked_add(1).unwrap_or(1);
+    *counter
+}
+
+impl Monitors {
+    // [impl->req~bounds.monitors~1]
+    pub fn create(&mut self, owner: &str) -> Result<u32, MonitorError> {
+        if self.monitors.len() >= MAX_MONITORS {
+            return Err(MonitorError::TooManyMonitors);
+        }
+        let owned = self.monitors.values().filter(|m| m.owner == owner).count();
+        if owned >= MAX_MONITORS_PER_OWNER {
+            return Err(MonitorError::TooManyForOwner);
+        }
+        let mut id = next(&mut self.next_id);
+        while self.monitors.contains_key(&id) {
+            id = next(&mut self.next_id);
+        }
+        self.monitors.insert(
+            id,
+            Monitor {
+                owner: owner.to_string(),
+                peers: BTreeMap::new(),
+                subs: BTreeMap::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn get_mut(&mut self, id: u32) -> Result<&mut Monitor, MonitorError> {
+        self.monitors
+            .get_mut(&id)
+            .ok_or(MonitorError::NoSuchMonitor(id))
+    }
+
+    pub fn check_owner(&self, id: u32, caller: &str) -> Result<(), MonitorError> {
+        match self.monitors.get(&id) {
+            None => Err(MonitorError::NoSuchMonitor(id)),
+            Some(m) if m.owner != caller => Err(MonitorError::NotOwner),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub fn subscribe(&mut self, id: u32, node: &str, units: Vec<String>) -> Result<u32, MonitorError> {
+        if units.is_empty() || units.len() > MAX_UNITS_PER_SUBSCRIPTION {
+            return Err(MonitorError::TooManyUnits);
+        }
+        if node.is_empty() || units.iter().any(String::is_empty) {
+            return Err(MonitorError::EmptyName);
+        }
+        let m = self.get_mut(id)?;
+        if m.subs.len() >= MAX_SUBSCRIPTIONS_PER_MONITOR {
+            return Err(MonitorError::TooManySubscriptions);
+        }
+        let sub_id = m.subs.keys().next_back().map_or(1, |k| k.saturating_add(1));
+        m.subs.insert(
+            sub_id,
+            Subscription {
+                node: node.to_string(),
+                units,
+                seen: BTreeSet::new(),
+            },
+        );
+        Ok(sub_id)
+    }
+
+    pub fn unsubscribe(&mut self, id: u32, sub: u32) -> Result<Subscription, MonitorError> {
+        self.get_mut(id)?
+            .subs
+            .remove(&sub)
+            .ok_or(MonitorError::NoSuchSubscription(sub))
+    }
+
+    pub fn add_peer(&mut self, id: u32, name: &str) -> Result<u32, MonitorError> {
+        let m = self.get_mut(id)?;
+        if m.peers.len() >= MAX_PEERS_PER_MONITOR {
+            return Err(MonitorError::TooManyPeers);
+        }
+        let peer_id = m.peers.keys().next_back().map_or(1, |k| k.saturating_add(1));
+        m.peers.insert(peer_id, name.to_string());
+        Ok(peer_id)
+    }
+
+    pub fn remove_peer(&mut self, id: u32, peer: u32) -> Result<String, MonitorError> {
+        self.get_mut(id)?
+            .peers
+            .remove(&peer)
+            .ok_or(MonitorError::NoSuchPeer(peer))
+    }
+
+    pub fn close(&mut self, id: u32) -> Option<Monitor> {
+        self.monitors.remove(&id)
+    }
+
+    /// Monitors owned by a bus name that left the bus.
+    pub fn owned_by(&self, owner: &str) -> Vec<u32> {
+        self.monitors
+            .iter()
+            .filter(|(_, m)| m.owner == owner)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Peers (monitor id, peer id) that are a bus name that left.
+    pub fn peers_named(&self, name: &str) -> Vec<(u32, u32)> {
+        self.monitors
+            .iter()
+            .flat_map(|(mid, m)| {
+                m.peers
+                    .iter()
+                    .filter(|(_, n)| n.as_str() == name)
+                    .map(move |(pid, _)| (*mid, *pid))
+            })
+            .collect()
+    }
+
+    /// The units the agent of `node` must watch: the union over all matching subscriptions.
+    pub fn wanted_units(&self, node: &str) -> BTreeSet<String> {
+        let mut all = BTreeSet::new();
+        for m in self.monitors.values() {
+            for s in m.subs.values().filter(|s| s.matches_node(node)) {
+                if s.units.iter().any(|u| u == WILDCARD) {
+                    return BTreeSet::from([WILDCARD.to_string()]);
+                }
+                all.extend(s.units.iter().cloned());
+            }
+        }
+        all
+    }
+
+    /// Monitors (with their recipients) interested in an event; wildcard subscriptions
+    /// remember the unit for later virtual events.
+    pub fn route(&mut self, node: &str, unit: &str) -> Vec<(u32, Vec<String>)> {
+        let mut out = Vec::new();
+        for (id, m) in &mut self.monitors {
+            let mut hit = false;
+            for s in m.subs.values_mut().filter(|s| s.matches(node, unit)) {
+                hit = true;
+                if s.seen.len() < MAX_SEEN_UNITS_PER_SUBSCRIPTION {
+                    s.seen.insert((node.to_string(), unit.to_string()));
+                }
+            }
+            if hit {
+                out.push((*id, m.recipients()));
+            }
+        }
+        out
+    }
+
+    /// Units that get virtual "gone" events when `node` drops, per monitor.
+    pub fn units_of_node(&self, node: &str) -> Vec<(u32, Vec<String>, BTreeSet<String>)> {
+        let mut out = Vec::new();
+        for (id, m) in &self.monitors {
+            let mut units = BTreeSet::new();
+            for s in m.subs.values().filter(|s| s.matches_node(node)) {
+                units.extend(s.units.iter().filter(|u| *u != WILDCARD).cloned());
+                units.extend(
+                    s.seen
+                        .iter()
+                        .filter(|(n, _)| n == node)
+                        .map(|(_, u)| u.clone()),
+                );
+            }
+            if !units.is_empty() {
+                out.push((*id, m.recipients(), units));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // [utest->req~manager.monitors~1]
+    #[test]
+    fn routes_by_node_and_unit_with_wildcards() {
+        let mut m = Monitors::default();
+        let a = m.create(":1.1").unwrap();
+        let b = m.create(":1.2").unwrap();
+        m.subscribe(a, "n1", vec!["x.service".into()]).unwrap();
+        m.subscribe(b, "*", vec!["*".into()]).unwrap();
+        m.add_peer(a, ":1.9").unwrap();
+        let r = m.route("n1", "x.service");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].1, vec![":1.1".to_string(), ":1.9".to_string()]);
+        assert_eq!(m.route("n2", "x.service").len(), 1);
+        assert_eq!(m.wanted_units("n1"), BTreeSet::from(["*".to_string()]));
+        m.close(b);
+        assert_eq!(m.wanted_units("n1"), BTreeSet::from(["x.service".to_string()]));
+        assert!(m.wanted_units("n2").is_empty());
+    }
+
+    #[test]
+    fn virtual_units_include_seen_ones() {
+        let mut m = Monitors::default();
+        let a = m.create(":1.1").unwrap();
+        m.subscribe(a, "n1", vec!["*".into()]).unwrap();
+        m.route("n1", "y.service");
+        m.route("n2", "z.service");
+        let v = m.units_of_node("n1");
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].2, BTreeSet::from(["y.service".to_string()]));
+    }
+
+    // [utest->req~bounds.monitors~1]
+    #[test]
+    fn bounds_are_enforced() {
+        let mut m = Monitors::default();
+        for _ in 0..MAX_MONITORS_PER_OWNER {
+            m.create(":1.1").unwrap();
+        }
+        assert_eq!(m.create(":1.1"), Err(MonitorError::TooManyForOwner));
+        let id = m.create(":1.2").unwrap();
+        for _ in 0..MAX_SUBSCRIPTIONS_PER_MONITOR {
+            m.subscribe(id, "n", vec!["u".into()]).unwrap();
+        }
+        assert_eq!(
+            m.subscribe(id, "n", vec!["u".into()]),
+            Err(MonitorError::TooManySubscriptions)
+        );
+        assert_eq!(
+            m.subscribe(id, "n", vec![]),
+            Err(MonitorError::TooManyUnits)
+        );
+        for _ in 0..MAX_PEERS_PER_MONITOR {
+            m.add_peer(id, ":1.3").unwrap();
+        }
+        assert_eq!(m.add_peer(id, ":1.3"), Err(MonitorError::TooManyPeers));
+        assert_eq!(m.check_owner(id, ":1.1"), Err(MonitorError::NotOwner));
+        let mut many = Monitors::default();
+        for i in 0..MAX_MONITORS {
+            many.create(&format!(":1.{}", i)).unwrap();
+        }
+        assert_eq!(many.create(":2.0"), Err(MonitorError::TooManyMonitors));
+    }
+}

@@ -1,0 +1,513 @@
+//! Test results of a CI run: JUnit XML (as written by
+//! `cargo nextest run --profile ci`) and libtest JSON lines
+//! (`cargo test -- -Z unstable-options --format json`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::json::{self, JsonError};
+use crate::xml::{Event, Scanner, XmlError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    /// The full test name, e.g. `spec::tests::parses`.
+    pub name: String,
+    pub outcome: Outcome,
+    /// The results file it came from (as given).
+    pub source: String,
+}
+
+#[derive(Debug)]
+pub enum ResultsError {
+    Read {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Xml {
+        path: String,
+        source: XmlError,
+    },
+    Junit {
+        path: String,
+        detail: String,
+    },
+    Json {
+        path: String,
+        line: usize,
+        source: JsonError,
+    },
+}
+
+impl fmt::Display for ResultsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResultsError::Read { path, source } => write!(
+                f,
+                "cannot read results file {}: {source} (run the tests first, or pass --no-results)",
+                path.display()
+            ),
+            ResultsError::Xml { path, source } => write!(f, "{path}: bad JUnit XML: {source}"),
+            ResultsError::Junit { path, detail } => write!(f, "{path}: bad JUnit report: {detail}"),
+            ResultsError::Json { path, line, source } => {
+                write!(f, "{path}:{line}: bad libtest JSON line: {source}")
+            }
+        }
+    }
+}
+
+/// The segments of a test name. Nextest's libtest-json output writes
+/// `crate::bin/name$module::test`, hence `$` as a separator too.
+fn segments(name: &str) -> impl Iterator<Item = &str> {
+    name.split("::").flat_map(|s| s.split('$'))
+}
+
+/// The function name a result belongs to: `tests::foo` -> `foo`.
+pub fn last_segment(name: &str) -> &str {
+    segments(name).last().unwrap_or(name)
+}
+
+/// Keeps failure messages to one readable line in reports.
+fn summarize(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("");
+    // libtest's panic line names only the location; the next line has the
+    // assertion message.
+    let joined = match lines.next() {
+        Some(second) if first.contains("panicked at") => format!("{first} {second}"),
+        _ => first.to_owned(),
+    };
+    let mut short: String = joined.chars().take(200).collect();
+    if joined.chars().count() > 200 {
+        short.push('…');
+    }
+    short
+}
+
+#[derive(Debug, Default)]
+pub struct Results {
+    entries: Vec<TestResult>,
+    by_last: HashMap<String, Vec<usize>>,
+    pub files: Vec<String>,
+}
+
+impl Results {
+    pub fn from_entries(entries: Vec<TestResult>, files: Vec<String>) -> Self {
+        let mut by_last: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, entry) in entries.iter().enumerate() {
+            by_last
+                .entry(last_segment(&entry.name).to_owned())
+                .or_default()
+                .push(index);
+        }
+        Results {
+            entries,
+            by_last,
+            files,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// All results for the test function `name`. Results are matched on
+    /// the last path segment; parameterized tests (`rstest`) report one
+    /// result per case, named `<fn>::<case>`, so for them any earlier
+    /// segment matches too.
+    // [impl->req~trace.test-results~1]
+    pub fn lookup(&self, name: &str, parameterized: bool) -> Vec<&TestResult> {
+        let mut found: Vec<&TestResult> = self
+            .by_last
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.entries.get(i))
+            .collect();
+        if parameterized {
+            found.extend(self.entries.iter().filter(|e| {
+                let segs: Vec<&str> = segments(&e.name).collect();
+                segs.split_last()
+                    .is_some_and(|(last, init)| *last != name && init.contains(&name))
+            }));
+        }
+        found
+    }
+}
+
+/// Reads all results files; the format is recognised by content.
+pub fn load(root: &Path, files: &[String]) -> Result<Results, ResultsError> {
+    let mut entries = Vec::new();
+    for file in files {
+        let path = root.join(file);
+        let text = fs::read_to_string(&path).map_err(|source| ResultsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let parsed = if text
+            .trim_start_matches('\u{feff}')
+            .trim_start()
+            .starts_with('<')
+        {
+            parse_junit(file, &text)?
+        } else {
+            parse_libtest_json(file, &text)?
+        };
+        entries.extend(parsed);
+    }
+    Ok(Results::from_entries(entries, files.to_vec()))
+}
+
+fn attr<'a>(attrs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    attrs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A `<testcase>` being read.
+struct Case {
+    name: String,
+    outcome: Outcome,
+    /// Open child elements.
+    depth: usize,
+    /// Depth of an open `<failure>`/`<error>` whose text is the message.
+    capture_from: Option<usize>,
+    captured: String,
+}
+
+/// Reads `<testcase>` elements. A case with a `<failure>` or `<error>`
+/// child failed, one with `<skipped>` did not run, any other passed.
+/// Nextest's `<flakyFailure>`/`<rerunFailure>` children are retries and do
+/// not change the final outcome.
+// [impl->req~trace.results-junit~1]
+pub fn parse_junit(path: &str, text: &str) -> Result<Vec<TestResult>, ResultsError> {
+    let xml_err = |source| ResultsError::Xml {
+        path: path.to_owned(),
+        source,
+    };
+    let mut scanner = Scanner::new(text);
+    let mut out = Vec::new();
+    let mut current: Option<Case> = None;
+    while let Some(event) = scanner.next_event().map_err(xml_err)? {
+        match (event, current.as_mut()) {
+            (
+                Event::Start {
+                    name,
+                    attrs,
+                    self_closing,
+                },
+                None,
+            ) if name == "testcase" => {
+                let test_name = attr(&attrs, "name").ok_or_else(|| ResultsError::Junit {
+                    path: path.to_owned(),
+                    detail: "<testcase> without a name attribute".to_owned(),
+                })?;
+                let case = Case {
+                    name: test_name.to_owned(),
+                    outcome: Outcome::Passed,
+                    depth: 0,
+                    capture_from: None,
+                    captured: String::new(),
+                };
+                if self_closing {
+                    out.push(finish(case, path));
+                } else {
+                    current = Some(case);
+                }
+            }
+            (
+                Event::Start {
+                    name,
+                    attrs,
+                    self_closing,
+                },
+                Some(case),
+            ) => {
+                if name == "testcase" {
+                    return Err(ResultsError::Junit {
+                        path: path.to_owned(),
+                        detail: format!(
+                            "<testcase> nested inside <testcase name=\"{}\">",
+                            case.name
+                        ),
+                    });
+                }
+                if case.depth == 0 {
+                    record_child(case, &name, &attrs, self_closing);
+                }
+                if !self_closing {
+                    case.depth += 1;
+                }
+            }
+            (Event::End { name }, Some(case)) if case.depth == 0 && name == "testcase" => {
+                if let Some(done) = current.take() {
+                    out.push(finish(done, path));
+                }
+            }
+            (Event::End { .. }, Some(case)) => {
+                case.depth = case.depth.saturating_sub(1);
+                if case.capture_from.is_some_and(|d| case.depth < d) {
+                    case.capture_from = None;
+                }
+            }
+            (Event::Text(text), Some(case)) if case.capture_from.is_some() => {
+                case.captured.push_str(&text);
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn record_child(case: &mut Case, name: &str, attrs: &[(String, String)], self_closing: bool) {
+    let message = attr(attrs, "message")
+        .or_else(|| attr(attrs, "type"))
+        .map(summarize)
+        .unwrap_or_default();
+    match name {
+        "failure" | "error" => {
+            let already_failed = matches!(case.outcome, Outcome::Failed(_));
+            if !already_failed {
+                case.outcome = Outcome::Failed(message.clone());
+            }
+            // The element text (panic output) says more than nextest's
+            // generic "test failure" message.
+            if !self_closing && !already_failed {
+                case.capture_from = Some(case.depth + 1);
+            }
+        }
+        "skipped" if !matches!(case.outcome, Outcome::Failed(_)) => {
+            let why = if message.is_empty() {
+                "skipped".to_owned()
+            } else {
+                format!("skipped: {message}")
+            };
+            case.outcome = Outcome::Skipped(why);
+        }
+        _ => {}
+    }
+}
+
+fn finish(case: Case, path: &str) -> TestResult {
+    let outcome = match case.outcome {
+        Outcome::Failed(message) => {
+            let detail = summarize(&case.captured);
+            Outcome::Failed(match (message.as_str(), detail.is_empty()) {
+                (_, true) => message,
+                ("" | "test failure", false) => detail,
+                (_, false) => format!("{message}: {detail}"),
+            })
+        }
+        other => other,
+    };
+    TestResult {
+        name: case.name,
+        outcome,
+        source: path.to_owned(),
+    }
+}
+
+/// Reads libtest JSON events; lines that are not JSON objects (cargo's
+/// own output mixed into the stream) are skipped, broken JSON objects are
+/// errors.
+// [impl->req~trace.results-libtest~1]
+pub fn parse_libtest_json(path: &str, text: &str) -> Result<Vec<TestResult>, ResultsError> {
+    let mut out = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if !line.starts_with('{') {
+            continue;
+        }
+        let value = json::parse(line).map_err(|source| ResultsError::Json {
+            path: path.to_owned(),
+            line: index + 1,
+            source,
+        })?;
+        let field = |key: &str| value.get(key).and_then(json::Value::as_str);
+        if field("type") != Some("test") {
+            continue;
+        }
+        let Some(name) = field("name") else {
+            continue;
+        };
+        let outcome = match field("event") {
+            Some("ok") => Outcome::Passed,
+            Some("failed") => {
+                let text = field("message").or_else(|| field("stdout")).unwrap_or("");
+                let message = summarize(text);
+                Outcome::Failed(if message.is_empty() {
+                    "failed".to_owned()
+                } else {
+                    message
+                })
+            }
+            Some("ignored") => Outcome::Skipped(match field("message") {
+                Some(reason) if !reason.is_empty() => format!("ignored: {reason}"),
+                _ => "ignored".to_owned(),
+            }),
+            // `started` and `timeout` (a slow-test warning) are not outcomes.
+            _ => continue,
+        };
+        out.push(TestResult {
+            name: name.to_owned(),
+            outcome,
+            source: path.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    const JUNIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="nextest-run" tests="6" failures="2" errors="0">
+    <testsuite name="hirte-trace::bin/hirte-trace" tests="6" disabled="0" errors="0" failures="2">
+        <testcase name="spec::tests::parses" classname="hirte-trace::bin/hirte-trace" timestamp="2024-01-01T00:00:00Z" time="0.001">
+        </testcase>
+        <testcase name="check::tests::a&lt;b&gt;" classname="x"/>
+        <testcase name="tags::tests::breaks" classname="x" time="0.01">
+            <failure message="test failure" type="test failure">thread &apos;tags::tests::breaks&apos; panicked at src/tags.rs:10:5:
+assertion `left == right` failed<nested>inner</nested></failure>
+            <rerunFailure message="again"/>
+            <system-out>out</system-out>
+            <system-err>err</system-err>
+        </testcase>
+        <testcase name="flaky" classname="x"><flakyFailure message="first try"/><system-out/></testcase>
+        <testcase name="crashes" classname="x"><error message="SIGSEGV"/></testcase>
+        <testcase name="later" classname="x"><skipped message="not now"/></testcase>
+    </testsuite>
+</testsuites>
+"#;
+
+    // [utest->req~trace.results-junit~1]
+    #[test]
+    fn parses_nextest_junit() {
+        let results = parse_junit("junit.xml", JUNIT).unwrap();
+        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "spec::tests::parses",
+                "check::tests::a<b>",
+                "tags::tests::breaks",
+                "flaky",
+                "crashes",
+                "later"
+            ]
+        );
+        assert_eq!(results[0].outcome, Outcome::Passed);
+        assert_eq!(results[1].outcome, Outcome::Passed);
+        assert_eq!(
+            results[2].outcome,
+            Outcome::Failed(
+                "thread 'tags::tests::breaks' panicked at src/tags.rs:10:5: assertion `left == right` failedinner"
+                    .into()
+            )
+        );
+        assert_eq!(results[3].outcome, Outcome::Passed);
+        assert_eq!(results[4].outcome, Outcome::Failed("SIGSEGV".into()));
+        assert_eq!(
+            results[5].outcome,
+            Outcome::Skipped("skipped: not now".into())
+        );
+    }
+
+    // [utest->req~trace.results-junit~1]
+    #[test]
+    fn broken_junit_is_an_error() {
+        let truncated = JUNIT.get(..JUNIT.len() / 2).unwrap();
+        assert!(matches!(
+            parse_junit("j.xml", truncated),
+            Err(ResultsError::Xml { .. })
+        ));
+        assert!(matches!(
+            parse_junit(
+                "j.xml",
+                "<testsuite><testcase classname=\"x\"/></testsuite>"
+            ),
+            Err(ResultsError::Junit { .. })
+        ));
+    }
+
+    // [utest->req~trace.results-libtest~1]
+    #[test]
+    fn parses_libtest_json_lines() {
+        let text = r#"   Compiling hirte-trace v0.1.0
+{ "type": "suite", "event": "started", "test_count": 4 }
+{ "type": "test", "event": "started", "name": "tests::foo" }
+{ "type": "test", "name": "tests::foo", "event": "ok" }
+{ "type": "test", "name": "tests::bar", "event": "failed", "stdout": "thread 'tests::bar' panicked at src/main.rs:3:5:\nboom\n" }
+{ "type": "test", "name": "tests::baz", "event": "ignored", "message": "slow" }
+{ "type": "test", "name": "tests::qux", "event": "timeout" }
+{ "type": "suite", "event": "failed", "passed": 1, "failed": 1, "ignored": 1 }
+"#;
+        let results = parse_libtest_json("r.json", text).unwrap();
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[0].outcome, Outcome::Passed);
+        assert_eq!(
+            results[1].outcome,
+            Outcome::Failed("thread 'tests::bar' panicked at src/main.rs:3:5: boom".into())
+        );
+        assert_eq!(results[2].outcome, Outcome::Skipped("ignored: slow".into()));
+        let err = parse_libtest_json("r.json", "{\"type\": \"test\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("r.json:1:"), "{err}");
+    }
+
+    // [utest->req~trace.test-results~1]
+    #[test]
+    fn lookup_by_last_segment_and_rstest_cases() {
+        let r = |name: &str| TestResult {
+            name: name.into(),
+            outcome: Outcome::Passed,
+            source: "x".into(),
+        };
+        let results = Results::from_entries(
+            vec![
+                r("a::tests::dup"),
+                r("b::dup"),
+                r("crate::bin/x$top"),
+                r("tests::param::case_1"),
+                r("tests::param::case_2"),
+            ],
+            vec![],
+        );
+        assert_eq!(results.lookup("dup", false).len(), 2);
+        assert_eq!(results.lookup("top", false).len(), 1);
+        assert_eq!(results.lookup("param", false).len(), 0);
+        assert_eq!(results.lookup("param", true).len(), 2);
+        assert_eq!(results.lookup("tests", true).len(), 3);
+    }
+
+    // [utest->req~trace.results-junit~1]
+    // [utest->req~trace.results-libtest~1]
+    #[test]
+    fn load_detects_format_by_content() {
+        let dir = TempDir::new("results-load");
+        dir.write("junit.xml", JUNIT);
+        dir.write(
+            "libtest.json",
+            "{\"type\":\"test\",\"event\":\"ok\",\"name\":\"m::json_test\"}\n",
+        );
+        let files = vec!["junit.xml".to_string(), "libtest.json".to_string()];
+        let results = load(dir.path(), &files).unwrap();
+        assert_eq!(results.len(), 7);
+        assert_eq!(results.lookup("json_test", false).len(), 1);
+        assert!(matches!(
+            load(dir.path(), &["absent.xml".to_string()]),
+            Err(ResultsError::Read { .. })
+        ));
+    }
+}
