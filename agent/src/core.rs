@@ -1,8 +1,16 @@
-//! The agent's core thread: owns the systemd bus connection, executes the manager's calls,
-//! and turns systemd's `JobRemoved` into `JobDone` for the manager.
+//! The agent's core thread: owns the node's bus connection (systemd and the local API),
+//! executes the manager's calls, and turns systemd's signals into the agent's signals.
+//!
+//! Single-threaded on purpose: a systemd call's reply and the signals that follow it arrive
+//! in order on one connection, so `JobRemoved` is always handled after its job was recorded.
 
+use crate::exec::{self, PendingExec, MAX_AGENT_EXECS};
 use crate::link::FromLink;
+use crate::local_api::LocalApi;
 use crate::systemd::{self, CallError};
+use crate::watch::{self, Watch};
+use dbus::arg::messageitem::MessageItem;
+use dbus::arg::PropMap;
 use dbus::blocking::Connection;
 use dbus::message::MessageType;
 use dbus::Message;
@@ -10,18 +18,47 @@ use hirte_common::bounds::{CORE_TICK, MAX_AGENT_JOBS};
 use hirte_common::protocol::{self, error, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
-use hirte_common::{log_debug, log_error, log_fields, log_info, log_warn};
+use hirte_common::{log, log_debug, log_error, log_fields, log_info, log_warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A systemd job started for the manager.
+/// Manager methods that map one to one onto systemd Manager methods of the same name and
+/// signature; the agent relays them unchanged.
+const SYSTEMD_RELAYED: &[(&str, &str)] = &[
+    ("ListUnits", ""),
+    ("ListUnitFiles", ""),
+    ("Reload", ""),
+    ("EnableUnitFiles", "asbb"),
+    ("DisableUnitFiles", "asb"),
+    ("FreezeUnit", "s"),
+    ("ThawUnit", "s"),
+    ("KillUnit", "ssi"),
+    ("SetUnitProperties", "sba(sv)"),
+    ("GetUnitFileState", "s"),
+    ("ResetFailed", ""),
+    ("ResetFailedUnit", "s"),
+    ("GetDefaultTarget", ""),
+    ("SetDefaultTarget", "sb"),
+];
+
+enum JobKind {
+    /// A job the manager created; reported back as `JobDone(id, result)`.
+    Manager {
+        id: u32,
+        method: String,
+        started: Instant,
+    },
+    /// A command run for `Exec`; answered when it ends.
+    Exec(PendingExec),
+}
+
 struct AgentJob {
-    id: u32,
     unit: String,
+    kind: JobKind,
 }
 
 pub struct Core {
@@ -31,14 +68,21 @@ pub struct Core {
     pub outbound: Arc<BoundedQueue<Message>>,
     pub shutdown: Arc<AtomicBool>,
     jobs: HashMap<String, AgentJob>,
+    watch: Watch,
+    metrics: bool,
+    exec_seq: u64,
+    local: LocalApi,
 }
 
 /// Subscribes to what the agent needs from systemd.
 pub fn subscribe(sd: &Connection) -> Result<(), String> {
-    sd.add_match_no_cb(
-        "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager',member='JobRemoved'",
-    )
-    .map_err(|e| format!("cannot add match: {}", e.message().unwrap_or("")))?;
+    for rule in [
+        "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager'",
+        "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',path_namespace='/org/freedesktop/systemd1'",
+    ] {
+        sd.add_match_no_cb(rule)
+            .map_err(|e| format!("cannot add match: {}", e.message().unwrap_or("")))?;
+    }
     let msg = systemd::manager_call("Subscribe").map_err(|e| e.message)?;
     systemd::call(sd, msg).map_err(|e| format!("Subscribe: {}", e.message))?;
     Ok(())
@@ -59,6 +103,10 @@ fn relay_reply(call: &Message, answer: &Message) -> Message {
     reply
 }
 
+fn bad_args(e: impl std::fmt::Display) -> CallError {
+    CallError::new(error::INVALID_ARGS, e.to_string())
+}
+
 impl Core {
     pub fn new(
         sd: Connection,
@@ -66,6 +114,7 @@ impl Core {
         events: Arc<BoundedQueue<FromLink>>,
         outbound: Arc<BoundedQueue<Message>>,
         shutdown: Arc<AtomicBool>,
+        local: LocalApi,
     ) -> Self {
         Core {
             sd,
@@ -74,6 +123,10 @@ impl Core {
             outbound,
             shutdown,
             jobs: HashMap::new(),
+            watch: Watch::default(),
+            metrics: false,
+            exec_seq: 0,
+            local,
         }
     }
 
@@ -93,7 +146,7 @@ impl Core {
             self.sd
                 .channel()
                 .read_write(Some(Duration::ZERO))
-                .map_err(|()| "lost the connection to systemd's bus".to_string())?;
+                .map_err(|()| "lost the connection to the node's bus".to_string())?;
             self.drain_bus();
             self.events.clear_wake();
             while let Some(ev) = self.events.try_pop() {
@@ -104,13 +157,21 @@ impl Core {
                             log_error!("Internal error handling a manager call; continuing");
                         }
                     }
-                    FromLink::Connected => log_debug!("Link up"),
-                    FromLink::Disconnected => log_debug!("Link down"),
+                    FromLink::Connected(addr) => {
+                        self.local.set_connected(&self.sd, Some(addr));
+                    }
+                    FromLink::Disconnected => {
+                        // The manager resubscribes after it sees us again.
+                        self.watch = Watch::default();
+                        self.local.set_connected(&self.sd, None);
+                    }
                 }
                 // Signals that arrived during a blocking systemd call are handled in order,
                 // after the call whose job they may concern was recorded.
                 self.drain_bus();
             }
+            self.expire_execs();
+            self.sd.channel().flush();
         }
         log_info!("Shutting down");
         Ok(())
@@ -118,35 +179,111 @@ impl Core {
 
     fn drain_bus(&mut self) {
         while let Some(msg) = self.sd.channel().pop_message() {
-            if msg.msg_type() == MessageType::Signal
-                && msg.member().is_some_and(|m| &*m == "JobRemoved")
-            {
-                self.on_job_removed(&msg);
+            match msg.msg_type() {
+                MessageType::Signal => self.on_systemd_signal(&msg),
+                MessageType::MethodCall => self.local.handle(msg, &self.sd),
+                _ => {}
             }
+        }
+    }
+
+    fn on_systemd_signal(&mut self, msg: &Message) {
+        let member = msg.member().map(|m| m.to_string()).unwrap_or_default();
+        match member.as_str() {
+            "JobRemoved" => self.on_job_removed(msg),
+            "UnitNew" | "UnitRemoved" => {
+                let Ok((unit, _)) = msg.read2::<&str, dbus::Path>() else {
+                    return;
+                };
+                if self.watch.wants(unit) {
+                    let sig = watch::agent_signal(&member).map(|m| {
+                        if member == "UnitNew" {
+                            m.append2(unit, "real")
+                        } else {
+                            m.append1(unit)
+                        }
+                    });
+                    if let Some(s) = sig {
+                        self.send(s);
+                    }
+                }
+            }
+            "PropertiesChanged" => self.on_properties_changed(msg),
+            _ => {}
+        }
+    }
+
+    // [impl->req~manager.monitors~1]
+    fn on_properties_changed(&mut self, msg: &Message) {
+        let path = msg.path().map(|p| p.to_string()).unwrap_or_default();
+        let Ok((iface, changed)) = msg.read2::<&str, PropMap>() else {
+            return;
+        };
+        if path.starts_with("/org/freedesktop/systemd1/job/") {
+            if let (Some(state), Some(job)) =
+                (watch::prop_str(&changed, "State"), self.jobs.get(&path))
+            {
+                if let JobKind::Manager { id, .. } = job.kind {
+                    if let Some(sig) = watch::agent_signal("JobStateChanged") {
+                        self.send(sig.append2(id, state));
+                    }
+                }
+            }
+            return;
+        }
+        let Some(unit) = watch::unit_from_path(&path) else {
+            return;
+        };
+        if !self.watch.wants(&unit) {
+            return;
+        }
+        if iface == watch::UNIT_IFACE {
+            if let Some(active) = watch::prop_str(&changed, "ActiveState") {
+                let sub = watch::prop_str(&changed, "SubState").unwrap_or_default();
+                if let Some(sig) = watch::state_changed(&unit, &active, &sub, "real") {
+                    self.send(sig);
+                }
+            }
+        }
+        if let Some(sig) = watch::agent_signal("UnitPropertiesChanged") {
+            self.send(sig.append3(unit, iface, changed));
         }
     }
 
     // [impl->req~agent.job-done~1]
     fn on_job_removed(&mut self, msg: &Message) {
-        let Ok((_, job_path, unit, result)) = msg.read4::<u32, dbus::Path, &str, &str>() else {
+        let Ok((_, job_path, _unit, result)) = msg.read4::<u32, dbus::Path, &str, &str>() else {
             return;
         };
         let Some(job) = self.jobs.remove(&job_path.to_string()) else {
             return;
         };
-        log_fields!(
-            Debug,
-            [("UNIT", unit), ("JOB", job.id.to_string().as_str())],
-            "Job {} for {} done: {result}",
-            job.id,
-            job.unit
-        );
-        if let Ok(sig) = Message::new_signal(
-            protocol::INTERNAL_AGENT_PATH,
-            protocol::INTERNAL_AGENT_IFACE,
-            "JobDone",
-        ) {
-            self.send(sig.append2(job.id, result));
+        match job.kind {
+            JobKind::Manager {
+                id,
+                method,
+                started,
+            } => {
+                log_fields!(
+                    Info,
+                    [
+                        ("UNIT", job.unit.as_str()),
+                        ("JOB", id.to_string().as_str())
+                    ],
+                    "Job {id} ({method} {}) done: {result}",
+                    job.unit
+                );
+                if let Some(sig) = watch::agent_signal("JobDone") {
+                    self.send(sig.append2(id, result));
+                }
+                if self.metrics {
+                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    if let Some(sig) = watch::agent_signal("AgentJobMetrics") {
+                        self.send(sig.append3(job.unit.as_str(), method.as_str(), micros));
+                    }
+                }
+            }
+            JobKind::Exec(p) => self.finish_exec(p, result),
         }
     }
 
@@ -171,7 +308,7 @@ impl Core {
             ))
         };
         let reply = match result {
-            Ok(r) => Some(r),
+            Ok(r) => r,
             Err(e) => {
                 log_debug!("{member} failed: {} ({})", e.message, e.name);
                 error_reply(&msg, &e.name, &e.message)
@@ -193,93 +330,326 @@ impl Core {
         Ok(())
     }
 
-    /// Executes one manager call against systemd.
+    fn record_job(&mut self, path: String, unit: &str, kind: JobKind) {
+        self.jobs.insert(
+            path,
+            AgentJob {
+                unit: unit.to_string(),
+                kind,
+            },
+        );
+    }
+
+    fn check_job_room(&self) -> Result<(), CallError> {
+        if self.jobs.len() >= MAX_AGENT_JOBS {
+            return Err(CallError::new(
+                error::BUSY,
+                format!("{MAX_AGENT_JOBS} jobs in flight on node '{}'", self.node),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Executes one manager call against systemd. `Ok(None)`: the answer comes later.
     // [impl->req~agent.relay~1]
-    fn dispatch(&mut self, member: &str, msg: &Message) -> Result<Message, CallError> {
+    fn dispatch(&mut self, member: &str, msg: &Message) -> Result<Option<Message>, CallError> {
+        if let Some((_, sig)) = SYSTEMD_RELAYED.iter().find(|(m, _)| *m == member) {
+            Self::expect_signature(msg, member, sig)?;
+            let mut call = systemd::manager_call(member)?;
+            call.append_items(&msg.get_items());
+            return Ok(Some(relay_reply(msg, &systemd::call(&self.sd, call)?)));
+        }
         match member {
             "StartUnit" | "StopUnit" | "RestartUnit" | "ReloadUnit" => {
                 Self::expect_signature(msg, member, "ssu")?;
-                let (unit, mode, id) = msg
-                    .read3::<&str, &str, u32>()
-                    .map_err(|e| CallError::new(error::INVALID_ARGS, e.to_string()))?;
-                if self.jobs.len() >= MAX_AGENT_JOBS {
-                    return Err(CallError::new(
-                        error::BUSY,
-                        format!("{MAX_AGENT_JOBS} jobs in flight on node '{}'", self.node),
-                    ));
-                }
+                let (unit, mode, id) = msg.read3::<&str, &str, u32>().map_err(bad_args)?;
+                self.check_job_room()?;
                 let call = systemd::manager_call(member)?.append2(unit, mode);
-                let answer = systemd::call(&self.sd, call)?;
-                let path = answer
+                let path = systemd::call(&self.sd, call)?
                     .read1::<dbus::Path>()
-                    .map_err(|e| CallError::new(error::INVALID_ARGS, e.to_string()))?
+                    .map_err(bad_args)?
                     .to_string();
                 log_fields!(
                     Info,
                     [("UNIT", unit), ("JOB", id.to_string().as_str())],
                     "{member} {unit} ({mode}) as job {id}"
                 );
-                self.jobs.insert(
-                    path,
-                    AgentJob {
-                        id,
-                        unit: unit.to_string(),
-                    },
+                let kind = JobKind::Manager {
+                    id,
+                    method: member.to_string(),
+                    started: Instant::now(),
+                };
+                self.record_job(path, unit, kind);
+                Ok(Some(msg.method_return()))
+            }
+            "StartTransientUnit" => {
+                Self::expect_signature(msg, member, "ssa(sv)a(sa(sv))u")?;
+                self.check_job_room()?;
+                let mut items = msg.get_items();
+                let id = match items.pop() {
+                    Some(MessageItem::UInt32(id)) => id,
+                    _ => return Err(bad_args("missing job id")),
+                };
+                let unit = match items.first() {
+                    Some(MessageItem::Str(u)) => u.clone(),
+                    _ => return Err(bad_args("missing unit name")),
+                };
+                let mut call = systemd::manager_call(member)?;
+                call.append_items(&items);
+                let path = systemd::call(&self.sd, call)?
+                    .read1::<dbus::Path>()
+                    .map_err(bad_args)?
+                    .to_string();
+                log_fields!(
+                    Info,
+                    [("UNIT", unit.as_str())],
+                    "Transient unit {unit} as job {id}"
                 );
-                Ok(msg.method_return())
+                let kind = JobKind::Manager {
+                    id,
+                    method: member.to_string(),
+                    started: Instant::now(),
+                };
+                self.record_job(path, &unit, kind);
+                Ok(Some(msg.method_return()))
             }
             "JobCancel" => {
                 Self::expect_signature(msg, member, "u")?;
-                let id: u32 = msg
-                    .read1()
-                    .map_err(|e| CallError::new(error::INVALID_ARGS, e.to_string()))?;
+                let id: u32 = msg.read1().map_err(bad_args)?;
                 let path = self
                     .jobs
                     .iter()
-                    .find(|(_, j)| j.id == id)
+                    .find(|(_, j)| matches!(j.kind, JobKind::Manager { id: jid, .. } if jid == id))
                     .map(|(p, _)| p.clone())
-                    .ok_or_else(|| {
-                        CallError::new(error::INVALID_ARGS, format!("no job {id} on this node"))
-                    })?;
-                let call = Message::new_method_call(systemd::DEST, path, systemd::JOB_IFACE, "Cancel")
-                    .map_err(|e| CallError::new(error::INVALID_ARGS, e))?;
+                    .ok_or_else(|| bad_args(format!("no job {id} on this node")))?;
+                let call =
+                    Message::new_method_call(systemd::DEST, path, systemd::JOB_IFACE, "Cancel")
+                        .map_err(bad_args)?;
                 systemd::call(&self.sd, call)?;
-                Ok(msg.method_return())
+                Ok(Some(msg.method_return()))
             }
             "GetUnitProperties" => {
                 Self::expect_signature(msg, member, "ss")?;
-                let (unit, iface) = msg
-                    .read2::<&str, &str>()
-                    .map_err(|e| CallError::new(error::INVALID_ARGS, e.to_string()))?;
+                let (unit, iface) = msg.read2::<&str, &str>().map_err(bad_args)?;
                 let path = systemd::unit_path(&self.sd, unit)?;
                 let call = systemd::properties_call(&path, "GetAll")?.append1(iface);
-                Ok(relay_reply(msg, &systemd::call(&self.sd, call)?))
+                Ok(Some(relay_reply(msg, &systemd::call(&self.sd, call)?)))
             }
             "GetUnitProperty" => {
                 Self::expect_signature(msg, member, "sss")?;
-                let (unit, iface, prop) = msg
-                    .read3::<&str, &str, &str>()
-                    .map_err(|e| CallError::new(error::INVALID_ARGS, e.to_string()))?;
+                let (unit, iface, prop) = msg.read3::<&str, &str, &str>().map_err(bad_args)?;
                 let path = systemd::unit_path(&self.sd, unit)?;
                 let call = systemd::properties_call(&path, "Get")?.append2(iface, prop);
-                Ok(relay_reply(msg, &systemd::call(&self.sd, call)?))
+                Ok(Some(relay_reply(msg, &systemd::call(&self.sd, call)?)))
             }
-            // Same name and arguments as systemd's Manager method: relayed as is.
-            "ListUnits" | "Reload" | "EnableUnitFiles" | "DisableUnitFiles" => {
-                let sig = match member {
-                    "EnableUnitFiles" => "asbb",
-                    "DisableUnitFiles" => "asb",
-                    _ => "",
-                };
-                Self::expect_signature(msg, member, sig)?;
-                let mut call = systemd::manager_call(member)?;
-                call.append_items(&msg.get_items());
-                Ok(relay_reply(msg, &systemd::call(&self.sd, call)?))
+            "SetLogLevel" => {
+                Self::expect_signature(msg, member, "s")?;
+                let level: &str = msg.read1().map_err(bad_args)?;
+                let lvl = level.parse::<log::Level>().map_err(bad_args)?;
+                log::set_level(lvl);
+                log_info!("Log level set to {lvl}");
+                Ok(Some(msg.method_return()))
+            }
+            "EnableMetrics" | "DisableMetrics" => {
+                Self::expect_signature(msg, member, "")?;
+                self.metrics = member == "EnableMetrics";
+                Ok(Some(msg.method_return()))
+            }
+            "Subscribe" => {
+                Self::expect_signature(msg, member, "s")?;
+                let unit: &str = msg.read1().map_err(bad_args)?;
+                if !self.watch.add(unit) {
+                    return Err(CallError::new(error::BUSY, "too many watched units"));
+                }
+                self.announce_current_state(unit);
+                Ok(Some(msg.method_return()))
+            }
+            "Unsubscribe" => {
+                Self::expect_signature(msg, member, "s")?;
+                let unit: &str = msg.read1().map_err(bad_args)?;
+                self.watch.remove(unit);
+                Ok(Some(msg.method_return()))
+            }
+            "Exec" => {
+                Self::expect_signature(msg, member, "ast")?;
+                self.start_exec(msg)?;
+                Ok(None)
             }
             _ => Err(CallError::new(
                 "org.freedesktop.DBus.Error.UnknownMethod",
                 format!("unknown method '{member}'"),
             )),
+        }
+    }
+
+    /// A new subscriber learns the unit's current state (reason `virtual`).
+    fn announce_current_state(&mut self, unit: &str) {
+        if unit == watch::WILDCARD {
+            return;
+        }
+        let Ok(call) = systemd::manager_call("GetUnit") else {
+            return;
+        };
+        let Ok(reply) = systemd::call(&self.sd, call.append1(unit)) else {
+            return; // not loaded: nothing to report
+        };
+        let Ok(path) = reply.read1::<dbus::Path>() else {
+            return;
+        };
+        let path = path.into_static();
+        let get = |p: &str| -> Option<String> {
+            let c = systemd::properties_call(&path, "Get")
+                .ok()?
+                .append2(watch::UNIT_IFACE, p);
+            let r = systemd::call(&self.sd, c).ok()?;
+            r.read1::<dbus::arg::Variant<String>>().ok().map(|v| v.0)
+        };
+        let (active, sub) = (get("ActiveState"), get("SubState"));
+        if let Some(sig) = watch::agent_signal("UnitNew") {
+            self.send(sig.append2(unit, "virtual"));
+        }
+        if let (Some(a), Some(s)) = (active, sub) {
+            if let Some(sig) = watch::state_changed(unit, &a, &s, "virtual") {
+                self.send(sig);
+            }
+        }
+    }
+
+    // [impl->req~agent.exec~1]
+    fn start_exec(&mut self, msg: &Message) -> Result<(), CallError> {
+        let (argv, timeout_us) = msg.read2::<Vec<String>, u64>().map_err(bad_args)?;
+        if argv.is_empty() {
+            return Err(bad_args("Exec needs a command"));
+        }
+        let running = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.kind, JobKind::Exec(_)))
+            .count();
+        if running >= MAX_AGENT_EXECS {
+            return Err(CallError::new(
+                error::BUSY,
+                format!(
+                    "{MAX_AGENT_EXECS} commands already running on node '{}'",
+                    self.node
+                ),
+            ));
+        }
+        self.check_job_room()?;
+        let dir = exec::exec_dir();
+        exec::prepare_dir(&dir).map_err(|e| {
+            CallError::new(error::ACTIVATION_FAILED, format!("{}: {e}", dir.display()))
+        })?;
+        self.exec_seq += 1;
+        let unit = format!(
+            "hirte-exec-{}-{}.service",
+            std::process::id(),
+            self.exec_seq
+        );
+        let out = dir.join(format!("{unit}.out"));
+        let err = dir.join(format!("{unit}.err"));
+        let timeout = Duration::from_micros(timeout_us.max(1));
+        let props = exec::unit_properties(&argv, &out, &err, timeout);
+        let aux: Vec<(String, exec::Props)> = Vec::new();
+        let call =
+            systemd::manager_call("StartTransientUnit")?.append3(unit.as_str(), "fail", props);
+        let call = call.append1(aux);
+        let path = systemd::call(&self.sd, call)?
+            .read1::<dbus::Path>()
+            .map_err(bad_args)?
+            .to_string();
+        // A copy loses its serial; the answer must name the original call's.
+        let mut call_copy = msg.duplicate().map_err(bad_args)?;
+        if let Some(serial) = msg.get_serial() {
+            call_copy.set_serial(serial);
+        }
+        log_info!("Exec '{}' as {unit}", argv.join(" "));
+        self.record_job(
+            path,
+            &unit,
+            JobKind::Exec(PendingExec {
+                call: call_copy,
+                unit: unit.clone(),
+                out,
+                err,
+                deadline: Instant::now() + timeout + exec::EXEC_GRACE,
+                timeout,
+            }),
+        );
+        Ok(())
+    }
+
+    /// The service's `Result` (e.g. `timeout`) and its main process' exit code and status.
+    fn service_status(&self, unit: &str) -> Option<(String, i32, i32)> {
+        let path = systemd::unit_path(&self.sd, unit).ok()?;
+        let get = |p: &str| -> Option<Message> {
+            let c = systemd::properties_call(&path, "Get")
+                .ok()?
+                .append2("org.freedesktop.systemd1.Service", p);
+            systemd::call(&self.sd, c).ok()
+        };
+        let int = |p: &str| get(p)?.read1::<dbus::arg::Variant<i32>>().ok().map(|v| v.0);
+        let result = get("Result")?.read1::<dbus::arg::Variant<String>>().ok()?.0;
+        Some((result, int("ExecMainCode")?, int("ExecMainStatus")?))
+    }
+
+    fn finish_exec(&mut self, p: PendingExec, result: &str) {
+        let status = match result {
+            "done" | "timeout" => None,
+            _ => self.service_status(&p.unit),
+        };
+        let timed_out =
+            result == "timeout" || status.as_ref().is_some_and(|(r, _, _)| r == "timeout");
+        let reply = if timed_out {
+            error_reply(
+                &p.call,
+                error::TIMEOUT,
+                &format!(
+                    "command did not finish within {}",
+                    hirte_common::timespan::format_timespan(p.timeout)
+                ),
+            )
+        } else {
+            let status = match (result, status) {
+                ("done", _) => 0,
+                (_, Some((_, code, st))) => exec::exit_status(code, st),
+                (_, None) => 255,
+            };
+            let out = exec::take_output(&p.out);
+            let err = exec::take_output(&p.err);
+            Some(p.call.method_return().append3(status, out, err))
+        };
+        // A failed transient unit stays loaded until reset; let systemd forget it.
+        if let Ok(c) = systemd::manager_call("ResetFailedUnit") {
+            let _ = systemd::call(&self.sd, c.append1(p.unit.as_str()));
+        }
+        let _ = std::fs::remove_file(&p.out);
+        let _ = std::fs::remove_file(&p.err);
+        if let Some(r) = reply {
+            self.send(r);
+        }
+    }
+
+    /// Backstop for systemd's own timeout: stop the unit and answer `Timeout`.
+    fn expire_execs(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| matches!(&j.kind, JobKind::Exec(p) if p.deadline <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            if let Some(AgentJob {
+                kind: JobKind::Exec(p),
+                ..
+            }) = self.jobs.remove(&key)
+            {
+                if let Ok(c) = systemd::manager_call("StopUnit") {
+                    let _ = systemd::call(&self.sd, c.append2(p.unit.as_str(), "replace"));
+                }
+                self.finish_exec(p, "timeout");
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 //! dead manager is noticed (no heartbeat echo for `ManagerHeartbeatThreshold`) without help
 //! from the core.
 
+use dbus::message::MessageType;
+use dbus::Message;
 use hirte_common::bounds::{
     CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, LINK_WRITE_TIMEOUT, MAX_FRAME_SIZE, READ_CHUNK,
 };
@@ -13,19 +15,18 @@ use hirte_common::handshake::register_call;
 use hirte_common::protocol;
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::{log_debug, log_error, log_info, log_warn};
-use dbus::message::MessageType;
-use dbus::Message;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// From the link thread to the core.
 pub enum FromLink {
-    Connected,
+    /// Registered with the manager at this address (`tcp:host=H,port=P`).
+    Connected(String),
     Frame(Message),
     Disconnected,
 }
@@ -70,6 +71,15 @@ pub struct Link {
     pub events: Arc<BoundedQueue<FromLink>>,
     pub shutdown: Arc<AtomicBool>,
     pub serials: SerialCounter,
+    /// Wall-clock time (µs) of the last frame from the manager, for the local status API.
+    pub last_seen_us: Arc<AtomicU64>,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl Link {
@@ -82,7 +92,9 @@ impl Link {
                     last_error.clear();
                     let end = self.session(&stream);
                     let _ = stream.shutdown(std::net::Shutdown::Both);
-                    let _ = self.events.push_timeout(FromLink::Disconnected, CORE_PUSH_TIMEOUT);
+                    let _ = self
+                        .events
+                        .push_timeout(FromLink::Disconnected, CORE_PUSH_TIMEOUT);
                     if let Err(LinkError::Shutdown) = end {
                         return;
                     }
@@ -177,7 +189,9 @@ impl Link {
             }
             let n = s.read(&mut buf).map_err(LinkError::Io)?;
             if n == 0 {
-                return Err(LinkError::Protocol("manager closed the connection".to_string()));
+                return Err(LinkError::Protocol(
+                    "manager closed the connection".to_string(),
+                ));
             }
             decoder
                 .push(buf.get(..n).unwrap_or_default())
@@ -219,7 +233,15 @@ impl Link {
 
     // [impl->req~link.heartbeat~1]
     fn session(&mut self, stream: &TcpStream) -> Result<(), LinkError> {
-        match self.events.push_timeout(FromLink::Connected, CORE_PUSH_TIMEOUT) {
+        let address = format!(
+            "tcp:host={},port={}",
+            self.cfg.manager_host, self.cfg.manager_port
+        );
+        self.last_seen_us.store(now_us(), Ordering::Relaxed);
+        match self
+            .events
+            .push_timeout(FromLink::Connected(address), CORE_PUSH_TIMEOUT)
+        {
             Ok(()) => {}
             Err(PushError::Closed(_)) => return Err(LinkError::Shutdown),
             Err(PushError::Full(_)) => return Err(LinkError::CoreStuck),
@@ -263,7 +285,10 @@ impl Link {
                         r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
                     })
                 };
-                (fds.first().is_some_and(ready), fds.get(1).is_some_and(ready))
+                (
+                    fds.first().is_some_and(ready),
+                    fds.get(1).is_some_and(ready),
+                )
             };
             if wake_ready {
                 self.outbound.clear_wake();
@@ -277,7 +302,9 @@ impl Link {
             let mut s = stream;
             let n = s.read(&mut buf).map_err(LinkError::Io)?;
             if n == 0 {
-                return Err(LinkError::Protocol("manager closed the connection".to_string()));
+                return Err(LinkError::Protocol(
+                    "manager closed the connection".to_string(),
+                ));
             }
             decoder
                 .push(buf.get(..n).unwrap_or_default())
@@ -287,12 +314,16 @@ impl Link {
                 .map_err(|e| LinkError::Protocol(e.to_string()))?
             {
                 last_rx = Instant::now();
+                self.last_seen_us.store(now_us(), Ordering::Relaxed);
                 let is_heartbeat = msg.msg_type() == MessageType::Signal
                     && msg.member().is_some_and(|m| &*m == "Heartbeat");
                 if is_heartbeat {
                     continue;
                 }
-                match self.events.push_timeout(FromLink::Frame(msg), CORE_PUSH_TIMEOUT) {
+                match self
+                    .events
+                    .push_timeout(FromLink::Frame(msg), CORE_PUSH_TIMEOUT)
+                {
                     Ok(()) => {}
                     Err(PushError::Closed(_)) => return Err(LinkError::Shutdown),
                     Err(PushError::Full(_)) => return Err(LinkError::CoreStuck),

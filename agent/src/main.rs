@@ -3,24 +3,31 @@
 //! Threads: the core (systemd bus, executes calls) and the link (manager connection).
 
 mod core;
+mod exec;
 mod link;
+mod local_api;
 mod systemd;
+mod watch;
 
 use clap::Parser;
 use dbus::channel::BusType;
-use hirte_common::sys::open_bus;
 use hirte_common::bounds::{CORE_QUEUE_DEPTH, LINK_OUTBOUND_DEPTH};
 use hirte_common::config::{cli_entry, config_dir, AgentConfig};
 use hirte_common::frame::SerialCounter;
 use hirte_common::queue::BoundedQueue;
+use hirte_common::sys::open_bus;
 use hirte_common::{log, log_error, log_info};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "hirte-agent", version, about = "Hirte-rs agent: runs one node's systemd for the manager")]
+#[command(
+    name = "hirte-agent",
+    version,
+    about = "Hirte-rs agent: runs one node's systemd for the manager"
+)]
 struct Cli {
     /// Extra configuration file, read after /etc/hirte/agent.conf and its drop-ins
     #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -65,7 +72,12 @@ fn load_config(cli: &Cli) -> Result<AgentConfig, String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     let cfg = load_config(&cli)?;
-    log::init("hirte-agent", cfg.log.level, cfg.log.target, cfg.log.is_quiet);
+    log::init(
+        "hirte-agent",
+        cfg.log.level,
+        cfg.log.target,
+        cfg.log.is_quiet,
+    );
     log_info!(
         "Starting hirte-agent {} as node '{}', manager {}:{}",
         env!("CARGO_PKG_VERSION"),
@@ -93,18 +105,32 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| e.to_string())?);
     let outbound = Arc::new(BoundedQueue::new(LINK_OUTBOUND_DEPTH).map_err(|e| e.to_string())?);
+    let last_seen_us = Arc::new(AtomicU64::new(0));
+    let local = local_api::LocalApi::new(
+        &sd,
+        format!("tcp:host={},port={}", cfg.manager_host, cfg.manager_port),
+        last_seen_us.clone(),
+    );
     let link = link::Link {
         cfg: cfg.clone(),
         outbound: outbound.clone(),
         events: events.clone(),
         shutdown: shutdown.clone(),
         serials: SerialCounter::default(),
+        last_seen_us,
     };
     let link_thread = std::thread::Builder::new()
         .name("link".into())
         .spawn(move || link.run())
         .map_err(|e| format!("cannot start link thread: {e}"))?;
-    let mut core = core::Core::new(sd, cfg.node_name.clone(), events.clone(), outbound, shutdown.clone());
+    let mut core = core::Core::new(
+        sd,
+        cfg.node_name.clone(),
+        events.clone(),
+        outbound,
+        shutdown.clone(),
+        local,
+    );
     let result = core.run();
     shutdown.store(true, Ordering::Relaxed);
     events.close();
@@ -113,6 +139,7 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    hirte_common::sys::disable_libdbus_abort();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

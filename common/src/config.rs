@@ -46,15 +46,43 @@ impl fmt::Display for Origin {
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
-    Io { file: String, reason: String },
-    TooLarge { file: String },
-    Syntax { at: Origin, reason: String },
-    UnknownSection { at: Origin, section: String },
-    OutsideSection { at: Origin, key: String },
-    UnknownKey { at: Origin, key: String },
-    DuplicateKey { at: Origin, key: String, first_line: usize },
-    BadValue { at: Origin, key: String, value: String, reason: String },
-    Invalid { reason: String },
+    Io {
+        file: String,
+        reason: String,
+    },
+    TooLarge {
+        file: String,
+    },
+    Syntax {
+        at: Origin,
+        reason: String,
+    },
+    UnknownSection {
+        at: Origin,
+        section: String,
+    },
+    OutsideSection {
+        at: Origin,
+        key: String,
+    },
+    UnknownKey {
+        at: Origin,
+        key: String,
+    },
+    DuplicateKey {
+        at: Origin,
+        key: String,
+        first_line: usize,
+    },
+    BadValue {
+        at: Origin,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    Invalid {
+        reason: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -76,7 +104,10 @@ impl fmt::Display for ConfigError {
                 at,
                 key,
                 first_line,
-            } => write!(f, "{at}: key '{key}' is set twice (first on line {first_line})"),
+            } => write!(
+                f,
+                "{at}: key '{key}' is set twice (first on line {first_line})"
+            ),
             ConfigError::BadValue {
                 at,
                 key,
@@ -121,10 +152,12 @@ fn parse_value(raw: &str, at: &Origin) -> Result<RawValue, ConfigError> {
         return Ok(RawValue::Str(raw.to_string()));
     }
     let doc = format!("v = {raw}");
-    let table: toml::Table = doc.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        at: at.clone(),
-        reason: format!("malformed TOML value {raw}: {}", e.message()),
-    })?;
+    let table: toml::Table = doc
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            at: at.clone(),
+            reason: format!("malformed TOML value {raw}: {}", e.message()),
+        })?;
     let scalar = |v: &toml::Value| -> Option<String> {
         match v {
             toml::Value::String(s) => Some(s.clone()),
@@ -311,7 +344,10 @@ fn boolean(e: &Entry) -> Result<bool, ConfigError> {
     match single(e)?.to_ascii_lowercase().as_str() {
         "1" | "yes" | "true" | "on" => Ok(true),
         "0" | "no" | "false" | "off" => Ok(false),
-        _ => Err(bad(e, "expected a boolean (yes/no, true/false, 1/0, on/off)")),
+        _ => Err(bad(
+            e,
+            "expected a boolean (yes/no, true/false, 1/0, on/off)",
+        )),
     }
 }
 
@@ -679,7 +715,8 @@ mod tests {
         assert_eq!(c.log.level, Level::Debug);
         assert!(!c.allow_exec);
         assert_eq!(c.node_heartbeat_threshold, Duration::from_millis(500));
-        let a = agent("[hirte-agent]\nManagerAddress=tcp:host=h1,port=99\nNodeName=\"n\"\n").unwrap();
+        let a =
+            agent("[hirte-agent]\nManagerAddress=tcp:host=h1,port=99\nNodeName=\"n\"\n").unwrap();
         assert_eq!((a.manager_host.as_str(), a.manager_port), ("h1", 99));
     }
 
@@ -698,7 +735,10 @@ mod tests {
         let e = manager("ManagerPort=1\n").unwrap_err();
         assert!(matches!(e, ConfigError::OutsideSection { .. }));
         let e = manager("[hirte]\nManagerPort=1\nManagerPort=2\n").unwrap_err();
-        assert_eq!(e.to_string(), "hirte.conf:3: key 'ManagerPort' is set twice (first on line 2)");
+        assert_eq!(
+            e.to_string(),
+            "hirte.conf:3: key 'ManagerPort' is set twice (first on line 2)"
+        );
         for bad_line in [
             "ManagerPort=0",
             "ManagerPort=70000",
@@ -739,8 +779,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("hirte.conf.d")).unwrap();
         std::fs::write(dir.join("hirte.conf"), GUIDE_MANAGER).unwrap();
-        std::fs::write(dir.join("hirte.conf.d/20-b.conf"), "[hirte]\nManagerPort=3\n").unwrap();
-        std::fs::write(dir.join("hirte.conf.d/10-a.conf"), "[hirte]\nManagerPort=2\n").unwrap();
+        std::fs::write(
+            dir.join("hirte.conf.d/20-b.conf"),
+            "[hirte]\nManagerPort=3\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("hirte.conf.d/10-a.conf"),
+            "[hirte]\nManagerPort=2\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("hirte.conf.d/ignored.txt"), "garbage").unwrap();
         let c = ManagerConfig::load(&dir, None).unwrap();
         assert_eq!(c.port, 3);

@@ -35,7 +35,10 @@ impl fmt::Display for FrameError {
                 "frame of {frame} bytes holds a D-Bus message of {message} bytes"
             ),
             FrameError::OutgoingTooLarge { len, max } => {
-                write!(f, "message of {len} bytes exceeds the frame maximum of {max}")
+                write!(
+                    f,
+                    "message of {len} bytes exceeds the frame maximum of {max}"
+                )
             }
         }
     }
@@ -104,7 +107,11 @@ impl FrameDecoder {
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
-        let payload: Vec<u8> = self.buf.drain(..HEADER_LEN + len).skip(HEADER_LEN).collect();
+        let payload: Vec<u8> = self
+            .buf
+            .drain(..HEADER_LEN + len)
+            .skip(HEADER_LEN)
+            .collect();
         if self.buf.is_empty() {
             // Give back the memory of a large frame once it is consumed.
             self.buf = Vec::new();
@@ -177,14 +184,10 @@ mod tests {
     use super::*;
 
     fn sample(serial: u32) -> Message {
-        let mut m = Message::new_method_call(
-            "org.example",
-            "/org/example",
-            "org.example.Iface",
-            "Hello",
-        )
-        .unwrap()
-        .append2("world", 42u32);
+        let mut m =
+            Message::new_method_call("org.example", "/org/example", "org.example.Iface", "Hello")
+                .unwrap()
+                .append2("world", 42u32);
         m.set_serial(serial);
         m
     }
@@ -218,7 +221,10 @@ mod tests {
         let mut d = FrameDecoder::new(100);
         assert_eq!(
             d.push(&1000u32.to_be_bytes()),
-            Err(FrameError::TooLarge { len: 1000, max: 100 })
+            Err(FrameError::TooLarge {
+                len: 1000,
+                max: 100
+            })
         );
         let mut d = FrameDecoder::new(100);
         assert_eq!(d.push(&0u32.to_be_bytes()), Err(FrameError::Empty));

@@ -76,7 +76,10 @@ mod tests {
     // [utest->req~link.register-first~1]
     #[test]
     fn accepts_only_a_valid_register() {
-        assert_eq!(check_register(&register_call("agent1").unwrap()), Ok("agent1".into()));
+        assert_eq!(
+            check_register(&register_call("agent1").unwrap()),
+            Ok("agent1".into())
+        );
         assert!(matches!(
             check_register(&register_call("bad name").unwrap()),
             Err(RegisterError::BadName(_))
@@ -88,7 +91,10 @@ mod tests {
             "Heartbeat",
         )
         .unwrap();
-        assert!(matches!(check_register(&other), Err(RegisterError::WrongMember(_))));
+        assert!(matches!(
+            check_register(&other),
+            Err(RegisterError::WrongMember(_))
+        ));
         let wrong_sig = Message::new_method_call(
             crate::protocol::LINK_PEER,
             INTERNAL_MANAGER_PATH,
@@ -97,7 +103,10 @@ mod tests {
         )
         .unwrap()
         .append1(7u32);
-        assert!(matches!(check_register(&wrong_sig), Err(RegisterError::WrongSignature(_))));
+        assert!(matches!(
+            check_register(&wrong_sig),
+            Err(RegisterError::WrongSignature(_))
+        ));
         let signal =
             Message::new_signal(INTERNAL_MANAGER_PATH, INTERNAL_MANAGER_IFACE, "Register").unwrap();
         assert_eq!(check_register(&signal), Err(RegisterError::NotAMethodCall));

@@ -12,6 +12,6 @@ pub mod handshake;
 pub mod log;
 pub mod names;
 pub mod protocol;
-pub mod sys;
 pub mod queue;
+pub mod sys;
 pub mod timespan;

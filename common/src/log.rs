@@ -58,7 +58,9 @@ impl FromStr for Level {
             "info" => Ok(Level::Info),
             "warn" | "warning" => Ok(Level::Warn),
             "error" => Ok(Level::Error),
-            _ => Err(format!("unknown log level '{s}' (debug, info, warn, error)")),
+            _ => Err(format!(
+                "unknown log level '{s}' (debug, info, warn, error)"
+            )),
         }
     }
 }
@@ -94,7 +96,9 @@ impl FromStr for Target {
             "journald" => Ok(Target::Journald),
             "syslog" => Ok(Target::Syslog),
             "stderr" => Ok(Target::Stderr),
-            _ => Err(format!("unknown log target '{s}' (journald, syslog, stderr)")),
+            _ => Err(format!(
+                "unknown log target '{s}' (journald, syslog, stderr)"
+            )),
         }
     }
 }
@@ -214,7 +218,12 @@ pub fn emit(level: Level, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
     }
     let message = args.to_string();
     let Some(logger) = LOGGER.get() else {
-        eprintln!("{} {:<5} {}", timestamp(), level.as_str().to_uppercase(), message);
+        eprintln!(
+            "{} {:<5} {}",
+            timestamp(),
+            level.as_str().to_uppercase(),
+            message
+        );
         return;
     };
     let mut sink = logger.sink.lock().unwrap_or_else(PoisonError::into_inner);
@@ -254,7 +263,12 @@ pub fn emit(level: Level, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
     };
     if !ok {
         // The sink broke (journald restarted, syslog gone): keep the line on stderr.
-        eprintln!("{} {:<5} {}", timestamp(), level.as_str().to_uppercase(), message);
+        eprintln!(
+            "{} {:<5} {}",
+            timestamp(),
+            level.as_str().to_uppercase(),
+            message
+        );
     }
 }
 

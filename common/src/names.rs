@@ -16,7 +16,10 @@ impl fmt::Display for NameError {
         match self {
             NameError::Empty => write!(f, "node name is empty"),
             NameError::TooLong(n) => {
-                write!(f, "node name is {n} bytes long, the limit is {MAX_NODE_NAME_LEN}")
+                write!(
+                    f,
+                    "node name is {n} bytes long, the limit is {MAX_NODE_NAME_LEN}"
+                )
             }
             NameError::BadChar(c) => write!(
                 f,
@@ -99,7 +102,10 @@ mod tests {
         assert_eq!(escape_path_element("1abc"), "_31abc");
         assert_eq!(escape_path_element("a.b_c"), "a_2eb_5fc");
         for s in ["qm-node1", "", "1abc", "a.b_c", "x\u{e9}"] {
-            assert_eq!(unescape_path_element(&escape_path_element(s)).as_deref(), Some(s));
+            assert_eq!(
+                unescape_path_element(&escape_path_element(s)).as_deref(),
+                Some(s)
+            );
         }
         assert_eq!(unescape_path_element("_zz"), None);
     }
@@ -109,7 +115,10 @@ mod tests {
     fn validates_node_names() {
         assert!(validate_node_name("agent-1.lab_x").is_ok());
         assert_eq!(validate_node_name(""), Err(NameError::Empty));
-        assert_eq!(validate_node_name(&"a".repeat(65)), Err(NameError::TooLong(65)));
+        assert_eq!(
+            validate_node_name(&"a".repeat(65)),
+            Err(NameError::TooLong(65))
+        );
         assert_eq!(validate_node_name("a b"), Err(NameError::BadChar(' ')));
         assert_eq!(validate_node_name("a/b"), Err(NameError::BadChar('/')));
         assert!(validate_node_name("\u{e9}").is_err());

@@ -21,3 +21,10 @@ pub fn bus_fd(conn: &Connection) -> BorrowedFd<'_> {
     // dropped; the returned borrow is tied to `&conn`, so it cannot outlive the fd.
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
+
+/// libdbus aborts the process on a failed argument check unless told otherwise. A peer must
+/// never be able to crash a daemon, so a failed check becomes an error return (and at worst a
+/// contained panic in the dbus crate). Call first thing in `main`, before threads exist.
+pub fn disable_libdbus_abort() {
+    std::env::set_var("DBUS_FATAL_WARNINGS", "0");
+}

@@ -120,8 +120,14 @@ mod tests {
         assert_eq!(parse_timespan("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_timespan("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_timespan(" 250 ms "), Ok(Duration::from_millis(250)));
-        assert!(matches!(parse_timespan("5 parsecs"), Err(TimespanError::UnknownUnit(_))));
-        assert!(matches!(parse_timespan("abc"), Err(TimespanError::BadNumber(_))));
+        assert!(matches!(
+            parse_timespan("5 parsecs"),
+            Err(TimespanError::UnknownUnit(_))
+        ));
+        assert!(matches!(
+            parse_timespan("abc"),
+            Err(TimespanError::BadNumber(_))
+        ));
         assert_eq!(parse_timespan(""), Err(TimespanError::Empty));
         assert!(parse_timespan("99999999999999999999d").is_err());
     }

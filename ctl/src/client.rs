@@ -17,8 +17,15 @@ pub enum CtlError {
     ManagerNotRunning,
     Denied(String),
     NoReply,
-    Call { name: String, message: String },
-    JobFailed { unit: String, op: String, result: String },
+    Call {
+        name: String,
+        message: String,
+    },
+    JobFailed {
+        unit: String,
+        op: String,
+        result: String,
+    },
     Usage(String),
     NotFound(String),
 }
@@ -118,7 +125,12 @@ impl Client {
         member: &str,
         args: A,
     ) -> Result<R, CtlError> {
-        self.call(protocol::MANAGER_PATH, protocol::MANAGER_IFACE, member, args)
+        self.call(
+            protocol::MANAGER_PATH,
+            protocol::MANAGER_IFACE,
+            member,
+            args,
+        )
     }
 
     /// The object path of a node, or a one-line "not found" error.

@@ -80,7 +80,7 @@ mod tests {
             "NODE     STATE   LAST SEEN\nprimary  online  now\nagent    online  2s ago\n"
         );
         for line in t.lines().skip(1) {
-            assert_eq!(line.split_whitespace().count() >= 3, true);
+            assert!(line.split_whitespace().count() >= 3);
         }
     }
 }

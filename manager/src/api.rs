@@ -4,12 +4,12 @@
 
 use crate::state::{job_path, lock, merr, FanOut, Shared, UnitRow};
 use dbus::arg::{AppendAll, ArgAll, ReadAll, RefArg, Variant};
-use std::time::Duration;
 use dbus::Path;
 use dbus_crossroads::{Crossroads, IfaceBuilder, IfaceToken};
 use hirte_common::log;
 use hirte_common::protocol::{self, error};
 use std::collections::HashMap;
+use std::time::Duration;
 
 pub struct Tokens {
     pub job: IfaceToken<u32>,
@@ -41,7 +41,13 @@ fn register_metrics(cr: &mut Crossroads) -> IfaceToken<()> {
     cr.register(crate::state::METRICS_IFACE, |b: &mut IfaceBuilder<()>| {
         b.signal::<(String, String, String, u64, u64), _>(
             "StartUnitJobMetrics",
-            ("node", "job_id", "unit", "job_measured_time_micros", "unit_start_prop_time_micros"),
+            (
+                "node",
+                "job_id",
+                "unit",
+                "job_measured_time_micros",
+                "unit_start_prop_time_micros",
+            ),
         );
         b.signal::<(String, String, String, u64), _>(
             "AgentJobMetrics",
@@ -74,52 +80,98 @@ fn register_monitor(cr: &mut Crossroads, st: Shared) -> IfaceToken<u32> {
         let s = st.clone();
         b.method("Close", (), (), move |ctx, id: &mut u32, ()| {
             let mut m = lock(&s);
-            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
+            m.monitors
+                .check_owner(*id, &caller(ctx))
+                .map_err(monitor_err)?;
             m.close_monitor(*id, "closed by its owner");
             Ok(())
         });
         let s = st.clone();
-        b.method("Subscribe", ("node", "unit"), ("id",), move |ctx, id: &mut u32, (node, unit): (String, String)| {
-            let mut m = lock(&s);
-            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
-            let sub = m.monitors.subscribe(*id, &node, vec![unit]).map_err(monitor_err)?;
-            m.sync_all_subscriptions();
-            Ok((sub,))
-        });
+        b.method(
+            "Subscribe",
+            ("node", "unit"),
+            ("id",),
+            move |ctx, id: &mut u32, (node, unit): (String, String)| {
+                let mut m = lock(&s);
+                m.monitors
+                    .check_owner(*id, &caller(ctx))
+                    .map_err(monitor_err)?;
+                let sub = m
+                    .monitors
+                    .subscribe(*id, &node, vec![unit])
+                    .map_err(monitor_err)?;
+                m.sync_all_subscriptions();
+                Ok((sub,))
+            },
+        );
         let s = st.clone();
-        b.method("SubscribeList", ("node", "units"), ("id",), move |ctx, id: &mut u32, (node, units): (String, Vec<String>)| {
-            let mut m = lock(&s);
-            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
-            let sub = m.monitors.subscribe(*id, &node, units).map_err(monitor_err)?;
-            m.sync_all_subscriptions();
-            Ok((sub,))
-        });
+        b.method(
+            "SubscribeList",
+            ("node", "units"),
+            ("id",),
+            move |ctx, id: &mut u32, (node, units): (String, Vec<String>)| {
+                let mut m = lock(&s);
+                m.monitors
+                    .check_owner(*id, &caller(ctx))
+                    .map_err(monitor_err)?;
+                let sub = m
+                    .monitors
+                    .subscribe(*id, &node, units)
+                    .map_err(monitor_err)?;
+                m.sync_all_subscriptions();
+                Ok((sub,))
+            },
+        );
         let s = st.clone();
-        b.method("Unsubscribe", ("id",), (), move |ctx, id: &mut u32, (sub,): (u32,)| {
-            let mut m = lock(&s);
-            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
-            m.monitors.unsubscribe(*id, sub).map_err(monitor_err)?;
-            m.sync_all_subscriptions();
-            Ok(())
-        });
+        b.method(
+            "Unsubscribe",
+            ("id",),
+            (),
+            move |ctx, id: &mut u32, (sub,): (u32,)| {
+                let mut m = lock(&s);
+                m.monitors
+                    .check_owner(*id, &caller(ctx))
+                    .map_err(monitor_err)?;
+                m.monitors.unsubscribe(*id, sub).map_err(monitor_err)?;
+                m.sync_all_subscriptions();
+                Ok(())
+            },
+        );
         let s = st.clone();
-        b.method("AddPeer", ("bus_name",), ("id",), move |ctx, id: &mut u32, (name,): (String,)| {
-            let mut m = lock(&s);
-            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
-            if dbus::strings::BusName::new(name.clone()).is_err() {
-                return Err(merr(error::INVALID_ARGS, format!("'{name}' is not a bus name")));
-            }
-            let peer = m.monitors.add_peer(*id, &name).map_err(monitor_err)?;
-            Ok((peer,))
-        });
+        b.method(
+            "AddPeer",
+            ("bus_name",),
+            ("id",),
+            move |ctx, id: &mut u32, (name,): (String,)| {
+                let mut m = lock(&s);
+                m.monitors
+                    .check_owner(*id, &caller(ctx))
+                    .map_err(monitor_err)?;
+                if dbus::strings::BusName::new(name.clone()).is_err() {
+                    return Err(merr(
+                        error::INVALID_ARGS,
+                        format!("'{name}' is not a bus name"),
+                    ));
+                }
+                let peer = m.monitors.add_peer(*id, &name).map_err(monitor_err)?;
+                Ok((peer,))
+            },
+        );
         let s = st.clone();
-        b.method("RemovePeer", ("id", "reason"), (), move |ctx, id: &mut u32, (peer, reason): (u32, String)| {
-            let mut m = lock(&s);
-            m.monitors.check_owner(*id, &caller(ctx)).map_err(monitor_err)?;
-            let name = m.monitors.remove_peer(*id, peer).map_err(monitor_err)?;
-            m.notify_peer_removed(*id, &name, &reason);
-            Ok(())
-        });
+        b.method(
+            "RemovePeer",
+            ("id", "reason"),
+            (),
+            move |ctx, id: &mut u32, (peer, reason): (u32, String)| {
+                let mut m = lock(&s);
+                m.monitors
+                    .check_owner(*id, &caller(ctx))
+                    .map_err(monitor_err)?;
+                let name = m.monitors.remove_peer(*id, peer).map_err(monitor_err)?;
+                m.notify_peer_removed(*id, &name, &reason);
+                Ok(())
+            },
+        );
         b.signal::<(String, String, String, dbus::arg::PropMap), _>(
             "UnitPropertiesChanged",
             ("node", "unit", "interface", "props"),
@@ -151,21 +203,26 @@ fn register_manager(cr: &mut Crossroads, st: Shared) -> IfaceToken<()> {
             Ok((rows,))
         });
         let s = st.clone();
-        b.method("GetNode", ("name",), ("node",), move |_, _, (name,): (String,)| {
-            let m = lock(&s);
-            let idx = m.node_index(&name).ok_or_else(|| {
-                merr(
-                    error::NODE_NOT_FOUND,
-                    format!("node '{name}' not found (not in AllowedNodeNames)"),
-                )
-            })?;
-            let path = m
-                .nodes
-                .get(idx)
-                .and_then(|n| Path::new(n.path.clone()).ok())
-                .ok_or_else(|| merr(error::NODE_NOT_FOUND, "no such node"))?;
-            Ok((path,))
-        });
+        b.method(
+            "GetNode",
+            ("name",),
+            ("node",),
+            move |_, _, (name,): (String,)| {
+                let m = lock(&s);
+                let idx = m.node_index(&name).ok_or_else(|| {
+                    merr(
+                        error::NODE_NOT_FOUND,
+                        format!("node '{name}' not found (not in AllowedNodeNames)"),
+                    )
+                })?;
+                let path = m
+                    .nodes
+                    .get(idx)
+                    .and_then(|n| Path::new(n.path.clone()).ok())
+                    .ok_or_else(|| merr(error::NODE_NOT_FOUND, "no such node"))?;
+                Ok((path,))
+            },
+        );
         let s = st.clone();
         b.method_with_cr_custom::<(), (HashMap<String, Vec<UnitRow>>,), _, _>(
             "ListUnits",
@@ -199,14 +256,19 @@ fn register_manager(cr: &mut Crossroads, st: Shared) -> IfaceToken<()> {
                 m.fan_out(member, FanOut::Ack, Some(ctx))
             });
         }
-        b.method("SetLogLevel", ("level",), (), move |_, _, (level,): (String,)| {
-            let lvl = level
-                .parse::<log::Level>()
-                .map_err(|e| merr(error::INVALID_ARGS, e))?;
-            log::set_level(lvl);
-            hirte_common::log_info!("Log level set to {lvl}");
-            Ok(())
-        });
+        b.method(
+            "SetLogLevel",
+            ("level",),
+            (),
+            move |_, _, (level,): (String,)| {
+                let lvl = level
+                    .parse::<log::Level>()
+                    .map_err(|e| merr(error::INVALID_ARGS, e))?;
+                log::set_level(lvl);
+                hirte_common::log_info!("Log level set to {lvl}");
+                Ok(())
+            },
+        );
         b.signal::<(u32, Path<'static>), _>("JobNew", ("id", "job"));
         b.signal::<(u32, Path<'static>, String, String, String), _>(
             "JobRemoved",
@@ -247,7 +309,12 @@ fn relay<IA, OA>(
 }
 
 /// A Node method that creates a job.
-fn job_method(b: &mut IfaceBuilder<usize>, st: &Shared, member: &'static str, job_type: &'static str) {
+fn job_method(
+    b: &mut IfaceBuilder<usize>,
+    st: &Shared,
+    member: &'static str,
+    job_type: &'static str,
+) {
     let s = st.clone();
     b.method_with_cr_custom::<(String, String), (Path<'static>,), _, _>(
         member,
@@ -277,9 +344,8 @@ fn transient_method(b: &mut IfaceBuilder<usize>, st: &Shared) {
             let Some(idx) = cr.data_mut::<usize>(ctx.path()).copied() else {
                 return Some(ctx);
             };
-            let fill = |m: &mut dbus::Message, id: u32| {
-                m.append_all((name.clone(), mode, props, aux, id))
-            };
+            let fill =
+                |m: &mut dbus::Message, id: u32| m.append_all((name.clone(), mode, props, aux, id));
             lock(&s).start_job(idx, "StartTransientUnit", "start", name.clone(), fill, ctx)
         },
     );
@@ -305,13 +371,22 @@ fn exec_method(b: &mut IfaceBuilder<usize>, st: &Shared) {
             };
             let mut m = lock(&s);
             let refusal = if !m.cfg.allow_exec {
-                Some((error::NOT_ALLOWED, "Exec is disabled on this manager (AllowExec=no)".to_string()))
+                Some((
+                    error::NOT_ALLOWED,
+                    "Exec is disabled on this manager (AllowExec=no)".to_string(),
+                ))
             } else if argv.is_empty() || argv.len() > EXEC_MAX_ARGS {
-                Some((error::INVALID_ARGS, format!("Exec takes 1 to {EXEC_MAX_ARGS} arguments")))
+                Some((
+                    error::INVALID_ARGS,
+                    format!("Exec takes 1 to {EXEC_MAX_ARGS} arguments"),
+                ))
             } else if Duration::from_micros(timeout_usec) > EXEC_MAX_TIMEOUT {
                 Some((
                     error::INVALID_ARGS,
-                    format!("Exec timeout above the maximum of {}s", EXEC_MAX_TIMEOUT.as_secs()),
+                    format!(
+                        "Exec timeout above the maximum of {}s",
+                        EXEC_MAX_TIMEOUT.as_secs()
+                    ),
                 ))
             } else {
                 None
@@ -399,7 +474,13 @@ fn register_node(cr: &mut Crossroads, st: Shared) -> IfaceToken<usize> {
         b.property::<String, _>("Name")
             .get({
                 let s = st.clone();
-                move |_, idx| Ok(lock(&s).nodes.get(*idx).map(|n| n.name.clone()).unwrap_or_default())
+                move |_, idx| {
+                    Ok(lock(&s)
+                        .nodes
+                        .get(*idx)
+                        .map(|n| n.name.clone())
+                        .unwrap_or_default())
+                }
             })
             .emits_changed_const();
         b.property::<String, _>("Status")
@@ -417,19 +498,37 @@ fn register_node(cr: &mut Crossroads, st: Shared) -> IfaceToken<usize> {
         b.property::<String, _>("PeerIp")
             .get({
                 let s = st.clone();
-                move |_, idx| Ok(lock(&s).nodes.get(*idx).map(|n| n.peer_ip.clone()).unwrap_or_default())
+                move |_, idx| {
+                    Ok(lock(&s)
+                        .nodes
+                        .get(*idx)
+                        .map(|n| n.peer_ip.clone())
+                        .unwrap_or_default())
+                }
             })
             .emits_changed_false();
         b.property::<u64, _>("LastSeenTimestamp")
             .get({
                 let s = st.clone();
-                move |_, idx| Ok(lock(&s).nodes.get(*idx).map(|n| n.last_seen_realtime_us).unwrap_or(0))
+                move |_, idx| {
+                    Ok(lock(&s)
+                        .nodes
+                        .get(*idx)
+                        .map(|n| n.last_seen_realtime_us)
+                        .unwrap_or(0))
+                }
             })
             .emits_changed_false();
         b.property::<u64, _>("LastSeenTimestampMonotonic")
             .get({
                 let s = st.clone();
-                move |_, idx| Ok(lock(&s).nodes.get(*idx).map(|n| n.last_seen_monotonic_us).unwrap_or(0))
+                move |_, idx| {
+                    Ok(lock(&s)
+                        .nodes
+                        .get(*idx)
+                        .map(|n| n.last_seen_monotonic_us)
+                        .unwrap_or(0))
+                }
             })
             .emits_changed_false();
     })
@@ -446,7 +545,10 @@ fn register_job(cr: &mut Crossroads, st: Shared) -> IfaceToken<u32> {
             let mut m = lock(&s);
             let Some(node) = m.jobs.get(&id).map(|j| j.node) else {
                 let mut ctx = ctx;
-                ctx.reply::<()>(Err(merr(error::INVALID_ARGS, format!("job {id} has ended"))));
+                ctx.reply::<()>(Err(merr(
+                    error::INVALID_ARGS,
+                    format!("job {id} has ended"),
+                )));
                 return Some(ctx);
             };
             m.relay(node, "JobCancel", |msg| msg.append_all((id,)), ctx)
@@ -461,10 +563,15 @@ fn register_job(cr: &mut Crossroads, st: Shared) -> IfaceToken<u32> {
                     .ok_or_else(|| merr(error::INVALID_ARGS, format!("job {id} has ended")))
             }
         };
-        b.property::<u32, _>("Id").get(|_, id| Ok(*id)).emits_changed_const();
+        b.property::<u32, _>("Id")
+            .get(|_, id| Ok(*id))
+            .emits_changed_const();
         b.property::<String, _>("Node")
             .get(field(&st, |j, m| {
-                m.nodes.get(j.node).map(|n| n.name.clone()).unwrap_or_default()
+                m.nodes
+                    .get(j.node)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default()
             }))
             .emits_changed_const();
         b.property::<String, _>("Unit")

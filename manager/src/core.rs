@@ -50,7 +50,7 @@ impl Core {
                 log_info!("Shutting down");
                 self.guarded("shutdown", |core| lock(&core.model).shutdown());
                 self.apply_effects();
-                let _ = self.conn.channel().flush();
+                self.conn.channel().flush();
                 return Ok(());
             }
             let timeout = lock(&self.model)
@@ -62,14 +62,12 @@ impl Core {
                 .read_write(Some(Duration::ZERO))
                 .map_err(|()| CoreError::Bus("connection closed".to_string()))?;
             while let Some(msg) = self.conn.channel().pop_message() {
-                self.guarded("a D-Bus call", |core| {
-                    match msg.msg_type() {
-                        dbus::message::MessageType::MethodCall => {
-                            let _ = core.cr.handle_message(msg, &core.conn);
-                        }
-                        dbus::message::MessageType::Signal => core.on_bus_signal(&msg),
-                        _ => {}
+                self.guarded("a D-Bus call", |core| match msg.msg_type() {
+                    dbus::message::MessageType::MethodCall => {
+                        let _ = core.cr.handle_message(msg, &core.conn);
                     }
+                    dbus::message::MessageType::Signal => core.on_bus_signal(&msg),
+                    _ => {}
                 });
                 self.apply_effects();
             }
@@ -89,7 +87,7 @@ impl Core {
             }
             self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
             self.apply_effects();
-            let _ = self.conn.channel().flush();
+            self.conn.channel().flush();
         }
     }
 

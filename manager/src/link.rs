@@ -186,11 +186,7 @@ impl LinkThread {
                         })?;
                     }
                     Err(e) => {
-                        log_warn!(
-                            "Refused connection from {}: {}",
-                            self.handle.peer,
-                            e
-                        );
+                        log_warn!("Refused connection from {}: {}", self.handle.peer, e);
                         self.refuse(&msg, &e.to_string());
                         return Err(End::Protocol(e.to_string()));
                     }

@@ -60,7 +60,10 @@ impl Listener {
             }
             let _ = stream.set_nodelay(true);
             if let Err(e) = stream.set_write_timeout(Some(LINK_WRITE_TIMEOUT)) {
-                log_warn!("Connection from {}: cannot set write timeout: {e}", peer.ip());
+                log_warn!(
+                    "Connection from {}: cannot set write timeout: {e}",
+                    peer.ip()
+                );
                 continue;
             }
             next_id += 1;

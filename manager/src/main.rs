@@ -23,7 +23,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
-#[command(name = "hirte", version, about = "Hirte-rs manager: controls systemd on many nodes")]
+#[command(
+    name = "hirte",
+    version,
+    about = "Hirte-rs manager: controls systemd on many nodes"
+)]
 struct Cli {
     /// Extra configuration file, read after /etc/hirte/hirte.conf and its drop-ins
     #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -121,6 +125,7 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    hirte_common::sys::disable_libdbus_abort();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

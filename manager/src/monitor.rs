@@ -31,7 +31,10 @@ impl fmt::Display for MonitorError {
                 write!(f, "{MAX_MONITORS} monitors exist; close one first")
             }
             MonitorError::TooManyForOwner => {
-                write!(f, "a client may own at most {MAX_MONITORS_PER_OWNER} monitors")
+                write!(
+                    f,
+                    "a client may own at most {MAX_MONITORS_PER_OWNER} monitors"
+                )
             }
             MonitorError::TooManySubscriptions => write!(
                 f,
@@ -42,7 +45,10 @@ impl fmt::Display for MonitorError {
                 "a subscription may name 1 to {MAX_UNITS_PER_SUBSCRIPTION} units"
             ),
             MonitorError::TooManyPeers => {
-                write!(f, "a monitor may have at most {MAX_PEERS_PER_MONITOR} peers")
+                write!(
+                    f,
+                    "a monitor may have at most {MAX_PEERS_PER_MONITOR} peers"
+                )
             }
             MonitorError::NoSuchMonitor(id) => write!(f, "no monitor {id}"),
             MonitorError::NoSuchSubscription(id) => write!(f, "no subscription {id}"),
@@ -135,7 +141,12 @@ impl Monitors {
         }
     }
 
-    pub fn subscribe(&mut self, id: u32, node: &str, units: Vec<String>) -> Result<u32, MonitorError> {
+    pub fn subscribe(
+        &mut self,
+        id: u32,
+        node: &str,
+        units: Vec<String>,
+    ) -> Result<u32, MonitorError> {
         if units.is_empty() || units.len() > MAX_UNITS_PER_SUBSCRIPTION {
             return Err(MonitorError::TooManyUnits);
         }
@@ -170,7 +181,11 @@ impl Monitors {
         if m.peers.len() >= MAX_PEERS_PER_MONITOR {
             return Err(MonitorError::TooManyPeers);
         }
-        let peer_id = m.peers.keys().next_back().map_or(1, |k| k.saturating_add(1));
+        let peer_id = m
+            .peers
+            .keys()
+            .next_back()
+            .map_or(1, |k| k.saturating_add(1));
         m.peers.insert(peer_id, name.to_string());
         Ok(peer_id)
     }
@@ -282,7 +297,10 @@ mod tests {
         assert_eq!(m.route("n2", "x.service").len(), 1);
         assert_eq!(m.wanted_units("n1"), BTreeSet::from(["*".to_string()]));
         m.close(b);
-        assert_eq!(m.wanted_units("n1"), BTreeSet::from(["x.service".to_string()]));
+        assert_eq!(
+            m.wanted_units("n1"),
+            BTreeSet::from(["x.service".to_string()])
+        );
         assert!(m.wanted_units("n2").is_empty());
     }
 

@@ -56,6 +56,9 @@ pub enum PendingKind {
     Internal,
 }
 
+/// A call that could not be sent: the error for the caller, and what was to be done.
+type CallFailure = Box<(MethodErr, PendingKind)>;
+
 pub struct Pending {
     member: &'static str,
     deadline: Instant,
@@ -160,7 +163,11 @@ pub fn job_path(id: u32) -> String {
 }
 
 pub fn node_path(name: &str) -> String {
-    format!("{}/{}", protocol::NODE_PATH_PREFIX, escape_path_element(name))
+    format!(
+        "{}/{}",
+        protocol::NODE_PATH_PREFIX,
+        escape_path_element(name)
+    )
 }
 
 fn now_realtime_us() -> u64 {
@@ -307,7 +314,11 @@ impl Manager {
         let status = self.status();
         if status != self.last_status {
             self.last_status = status;
-            log_fields!(Info, [("STATUS", status)], "Manager status is now '{status}'");
+            log_fields!(
+                Info,
+                [("STATUS", status)],
+                "Manager status is now '{status}'"
+            );
             let sig = Self::properties_changed(
                 protocol::MANAGER_PATH,
                 protocol::MANAGER_IFACE,
@@ -342,7 +353,10 @@ impl Manager {
                     error::ADDRESS_IN_USE,
                     format!(
                         "a node named '{name}' is already online (from {})",
-                        self.nodes.get(idx).map(|n| n.peer_ip.as_str()).unwrap_or("")
+                        self.nodes
+                            .get(idx)
+                            .map(|n| n.peer_ip.as_str())
+                            .unwrap_or("")
                     ),
                 )),
                 None => None,
@@ -438,7 +452,13 @@ impl Manager {
     // ---- monitors ------------------------------------------------------------------------
 
     /// A monitor signal to each recipient (unicast: only the owner and its peers get it).
-    fn monitor_signal(&mut self, monitor: u32, recipients: &[String], member: &str, items: &[MessageItem]) {
+    fn monitor_signal(
+        &mut self,
+        monitor: u32,
+        recipients: &[String],
+        member: &str,
+        items: &[MessageItem],
+    ) {
         let path = monitor_path(monitor);
         for r in recipients {
             let Some(mut m) = Self::signal(&path, protocol::MONITOR_IFACE, member) else {
@@ -486,11 +506,21 @@ impl Manager {
         };
         for unit in current.difference(&wanted) {
             let u = unit.clone();
-            let _ = self.call_node(idx, "Unsubscribe", |m| m.append_all((u,)), PendingKind::Internal);
+            let _ = self.call_node(
+                idx,
+                "Unsubscribe",
+                |m| m.append_all((u,)),
+                PendingKind::Internal,
+            );
         }
         for unit in wanted.difference(&current) {
             let u = unit.clone();
-            let _ = self.call_node(idx, "Subscribe", |m| m.append_all((u,)), PendingKind::Internal);
+            let _ = self.call_node(
+                idx,
+                "Subscribe",
+                |m| m.append_all((u,)),
+                PendingKind::Internal,
+            );
         }
         if let Some(o) = self.nodes.get_mut(idx).and_then(|n| n.online.as_mut()) {
             o.agent_subs = wanted;
@@ -498,7 +528,12 @@ impl Manager {
     }
 
     pub fn notify_peer_removed(&mut self, monitor: u32, peer: &str, reason: &str) {
-        self.monitor_signal(monitor, &[peer.to_string()], "PeerRemoved", &[MessageItem::Str(reason.to_string())]);
+        self.monitor_signal(
+            monitor,
+            &[peer.to_string()],
+            "PeerRemoved",
+            &[MessageItem::Str(reason.to_string())],
+        );
     }
 
     pub fn sync_all_subscriptions(&mut self) {
@@ -511,7 +546,12 @@ impl Manager {
     pub fn close_monitor(&mut self, id: u32, reason: &str) {
         if let Some(m) = self.monitors.close(id) {
             let peers: Vec<String> = m.peers.values().cloned().collect();
-            self.monitor_signal(id, &peers, "PeerRemoved", &[MessageItem::Str(reason.to_string())]);
+            self.monitor_signal(
+                id,
+                &peers,
+                "PeerRemoved",
+                &[MessageItem::Str(reason.to_string())],
+            );
             self.object_ops.push(ObjectOp::RemoveMonitor(id));
             self.sync_all_subscriptions();
         }
@@ -613,7 +653,7 @@ impl Manager {
         member: &'static str,
         fill: impl FnOnce(&mut Message),
         kind: PendingKind,
-    ) -> Result<(), (MethodErr, PendingKind)> {
+    ) -> Result<(), CallFailure> {
         let timeout = self.cfg.agent_call_timeout;
         self.call_node_within(idx, member, fill, kind, timeout)
     }
@@ -625,14 +665,17 @@ impl Manager {
         fill: impl FnOnce(&mut Message),
         kind: PendingKind,
         timeout: Duration,
-    ) -> Result<(), (MethodErr, PendingKind)> {
+    ) -> Result<(), CallFailure> {
         let deadline = Instant::now() + timeout;
         let Some(node) = self.nodes.get_mut(idx) else {
-            return Err((merr(error::NODE_NOT_FOUND, "no such node"), kind));
+            return Err(Box::new((
+                merr(error::NODE_NOT_FOUND, "no such node"),
+                kind,
+            )));
         };
         let Some(online) = node.online.as_mut() else {
             let text = format!("node '{}' is offline", node.name);
-            return Err((merr(error::OFFLINE, text), kind));
+            return Err(Box::new((merr(error::OFFLINE, text), kind)));
         };
         // [impl->req~bounds.pending-calls~1]
         if online.pending.len() >= MAX_PENDING_CALLS_PER_NODE {
@@ -640,7 +683,7 @@ impl Manager {
                 "node '{}' has {MAX_PENDING_CALLS_PER_NODE} calls in flight; try again later",
                 node.name
             );
-            return Err((merr(error::BUSY, text), kind));
+            return Err(Box::new((merr(error::BUSY, text), kind)));
         }
         let Ok(mut msg) = Message::new_method_call(
             protocol::LINK_PEER,
@@ -648,7 +691,7 @@ impl Manager {
             protocol::INTERNAL_AGENT_IFACE,
             member,
         ) else {
-            return Err((merr(error::INVALID_ARGS, "bad member"), kind));
+            return Err(Box::new((merr(error::INVALID_ARGS, "bad member"), kind)));
         };
         fill(&mut msg);
         let serial = online.serials.next_serial();
@@ -656,7 +699,7 @@ impl Manager {
         if online.link.queue.try_push(msg).is_err() {
             let text = format!("link to node '{}' is congested; try again later", node.name);
             log_warn!("{text}");
-            return Err((merr(error::BUSY, text), kind));
+            return Err(Box::new((merr(error::BUSY, text), kind)));
         }
         online.pending.insert(
             serial,
@@ -693,11 +736,13 @@ impl Manager {
     ) -> Option<Context> {
         match self.call_node_within(idx, member, fill, PendingKind::Relay(ctx), timeout) {
             Ok(()) => None,
-            Err((e, PendingKind::Relay(mut ctx))) => {
-                ctx.reply::<()>(Err(e));
-                Some(ctx)
-            }
-            Err(_) => None,
+            Err(f) => match *f {
+                (e, PendingKind::Relay(mut ctx)) => {
+                    ctx.reply::<()>(Err(e));
+                    Some(ctx)
+                }
+                _ => None,
+            },
         }
     }
 
@@ -740,12 +785,14 @@ impl Manager {
                 self.object_ops.push(ObjectOp::AddJob(id));
                 None
             }
-            Err((e, PendingKind::JobStart { mut ctx, .. })) => {
-                self.jobs.remove(&id);
-                ctx.reply::<()>(Err(e));
-                Some(ctx)
-            }
-            Err(_) => None,
+            Err(f) => match *f {
+                (e, PendingKind::JobStart { mut ctx, .. }) => {
+                    self.jobs.remove(&id);
+                    ctx.reply::<()>(Err(e));
+                    Some(ctx)
+                }
+                _ => None,
+            },
         }
     }
 
@@ -794,13 +841,17 @@ impl Manager {
             job.job_type,
             job.unit
         );
-        let sig = Self::signal(protocol::MANAGER_PATH, protocol::MANAGER_IFACE, "JobRemoved")
-            .and_then(|m| {
-                let path = Path::new(job_path(id)).ok()?;
-                let mut m = m.append3(id, path, node.clone());
-                m.append_all((job.unit.clone(), result.to_string()));
-                Some(m)
-            });
+        let sig = Self::signal(
+            protocol::MANAGER_PATH,
+            protocol::MANAGER_IFACE,
+            "JobRemoved",
+        )
+        .and_then(|m| {
+            let path = Path::new(job_path(id)).ok()?;
+            let mut m = m.append3(id, path, node.clone());
+            m.append_all((job.unit.clone(), result.to_string()));
+            Some(m)
+        });
         self.emit(sig);
         self.object_ops.push(ObjectOp::RemoveJob(id));
         // [impl->req~manager.metrics~1]
@@ -846,7 +897,8 @@ impl Manager {
                 .get(idx)
                 .map(|n| n.name.clone())
                 .unwrap_or_default();
-            if let Err((e, _)) = self.call_node(idx, member, |_| {}, PendingKind::Part { agg }) {
+            if let Err(f) = self.call_node(idx, member, |_| {}, PendingKind::Part { agg }) {
+                let e = &f.0;
                 self.aggregate_part(agg, None, Some(format!("node '{name}': {e}")));
             }
         }
@@ -855,7 +907,12 @@ impl Manager {
         None
     }
 
-    fn aggregate_part(&mut self, agg: u64, part: Option<(String, Message)>, failure: Option<String>) {
+    fn aggregate_part(
+        &mut self,
+        agg: u64,
+        part: Option<(String, Message)>,
+        failure: Option<String>,
+    ) {
         let Some(a) = self.aggregates.get_mut(&agg) else {
             return;
         };
@@ -1067,10 +1124,7 @@ impl Manager {
                     .unwrap_or_default();
                 let mut answer = answer;
                 if let Err(e) = answer.as_result() {
-                    let text = format!(
-                        "node '{name}': {}",
-                        e.message().unwrap_or("call failed")
-                    );
+                    let text = format!("node '{name}': {}", e.message().unwrap_or("call failed"));
                     self.aggregate_part(agg, None, Some(text));
                     return;
                 }
@@ -1079,7 +1133,11 @@ impl Manager {
             PendingKind::Internal => {
                 let mut answer = answer;
                 if let Err(e) = answer.as_result() {
-                    log_warn!("{} failed on node {idx}: {}", p.member, e.message().unwrap_or(""));
+                    log_warn!(
+                        "{} failed on node {idx}: {}",
+                        p.member,
+                        e.message().unwrap_or("")
+                    );
                 }
             }
         }

@@ -1,0 +1,132 @@
+//! `Exec`: runs a command as a transient oneshot unit, so systemd supervises it like any other
+//! service (cgroup, timeout, kill), and returns its exit status with bounded output.
+
+use dbus::arg::{RefArg, Variant};
+use dbus::Message;
+use hirte_common::bounds::EXEC_MAX_OUTPUT;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Commands running at once on one agent; more are refused with `Busy`.
+pub const MAX_AGENT_EXECS: usize = 16;
+/// Extra time the agent grants systemd's own timeout before it stops the unit itself.
+pub const EXEC_GRACE: Duration = Duration::from_secs(5);
+
+pub struct PendingExec {
+    pub call: Message,
+    pub unit: String,
+    pub out: PathBuf,
+    pub err: PathBuf,
+    pub deadline: Instant,
+    pub timeout: Duration,
+}
+
+/// Where output files go: private to root (or the user, for --user).
+pub fn exec_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run"));
+    base.join("hirte-agent")
+}
+
+pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// The argv systemd runs: one string with spaces is a shell command line (the guide's
+/// `hirtectl exec primary "pg_isready -U postgres"`); several words are run as they are,
+/// looked up in PATH by the shell.
+pub fn command_line(argv: &[String]) -> Vec<String> {
+    match argv {
+        [one] if one.contains(char::is_whitespace) => {
+            vec!["/bin/sh".into(), "-c".into(), one.clone()]
+        }
+        _ => {
+            let mut v = vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                "exec \"$@\"".to_string(),
+                "hirte-exec".to_string(),
+            ];
+            v.extend(argv.iter().cloned());
+            v
+        }
+    }
+}
+
+/// Unit properties as systemd's `StartTransientUnit` takes them.
+pub type Props = Vec<(String, Variant<Box<dyn RefArg>>)>;
+
+fn prop<T: RefArg + 'static>(name: &str, v: T) -> (String, Variant<Box<dyn RefArg>>) {
+    (name.to_string(), Variant(Box::new(v) as Box<dyn RefArg>))
+}
+
+/// Properties of the transient unit.
+pub fn unit_properties(argv: &[String], out: &Path, err: &Path, timeout: Duration) -> Props {
+    let line = command_line(argv);
+    let exec_start = vec![("/bin/sh".to_string(), line.clone(), false)];
+    vec![
+        prop("Description", format!("hirte exec: {}", argv.join(" "))),
+        prop("Type", "oneshot".to_string()),
+        prop("ExecStart", exec_start),
+        prop("StandardOutputFileToTruncate", out.display().to_string()),
+        prop("StandardErrorFileToTruncate", err.display().to_string()),
+        prop(
+            "TimeoutStartUSec",
+            u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX),
+        ),
+    ]
+}
+
+/// Reads at most `EXEC_MAX_OUTPUT` bytes of a file, then removes it.
+pub fn take_output(path: &Path) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let limit = u64::try_from(EXEC_MAX_OUTPUT).unwrap_or(u64::MAX);
+        let _ = f.take(limit).read_to_end(&mut buf);
+    }
+    let _ = std::fs::remove_file(path);
+    buf
+}
+
+/// Exit status from systemd's `ExecMainCode`/`ExecMainStatus`: the code, or 128+signal.
+pub fn exit_status(code: i32, status: i32) -> i32 {
+    match code {
+        1 => status,
+        2 | 3 => 128 + status,
+        _ => 255,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // [utest->req~agent.exec~1]
+    #[test]
+    fn command_lines() {
+        assert_eq!(
+            command_line(&["pg_isready -U postgres".into()]),
+            vec!["/bin/sh", "-c", "pg_isready -U postgres"]
+        );
+        assert_eq!(
+            command_line(&["echo".into(), "a b".into()]),
+            vec!["/bin/sh", "-c", "exec \"$@\"", "hirte-exec", "echo", "a b"]
+        );
+        assert_eq!(exit_status(1, 3), 3);
+        assert_eq!(exit_status(2, 9), 137);
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        let p = std::env::temp_dir().join(format!("hirte-exec-test-{}", std::process::id()));
+        std::fs::write(&p, vec![b'x'; EXEC_MAX_OUTPUT + 100]).unwrap();
+        assert_eq!(take_output(&p).len(), EXEC_MAX_OUTPUT);
+        assert!(!p.exists());
+    }
+}

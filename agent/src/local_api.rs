@@ -1,0 +1,131 @@
+//! `org.containers.hirte.Agent` on the node's own bus, so local services can ask whether this
+//! node is connected to its manager (as `bluechi-is-online` does).
+
+use dbus::arg::{PropMap, RefArg, Variant};
+use dbus::blocking::Connection;
+use dbus::channel::Sender;
+use dbus::Message;
+use dbus_crossroads::{Crossroads, IfaceBuilder};
+use hirte_common::protocol::{self, NODE_OFFLINE, NODE_ONLINE};
+use hirte_common::{log, log_info, log_warn};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+#[derive(Default)]
+struct Status {
+    connected: bool,
+    manager_address: String,
+    disconnect_us: u64,
+}
+
+pub struct LocalApi {
+    cr: Crossroads,
+    status: Arc<Mutex<Status>>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl LocalApi {
+    /// Exports the object; owning the well-known name is best effort (a missing D-Bus policy
+    /// must not stop the agent from doing its real job).
+    // [impl->req~agent.local-api~1]
+    pub fn new(sd: &Connection, manager_address: String, last_seen_us: Arc<AtomicU64>) -> Self {
+        let status = Arc::new(Mutex::new(Status {
+            manager_address,
+            ..Status::default()
+        }));
+        let mut cr = Crossroads::new();
+        let st = status.clone();
+        let token = cr.register(protocol::AGENT_IFACE, move |b: &mut IfaceBuilder<()>| {
+            let s = st.clone();
+            b.property::<String, _>("Status")
+                .get(move |_, _| {
+                    let connected = s.lock().unwrap_or_else(PoisonError::into_inner).connected;
+                    Ok(if connected { NODE_ONLINE } else { NODE_OFFLINE }.to_string())
+                })
+                .emits_changed_true();
+            let s = st.clone();
+            b.property::<String, _>("ManagerAddress")
+                .get(move |_, _| {
+                    Ok(s.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .manager_address
+                        .clone())
+                })
+                .emits_changed_false();
+            let seen = last_seen_us.clone();
+            b.property::<u64, _>("LastSeenTimestamp")
+                .get(move |_, _| Ok(seen.load(Ordering::Relaxed)))
+                .emits_changed_false();
+            let s = st.clone();
+            b.property::<u64, _>("DisconnectTimestamp")
+                .get(move |_, _| {
+                    Ok(s.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .disconnect_us)
+                })
+                .emits_changed_false();
+            b.property::<String, _>("LogLevel")
+                .get(|_, _| Ok(log::level().to_string()))
+                .emits_changed_false();
+            b.property::<String, _>("LogTarget")
+                .get(|_, _| Ok(log::target().to_string()))
+                .emits_changed_const();
+        });
+        cr.insert(protocol::MANAGER_PATH, &[token], ());
+        match sd.request_name(protocol::AGENT_BUS_NAME, false, false, true) {
+            Ok(dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner) => {
+                log_info!("Serving {} on the node bus", protocol::AGENT_BUS_NAME);
+            }
+            Ok(_) => log_warn!(
+                "{} is owned by another process; local status API not available",
+                protocol::AGENT_BUS_NAME
+            ),
+            Err(e) => log_warn!(
+                "Cannot own {} on the node bus ({}); local status API not available",
+                protocol::AGENT_BUS_NAME,
+                e.message().unwrap_or("unknown error")
+            ),
+        }
+        LocalApi { cr, status }
+    }
+
+    pub fn handle(&mut self, msg: Message, sd: &Connection) {
+        let _ = self.cr.handle_message(msg, sd);
+    }
+
+    /// Records a link state change and announces it.
+    pub fn set_connected(&mut self, sd: &Connection, address: Option<String>) {
+        let connected = address.is_some();
+        {
+            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            if s.connected == connected {
+                return;
+            }
+            s.connected = connected;
+            match address {
+                Some(a) => s.manager_address = a,
+                None => s.disconnect_us = now_us(),
+            }
+        }
+        let value = if connected { NODE_ONLINE } else { NODE_OFFLINE };
+        let mut changed = PropMap::new();
+        changed.insert(
+            "Status".to_string(),
+            Variant(Box::new(value.to_string()) as Box<dyn RefArg>),
+        );
+        if let Ok(sig) = Message::new_signal(
+            protocol::MANAGER_PATH,
+            "org.freedesktop.DBus.Properties",
+            "PropertiesChanged",
+        ) {
+            let _ = sd.send(sig.append3(protocol::AGENT_IFACE, changed, Vec::<String>::new()));
+        }
+    }
+}
