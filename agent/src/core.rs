@@ -15,6 +15,8 @@ use dbus::blocking::Connection;
 use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::{CORE_TICK, MAX_AGENT_JOBS};
+use hirte_common::config::{config_dir, AgentConfig};
+use hirte_common::notify::Notifier;
 use hirte_common::protocol::{self, error, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
@@ -22,6 +24,7 @@ use hirte_common::{log, log_debug, log_error, log_fields, log_info, log_warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +75,16 @@ pub struct Core {
     metrics: bool,
     exec_seq: u64,
     local: LocalApi,
+    pub notifier: Notifier,
+    pub reload: Arc<AtomicBool>,
+    pub extra_config: Option<PathBuf>,
+}
+
+/// Why the core loop returned.
+pub enum Exit {
+    Shutdown,
+    /// The node's bus (and with it systemd) went away; the caller reconnects.
+    BusLost(String),
 }
 
 /// Subscribes to what the agent needs from systemd.
@@ -127,11 +140,87 @@ impl Core {
             metrics: false,
             exec_seq: 0,
             local,
+            notifier: Notifier::from_env(),
+            reload: Arc::new(AtomicBool::new(false)),
+            extra_config: None,
         }
     }
 
-    pub fn run(&mut self) -> Result<(), String> {
+    /// SIGHUP: re-reads the configuration; only the log level takes effect without a restart.
+    // [impl->req~ops.sighup~1]
+    fn reload_config(&self) {
+        match AgentConfig::load(&config_dir(), self.extra_config.as_deref()) {
+            Ok(cfg) => {
+                log::set_level(cfg.log.level);
+                log_info!(
+                    "Configuration re-read: log level is now {}; other settings need a restart",
+                    cfg.log.level
+                );
+            }
+            Err(e) => log_error!("Configuration not re-read: {e}"),
+        }
+    }
+
+    /// systemd (or the node's bus) went away: its jobs are lost, say so instead of waiting.
+    // [impl->req~agent.systemd-reconnect~1]
+    pub fn bus_lost(&mut self) {
+        let jobs: Vec<AgentJob> = self.jobs.drain().map(|(_, j)| j).collect();
+        for job in jobs {
+            match job.kind {
+                JobKind::Manager { id, .. } => {
+                    if let Some(sig) = watch::agent_signal("JobDone") {
+                        self.send(sig.append2(id, protocol::JOB_RESULT_CANCELLED));
+                    }
+                }
+                JobKind::Exec(p) => {
+                    let r = error_reply(&p.call, error::ACTIVATION_FAILED, "systemd went away");
+                    if let Some(r) = r {
+                        self.send(r);
+                    }
+                }
+            }
+        }
+        // Subscriptions belong to the manager's monitors: they are kept for the new bus.
+    }
+
+    /// While detached from systemd: answers the manager's calls with an error for `wait`.
+    pub fn refuse_while_detached(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
         while !self.shutdown.load(Ordering::Relaxed) {
+            self.notifier.watchdog_tick();
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = [PollFd::new(self.events.wake_fd(), PollFlags::POLLIN)];
+            let ms = u16::try_from(left.min(CORE_TICK).as_millis()).unwrap_or(u16::MAX);
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+            self.events.clear_wake();
+            while let Some(ev) = self.events.try_pop() {
+                if let FromLink::Frame(msg) = ev {
+                    if msg.msg_type() == MessageType::MethodCall {
+                        let text = format!("systemd on node '{}' is not reachable", self.node);
+                        if let Some(r) = error_reply(&msg, error::ACTIVATION_FAILED, &text) {
+                            self.send(r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Continues on a new connection to the node's bus.
+    pub fn attach(&mut self, sd: Connection, local: LocalApi) {
+        self.sd = sd;
+        self.local = local;
+    }
+
+    pub fn run(&mut self) -> Result<Exit, String> {
+        while !self.shutdown.load(Ordering::Relaxed) {
+            self.notifier.watchdog_tick();
+            if self.reload.swap(false, Ordering::Relaxed) {
+                self.reload_config();
+            }
             {
                 let mut fds = [
                     PollFd::new(bus_fd(&self.sd), PollFlags::POLLIN),
@@ -143,10 +232,11 @@ impl Core {
                     Err(e) => return Err(format!("poll failed: {e}")),
                 }
             }
-            self.sd
-                .channel()
-                .read_write(Some(Duration::ZERO))
-                .map_err(|()| "lost the connection to the node's bus".to_string())?;
+            if self.sd.channel().read_write(Some(Duration::ZERO)).is_err() {
+                return Ok(Exit::BusLost(
+                    "connection to the node's bus closed".to_string(),
+                ));
+            }
             self.drain_bus();
             self.events.clear_wake();
             while let Some(ev) = self.events.try_pop() {
@@ -174,7 +264,8 @@ impl Core {
             self.sd.channel().flush();
         }
         log_info!("Shutting down");
-        Ok(())
+        self.notifier.stopping();
+        Ok(Exit::Shutdown)
     }
 
     fn drain_bus(&mut self) {

@@ -16,7 +16,7 @@ use hirte_common::config::{cli_entry, config_dir, AgentConfig};
 use hirte_common::frame::SerialCounter;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::open_bus;
-use hirte_common::{log, log_error, log_info};
+use hirte_common::{log, log_debug, log_error, log_info, log_warn};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +70,23 @@ fn load_config(cli: &Cli) -> Result<AgentConfig, String> {
     Ok(cfg)
 }
 
+/// Connects to the bus of the systemd instance this agent drives, and subscribes to it.
+fn connect_systemd(user: bool) -> Result<dbus::blocking::Connection, String> {
+    let (sd, which) = if user {
+        (open_bus(BusType::Session), "session")
+    } else {
+        (open_bus(BusType::System), "system")
+    };
+    let sd = sd.map_err(|e| {
+        format!(
+            "cannot connect to the {which} bus for systemd: {}",
+            e.message().unwrap_or("unknown error")
+        )
+    })?;
+    core::subscribe(&sd)?;
+    Ok(sd)
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     let cfg = load_config(&cli)?;
     log::init(
@@ -90,34 +107,23 @@ fn run(cli: Cli) -> Result<(), String> {
         signal_hook::flag::register(sig, shutdown.clone())
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
-    let (sd, which) = if cli.user {
-        (open_bus(BusType::Session), "session")
-    } else {
-        (open_bus(BusType::System), "system")
-    };
-    let sd = sd.map_err(|e| {
-        format!(
-            "cannot connect to the {which} bus for systemd: {}",
-            e.message().unwrap_or("unknown error")
-        )
-    })?;
-    core::subscribe(&sd)?;
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    let sd = connect_systemd(cli.user)?;
 
     let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| e.to_string())?);
     let outbound = Arc::new(BoundedQueue::new(LINK_OUTBOUND_DEPTH).map_err(|e| e.to_string())?);
     let last_seen_us = Arc::new(AtomicU64::new(0));
-    let local = local_api::LocalApi::new(
-        &sd,
-        format!("tcp:host={},port={}", cfg.manager_host, cfg.manager_port),
-        last_seen_us.clone(),
-    );
+    let manager_address = format!("tcp:host={},port={}", cfg.manager_host, cfg.manager_port);
+    let local = local_api::LocalApi::new(&sd, manager_address.clone(), last_seen_us.clone());
     let link = link::Link {
         cfg: cfg.clone(),
         outbound: outbound.clone(),
         events: events.clone(),
         shutdown: shutdown.clone(),
         serials: SerialCounter::default(),
-        last_seen_us,
+        last_seen_us: last_seen_us.clone(),
     };
     let link_thread = std::thread::Builder::new()
         .name("link".into())
@@ -131,7 +137,42 @@ fn run(cli: Cli) -> Result<(), String> {
         shutdown.clone(),
         local,
     );
-    let result = core.run();
+    core.reload = reload;
+    core.extra_config = cli.config.clone();
+    core.notifier.ready(&format!("node '{}'", cfg.node_name));
+    let result = loop {
+        match core.run() {
+            Ok(core::Exit::Shutdown) => break Ok(()),
+            Err(e) => break Err(e),
+            Ok(core::Exit::BusLost(why)) => {
+                log_warn!(
+                    "Lost systemd: {why}; reconnecting every {}",
+                    hirte_common::timespan::format_timespan(cfg.reconnect_interval)
+                );
+                core.bus_lost();
+                // [impl->req~agent.systemd-reconnect~1]
+                loop {
+                    core.refuse_while_detached(cfg.reconnect_interval);
+                    if shutdown.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match connect_systemd(cli.user) {
+                        Ok(sd) => {
+                            let local = local_api::LocalApi::new(
+                                &sd,
+                                manager_address.clone(),
+                                last_seen_us.clone(),
+                            );
+                            core.attach(sd, local);
+                            log_info!("Reconnected to systemd");
+                            break;
+                        }
+                        Err(e) => log_debug!("systemd still unreachable: {e}"),
+                    }
+                }
+            }
+        }
+    };
     shutdown.store(true, Ordering::Relaxed);
     events.close();
     let _ = link_thread.join();

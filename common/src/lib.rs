@@ -11,6 +11,7 @@ pub mod frame;
 pub mod handshake;
 pub mod log;
 pub mod names;
+pub mod notify;
 pub mod protocol;
 pub mod queue;
 pub mod sys;

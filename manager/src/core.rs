@@ -10,11 +10,14 @@ use crate::state::{lock, monitor_path, ObjectOp, Shared};
 use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_TICK;
+use hirte_common::config::{config_dir, ManagerConfig};
+use hirte_common::notify::Notifier;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
-use hirte_common::{log_error, log_info};
+use hirte_common::{log, log_error, log_info};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,18 +43,40 @@ pub struct Core {
     pub model: Shared,
     pub events: Arc<BoundedQueue<LinkEvent>>,
     pub shutdown: Arc<AtomicBool>,
+    pub reload: Arc<AtomicBool>,
+    pub notifier: Notifier,
+    /// The `-c` file, re-read with the defaults on SIGHUP.
+    pub extra_config: Option<PathBuf>,
 }
+
+/// How long SIGTERM waits for jobs in flight to finish before cancelling them.
+// [impl->req~manager.sigterm~1]
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Core {
     pub fn run(&mut self) -> Result<(), CoreError> {
         self.watch_clients()?;
+        let mut drain_until: Option<Instant> = None;
         loop {
-            if self.shutdown.load(Ordering::Relaxed) {
-                log_info!("Shutting down");
-                self.guarded("shutdown", |core| lock(&core.model).shutdown());
-                self.apply_effects();
-                self.conn.channel().flush();
-                return Ok(());
+            self.notifier.watchdog_tick();
+            if self.reload.swap(false, Ordering::Relaxed) {
+                self.reload_config();
+            }
+            if self.shutdown.load(Ordering::Relaxed) && drain_until.is_none() {
+                log_info!("Shutting down: refusing new calls, letting jobs in flight finish");
+                self.notifier.stopping();
+                lock(&self.model).draining = true;
+                drain_until = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
+            if let Some(until) = drain_until {
+                let idle = lock(&self.model).is_idle();
+                if idle || Instant::now() >= until {
+                    log_info!("Shutting down");
+                    self.guarded("shutdown", |core| lock(&core.model).shutdown());
+                    self.apply_effects();
+                    self.conn.channel().flush();
+                    return Ok(());
+                }
             }
             let timeout = lock(&self.model)
                 .next_deadline(Instant::now())
@@ -100,6 +125,21 @@ impl Core {
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Err(e) => Err(CoreError::Poll(e)),
+        }
+    }
+
+    /// SIGHUP: re-reads the configuration; only the log level takes effect without a restart.
+    // [impl->req~ops.sighup~1]
+    fn reload_config(&mut self) {
+        match ManagerConfig::load(&config_dir(), self.extra_config.as_deref()) {
+            Ok(cfg) => {
+                log::set_level(cfg.log.level);
+                log_info!(
+                    "Configuration re-read: log level is now {}; other settings need a restart",
+                    cfg.log.level
+                );
+            }
+            Err(e) => log_error!("Configuration not re-read: {e}"),
         }
     }
 

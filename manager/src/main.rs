@@ -63,6 +63,9 @@ fn run(cli: Cli) -> Result<(), String> {
         signal_hook::flag::register(sig, shutdown.clone())
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| format!("cannot install signal handler: {e}"))?;
 
     let conn = hirte_common::sys::open_bus(dbus::channel::BusType::System).map_err(|e| {
         format!(
@@ -87,6 +90,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 
     let addr = cfg.address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let port = cfg.port;
     let tcp = TcpListener::bind((addr, cfg.port))
         .map_err(|e| format!("cannot listen on {addr}:{}: {e}", cfg.port))?;
     log_info!("Listening on {addr}:{}", cfg.port);
@@ -108,6 +112,8 @@ fn run(cli: Cli) -> Result<(), String> {
         .spawn(move || listener.run())
         .map_err(|e| format!("cannot start listener thread: {e}"))?;
 
+    let notifier = hirte_common::notify::Notifier::from_env();
+    notifier.ready(&format!("listening on {addr}:{port}"));
     let mut core = core::Core {
         conn,
         cr,
@@ -115,6 +121,9 @@ fn run(cli: Cli) -> Result<(), String> {
         model,
         events: events.clone(),
         shutdown: shutdown.clone(),
+        reload,
+        notifier,
+        extra_config: cli.config.clone(),
     };
     let result = core.run().map_err(|e| e.to_string());
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -149,6 +149,8 @@ pub struct Manager {
     pub object_ops: Vec<ObjectOp>,
     pub monitors: Monitors,
     pub metrics: bool,
+    /// Set on SIGTERM: new calls are refused while jobs in flight finish.
+    pub draining: bool,
 }
 
 pub const METRICS_PATH: &str = "/org/containers/hirte/metrics";
@@ -254,6 +256,7 @@ impl Manager {
             object_ops: Vec::new(),
             monitors: Monitors::default(),
             metrics: false,
+            draining: false,
         };
         m.last_status = m.status();
         m
@@ -667,6 +670,12 @@ impl Manager {
         timeout: Duration,
     ) -> Result<(), CallFailure> {
         let deadline = Instant::now() + timeout;
+        if self.draining && !matches!(kind, PendingKind::Internal) {
+            return Err(Box::new((
+                merr(error::BUSY, "the manager is shutting down"),
+                kind,
+            )));
+        }
         let Some(node) = self.nodes.get_mut(idx) else {
             return Err(Box::new((
                 merr(error::NODE_NOT_FOUND, "no such node"),
@@ -1141,6 +1150,16 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// No job and no call in flight.
+    pub fn is_idle(&self) -> bool {
+        self.jobs.is_empty()
+            && self
+                .nodes
+                .iter()
+                .filter_map(|n| n.online.as_ref())
+                .all(|o| o.pending.is_empty())
     }
 
     /// Ends everything on shutdown: pending calls fail, jobs end `cancelled`.
