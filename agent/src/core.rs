@@ -20,8 +20,8 @@ use hirte_common::notify::Notifier;
 use hirte_common::protocol::{self, error, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
+use hirte_common::wait::poll_readable;
 use hirte_common::{log, log_debug, log_error, log_fields, log_info, log_warn};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -192,9 +192,7 @@ impl Core {
             if left.is_zero() {
                 return;
             }
-            let mut fds = [PollFd::new(self.events.wake_fd(), PollFlags::POLLIN)];
-            let ms = u16::try_from(left.min(CORE_TICK).as_millis()).unwrap_or(u16::MAX);
-            let _ = poll(&mut fds, PollTimeout::from(ms));
+            let _ = poll_readable([self.events.wake_fd()], left.min(CORE_TICK));
             self.events.clear_wake();
             while let Some(ev) = self.events.try_pop() {
                 if let FromLink::Frame(msg) = ev {
@@ -221,17 +219,8 @@ impl Core {
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload_config();
             }
-            {
-                let mut fds = [
-                    PollFd::new(bus_fd(&self.sd), PollFlags::POLLIN),
-                    PollFd::new(self.events.wake_fd(), PollFlags::POLLIN),
-                ];
-                let ms = u16::try_from(CORE_TICK.as_millis()).unwrap_or(u16::MAX);
-                match poll(&mut fds, PollTimeout::from(ms)) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(format!("poll failed: {e}")),
-                }
-            }
+            poll_readable([bus_fd(&self.sd), self.events.wake_fd()], CORE_TICK)
+                .map_err(|e| format!("poll failed: {e}"))?;
             if self.sd.channel().read_write(Some(Duration::ZERO)).is_err() {
                 return Ok(Exit::BusLost(
                     "connection to the node's bus closed".to_string(),

@@ -14,8 +14,8 @@ use hirte_common::frame::{encode_message, FrameDecoder, SerialCounter};
 use hirte_common::handshake::register_call;
 use hirte_common::protocol;
 use hirte_common::queue::{BoundedQueue, PushError};
+use hirte_common::wait::{now_realtime_us, poll_readable};
 use hirte_common::{log_debug, log_error, log_info, log_warn};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
@@ -73,13 +73,6 @@ pub struct Link {
     pub serials: SerialCounter,
     /// Wall-clock time (µs) of the last frame from the manager, for the local status API.
     pub last_seen_us: Arc<AtomicU64>,
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Link {
@@ -237,7 +230,8 @@ impl Link {
             "tcp:host={},port={}",
             self.cfg.manager_host, self.cfg.manager_port
         );
-        self.last_seen_us.store(now_us(), Ordering::Relaxed);
+        self.last_seen_us
+            .store(now_realtime_us(), Ordering::Relaxed);
         match self
             .events
             .push_timeout(FromLink::Connected(address), CORE_PUSH_TIMEOUT)
@@ -270,26 +264,9 @@ impl Link {
                 .saturating_duration_since(now)
                 .min(CORE_TICK)
                 .max(Duration::from_millis(1));
-            let (sock_ready, wake_ready) = {
-                let mut fds = [
-                    PollFd::new(stream.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.outbound.wake_fd(), PollFlags::POLLIN),
-                ];
-                let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
-                match poll(&mut fds, PollTimeout::from(ms)) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(LinkError::Io(e.into())),
-                }
-                let ready = |f: &PollFd| {
-                    f.revents().is_some_and(|r| {
-                        r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                    })
-                };
-                (
-                    fds.first().is_some_and(ready),
-                    fds.get(1).is_some_and(ready),
-                )
-            };
+            let [sock_ready, wake_ready] =
+                poll_readable([stream.as_fd(), self.outbound.wake_fd()], wait)
+                    .map_err(|e| LinkError::Io(e.into()))?;
             if wake_ready {
                 self.outbound.clear_wake();
             }
@@ -314,7 +291,8 @@ impl Link {
                 .map_err(|e| LinkError::Protocol(e.to_string()))?
             {
                 last_rx = Instant::now();
-                self.last_seen_us.store(now_us(), Ordering::Relaxed);
+                self.last_seen_us
+                    .store(now_realtime_us(), Ordering::Relaxed);
                 let is_heartbeat = msg.msg_type() == MessageType::Signal
                     && msg.member().is_some_and(|m| &*m == "Heartbeat");
                 if is_heartbeat {

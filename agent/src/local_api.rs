@@ -7,10 +7,10 @@ use dbus::channel::Sender;
 use dbus::Message;
 use dbus_crossroads::{Crossroads, IfaceBuilder};
 use hirte_common::protocol::{self, NODE_OFFLINE, NODE_ONLINE};
+use hirte_common::wait::now_realtime_us;
 use hirte_common::{log, log_info, log_warn};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
 
 #[derive(Default)]
 struct Status {
@@ -22,13 +22,6 @@ struct Status {
 pub struct LocalApi {
     cr: Crossroads,
     status: Arc<Mutex<Status>>,
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl LocalApi {
@@ -111,7 +104,7 @@ impl LocalApi {
             s.connected = connected;
             match address {
                 Some(a) => s.manager_address = a,
-                None => s.disconnect_us = now_us(),
+                None => s.disconnect_us = now_realtime_us(),
             }
         }
         let value = if connected { NODE_ONLINE } else { NODE_OFFLINE };

@@ -305,6 +305,28 @@ pub fn load_entries(
     Ok(all)
 }
 
+/// Applies the layered files in order onto the defaults.
+fn load_layers<T>(
+    mut cfg: T,
+    dir: &Path,
+    base: &str,
+    section: &str,
+    extra: Option<&Path>,
+    apply: fn(&mut T, &Entry) -> Result<(), ConfigError>,
+) -> Result<T, ConfigError> {
+    for e in load_entries(dir, base, section, extra)? {
+        apply(&mut cfg, &e)?;
+    }
+    Ok(cfg)
+}
+
+fn unknown_key(e: &Entry) -> ConfigError {
+    ConfigError::UnknownKey {
+        at: e.at.clone(),
+        key: e.key.clone(),
+    }
+}
+
 fn bad(e: &Entry, reason: impl Into<String>) -> ConfigError {
     ConfigError::BadValue {
         at: e.at.clone(),
@@ -443,11 +465,14 @@ impl ManagerConfig {
 
     /// Reads the layered files (see the module doc).
     pub fn load(dir: &Path, extra: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut cfg = ManagerConfig::default();
-        for e in load_entries(dir, Self::FILE_BASE, Self::SECTION, extra)? {
-            cfg.apply(&e)?;
-        }
-        Ok(cfg)
+        load_layers(
+            Self::default(),
+            dir,
+            Self::FILE_BASE,
+            Self::SECTION,
+            extra,
+            Self::apply,
+        )
     }
 
     // [impl->req~config.manager-keys~1]
@@ -482,12 +507,7 @@ impl ManagerConfig {
                 self.agent_call_timeout = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
             }
             "AllowExec" => self.allow_exec = boolean(e)?,
-            _ => {
-                return Err(ConfigError::UnknownKey {
-                    at: e.at.clone(),
-                    key: e.key.clone(),
-                })
-            }
+            _ => return Err(unknown_key(e)),
         }
         Ok(())
     }
@@ -547,11 +567,14 @@ impl AgentConfig {
     pub const FILE_BASE: &'static str = "agent";
 
     pub fn load(dir: &Path, extra: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut cfg = AgentConfig::default();
-        for e in load_entries(dir, Self::FILE_BASE, Self::SECTION, extra)? {
-            cfg.apply(&e)?;
-        }
-        Ok(cfg)
+        load_layers(
+            Self::default(),
+            dir,
+            Self::FILE_BASE,
+            Self::SECTION,
+            extra,
+            Self::apply,
+        )
     }
 
     // [impl->req~config.agent-keys~1]
@@ -588,12 +611,7 @@ impl AgentConfig {
             "ManagerHeartbeatThreshold" => {
                 self.manager_timeout = Some(span(e, MIN_INTERVAL, MAX_INTERVAL)?);
             }
-            _ => {
-                return Err(ConfigError::UnknownKey {
-                    at: e.at.clone(),
-                    key: e.key.clone(),
-                })
-            }
+            _ => return Err(unknown_key(e)),
         }
         Ok(())
     }

@@ -16,3 +16,4 @@ pub mod protocol;
 pub mod queue;
 pub mod sys;
 pub mod timespan;
+pub mod wait;

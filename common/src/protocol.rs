@@ -59,3 +59,18 @@ pub fn signature_of(msg: &dbus::Message) -> String {
     }
     sig
 }
+
+/// One row of systemd's `ListUnits` (`(ssssssouso)`): name, description, load state, active
+/// state, sub state, followed unit, unit path, job id, job type, job path.
+pub type UnitRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    dbus::Path<'static>,
+    u32,
+    String,
+    dbus::Path<'static>,
+);

@@ -409,6 +409,16 @@ fn exec_method(b: &mut IfaceBuilder<usize>, st: &Shared) {
 
 type UnitFileChange = (String, String, String);
 
+/// A Node property getter reading one field of the node the object stands for.
+fn node_field<T: Default>(
+    st: &Shared,
+    f: fn(&crate::state::Node) -> T,
+) -> impl FnMut(&mut dbus_crossroads::PropContext, &mut usize) -> Result<T, dbus_crossroads::MethodErr>
+{
+    let s = st.clone();
+    move |_, idx| Ok(lock(&s).nodes.get(*idx).map(f).unwrap_or_default())
+}
+
 // [impl->req~api.node~1]
 fn register_node(cr: &mut Crossroads, st: Shared) -> IfaceToken<usize> {
     cr.register(protocol::NODE_IFACE, move |b: &mut IfaceBuilder<usize>| {
@@ -472,64 +482,19 @@ fn register_node(cr: &mut Crossroads, st: Shared) -> IfaceToken<usize> {
         );
         relay::<(String,), ()>(b, &st, "SetLogLevel", ("level",), ());
         b.property::<String, _>("Name")
-            .get({
-                let s = st.clone();
-                move |_, idx| {
-                    Ok(lock(&s)
-                        .nodes
-                        .get(*idx)
-                        .map(|n| n.name.clone())
-                        .unwrap_or_default())
-                }
-            })
+            .get(node_field(&st, |n| n.name.clone()))
             .emits_changed_const();
         b.property::<String, _>("Status")
-            .get({
-                let s = st.clone();
-                move |_, idx| {
-                    Ok(lock(&s)
-                        .nodes
-                        .get(*idx)
-                        .map(|n| n.status().to_string())
-                        .unwrap_or_default())
-                }
-            })
+            .get(node_field(&st, |n| n.status().to_string()))
             .emits_changed_true();
         b.property::<String, _>("PeerIp")
-            .get({
-                let s = st.clone();
-                move |_, idx| {
-                    Ok(lock(&s)
-                        .nodes
-                        .get(*idx)
-                        .map(|n| n.peer_ip.clone())
-                        .unwrap_or_default())
-                }
-            })
+            .get(node_field(&st, |n| n.peer_ip.clone()))
             .emits_changed_false();
         b.property::<u64, _>("LastSeenTimestamp")
-            .get({
-                let s = st.clone();
-                move |_, idx| {
-                    Ok(lock(&s)
-                        .nodes
-                        .get(*idx)
-                        .map(|n| n.last_seen_realtime_us)
-                        .unwrap_or(0))
-                }
-            })
+            .get(node_field(&st, |n| n.last_seen_realtime_us))
             .emits_changed_false();
         b.property::<u64, _>("LastSeenTimestampMonotonic")
-            .get({
-                let s = st.clone();
-                move |_, idx| {
-                    Ok(lock(&s)
-                        .nodes
-                        .get(*idx)
-                        .map(|n| n.last_seen_monotonic_us)
-                        .unwrap_or(0))
-                }
-            })
+            .get(node_field(&st, |n| n.last_seen_monotonic_us))
             .emits_changed_false();
     })
 }

@@ -14,8 +14,8 @@ use hirte_common::config::{config_dir, ManagerConfig};
 use hirte_common::notify::Notifier;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
+use hirte_common::wait::poll_readable;
 use hirte_common::{log, log_error, log_info};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,15 +117,12 @@ impl Core {
     }
 
     fn wait(&self, timeout: Duration) -> Result<(), CoreError> {
-        let mut fds = [
-            PollFd::new(bus_fd(&self.conn), PollFlags::POLLIN),
-            PollFd::new(self.events.wake_fd(), PollFlags::POLLIN),
-        ];
-        let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-            Err(e) => Err(CoreError::Poll(e)),
-        }
+        poll_readable(
+            [bus_fd(&self.conn), self.events.wake_fd()],
+            timeout.max(Duration::from_millis(1)),
+        )
+        .map(|_| ())
+        .map_err(CoreError::Poll)
     }
 
     /// SIGHUP: re-reads the configuration; only the log level takes effect without a restart.

@@ -13,8 +13,8 @@ use hirte_common::frame::{encode_message, FrameDecoder};
 use hirte_common::handshake::check_register;
 use hirte_common::protocol::error;
 use hirte_common::queue::{BoundedQueue, PushError};
+use hirte_common::wait::poll_readable;
 use hirte_common::{log_debug, log_warn};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
@@ -119,27 +119,9 @@ impl LinkThread {
                 }
                 left.min(CORE_TICK)
             };
-            let (sock_ready, wake_ready) = {
-                let mut fds = [
-                    PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.handle.queue.wake_fd(), PollFlags::POLLIN),
-                ];
-                let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-                match poll(&mut fds, PollTimeout::from(ms)) {
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(End::Io(e.into())),
-                }
-                let ready = |f: &PollFd| {
-                    f.revents().is_some_and(|r| {
-                        r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                    })
-                };
-                (
-                    fds.first().is_some_and(ready),
-                    fds.get(1).is_some_and(ready),
-                )
-            };
+            let [sock_ready, wake_ready] =
+                poll_readable([self.stream.as_fd(), self.handle.queue.wake_fd()], timeout)
+                    .map_err(|e| End::Io(e.into()))?;
             if wake_ready {
                 self.handle.queue.clear_wake();
             }

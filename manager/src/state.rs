@@ -16,11 +16,12 @@ use hirte_common::config::ManagerConfig;
 use hirte_common::frame::SerialCounter;
 use hirte_common::names::escape_path_element;
 use hirte_common::protocol::{self, error, signature_of};
+use hirte_common::wait::{now_monotonic_us, now_realtime_us};
 use hirte_common::{log_debug, log_fields, log_warn};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 pub type Shared = Arc<Mutex<Manager>>;
 
@@ -30,19 +31,7 @@ pub fn lock(m: &Shared) -> MutexGuard<'_, Manager> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One row of systemd's `ListUnits`.
-pub type UnitRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Path<'static>,
-    u32,
-    String,
-    Path<'static>,
-);
+pub use hirte_common::protocol::UnitRow;
 
 /// What to do with an agent's answer.
 pub enum PendingKind {
@@ -170,22 +159,6 @@ pub fn node_path(name: &str) -> String {
         protocol::NODE_PATH_PREFIX,
         escape_path_element(name)
     )
-}
-
-fn now_realtime_us() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn now_monotonic_us() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000
-        })
-        .unwrap_or(0)
 }
 
 pub fn merr(name: &'static str, text: impl Into<String>) -> MethodErr {
