@@ -91,9 +91,18 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let addr = cfg.address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let port = cfg.port;
-    let tcp = TcpListener::bind((addr, cfg.port))
-        .map_err(|e| format!("cannot listen on {addr}:{}: {e}", cfg.port))?;
-    log_info!("Listening on {addr}:{}", cfg.port);
+    let tcp = match hirte_common::sys::activated_listener() {
+        Some(l) => {
+            log_info!("Using the listening socket passed by systemd (socket activation)");
+            l
+        }
+        None => {
+            let l = TcpListener::bind((addr, cfg.port))
+                .map_err(|e| format!("cannot listen on {addr}:{}: {e}", cfg.port))?;
+            log_info!("Listening on {addr}:{}", cfg.port);
+            l
+        }
+    };
 
     let events = Arc::new(
         BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| format!("cannot create queue: {e}"))?,
