@@ -14,18 +14,19 @@ use dbus::arg::PropMap;
 use dbus::blocking::Connection;
 use dbus::message::MessageType;
 use dbus::Message;
-use hirte_common::bounds::{CORE_TICK, MAX_AGENT_JOBS};
+use hirte_common::bounds::{CORE_TICK, MAX_AGENT_JOBS, MAX_FRAME_SIZE};
 use hirte_common::config::{config_dir, AgentConfig};
-use hirte_common::notify::Notifier;
+use hirte_common::frame::SharedSerials;
+use hirte_common::notify;
 use hirte_common::protocol::{self, error, signature_of};
-use hirte_common::queue::BoundedQueue;
+use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::sys::bus_fd;
 use hirte_common::wait::poll_readable;
 use hirte_common::{log, log_debug, log_error, log_fields, log_info, log_warn};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,20 +63,26 @@ enum JobKind {
 struct AgentJob {
     unit: String,
     kind: JobKind,
+    /// The manager session the job belongs to.
+    session: u64,
 }
 
 pub struct Core {
     pub sd: Connection,
     pub node: String,
     pub events: Arc<BoundedQueue<FromLink>>,
-    pub outbound: Arc<BoundedQueue<Message>>,
+    pub outbound: Arc<BoundedQueue<Vec<u8>>>,
     pub shutdown: Arc<AtomicBool>,
+    serials: Arc<SharedSerials>,
+    session: Arc<AtomicU64>,
+    /// Job results that found the send queue full; retried first on every turn so no
+    /// `JobDone` is lost while the link lives (bounded: one per job).
+    retry: VecDeque<Vec<u8>>,
     jobs: HashMap<String, AgentJob>,
     watch: Watch,
     metrics: bool,
     exec_seq: u64,
     local: LocalApi,
-    pub notifier: Notifier,
     pub reload: Arc<AtomicBool>,
     pub extra_config: Option<PathBuf>,
 }
@@ -121,26 +128,21 @@ fn bad_args(e: impl std::fmt::Display) -> CallError {
 }
 
 impl Core {
-    pub fn new(
-        sd: Connection,
-        node: String,
-        events: Arc<BoundedQueue<FromLink>>,
-        outbound: Arc<BoundedQueue<Message>>,
-        shutdown: Arc<AtomicBool>,
-        local: LocalApi,
-    ) -> Self {
+    pub fn new(sd: Connection, node: String, link: &crate::link::Link, local: LocalApi) -> Self {
         Core {
             sd,
             node,
-            events,
-            outbound,
-            shutdown,
+            events: link.events.clone(),
+            outbound: link.outbound.clone(),
+            shutdown: link.shutdown.clone(),
+            serials: link.serials.clone(),
+            session: link.session.clone(),
+            retry: VecDeque::new(),
             jobs: HashMap::new(),
             watch: Watch::default(),
             metrics: false,
             exec_seq: 0,
             local,
-            notifier: Notifier::from_env(),
             reload: Arc::new(AtomicBool::new(false)),
             extra_config: None,
         }
@@ -168,9 +170,7 @@ impl Core {
         for job in jobs {
             match job.kind {
                 JobKind::Manager { id, .. } => {
-                    if let Some(sig) = watch::agent_signal("JobDone") {
-                        self.send(sig.append2(id, protocol::JOB_RESULT_CANCELLED));
-                    }
+                    self.send_job_done(&job, id, protocol::JOB_RESULT_CANCELLED);
                 }
                 JobKind::Exec(p) => {
                     let r = error_reply(&p.call, error::ACTIVATION_FAILED, "systemd went away");
@@ -187,7 +187,7 @@ impl Core {
     pub fn refuse_while_detached(&mut self, wait: Duration) {
         let until = Instant::now() + wait;
         while !self.shutdown.load(Ordering::Relaxed) {
-            self.notifier.watchdog_tick();
+            notify::watchdog_tick();
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
@@ -215,7 +215,7 @@ impl Core {
 
     pub fn run(&mut self) -> Result<Exit, String> {
         while !self.shutdown.load(Ordering::Relaxed) {
-            self.notifier.watchdog_tick();
+            notify::watchdog_tick();
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload_config();
             }
@@ -250,10 +250,11 @@ impl Core {
                 self.drain_bus();
             }
             self.expire_execs();
+            self.flush_retry();
             self.sd.channel().flush();
         }
         log_info!("Shutting down");
-        self.notifier.stopping();
+        notify::stopping();
         Ok(Exit::Shutdown)
     }
 
@@ -341,7 +342,7 @@ impl Core {
         match job.kind {
             JobKind::Manager {
                 id,
-                method,
+                ref method,
                 started,
             } => {
                 log_fields!(
@@ -353,9 +354,7 @@ impl Core {
                     "Job {id} ({method} {}) done: {result}",
                     job.unit
                 );
-                if let Some(sig) = watch::agent_signal("JobDone") {
-                    self.send(sig.append2(id, result));
-                }
+                self.send_job_done(&job, id, result);
                 if self.metrics {
                     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     if let Some(sig) = watch::agent_signal("AgentJobMetrics") {
@@ -367,9 +366,64 @@ impl Core {
         }
     }
 
-    fn send(&self, msg: Message) {
-        if self.outbound.try_push(msg).is_err() {
-            log_warn!("Outgoing queue to the manager is full; message dropped");
+    /// Frames and queues a message; one that cannot go is logged and dropped.
+    fn send(&self, mut msg: Message) {
+        match self.serials.encode(&mut msg, MAX_FRAME_SIZE) {
+            Ok(bytes) => {
+                if self.outbound.try_push(bytes).is_err() {
+                    log_warn!("Outgoing queue to the manager is full; message dropped");
+                }
+            }
+            Err(e) => log_warn!("Message to the manager dropped: {e}"),
+        }
+    }
+
+    /// A job's result: never dropped while the link lives; retried when the queue is full.
+    // [impl->req~agent.job-done~1]
+    fn send_job_done(&mut self, job: &AgentJob, id: u32, result: &str) {
+        if job.session != self.session.load(Ordering::SeqCst) {
+            log_debug!("Job {id} belonged to an earlier manager session; result not sent");
+            return;
+        }
+        let Some(mut msg) = watch::agent_signal("JobDone").map(|m| m.append2(id, result)) else {
+            return;
+        };
+        let Ok(bytes) = self.serials.encode(&mut msg, MAX_FRAME_SIZE) else {
+            return;
+        };
+        if !self.retry.is_empty() || self.outbound.try_push(bytes.clone()).is_err() {
+            if self.retry.len() < MAX_AGENT_JOBS {
+                self.retry.push_back(bytes);
+            } else {
+                log_error!("Result of job {id} lost: {MAX_AGENT_JOBS} results already waiting");
+            }
+        }
+    }
+
+    fn flush_retry(&mut self) {
+        while let Some(bytes) = self.retry.pop_front() {
+            if let Err(PushError::Full(b) | PushError::Closed(b)) = self.outbound.try_push(bytes) {
+                self.retry.push_front(b);
+                return;
+            }
+        }
+    }
+
+    /// Sends the answer to a manager call; one too large for the link becomes an error.
+    fn send_reply(&self, call: &Message, mut reply: Message) {
+        match self.serials.encode(&mut reply, MAX_FRAME_SIZE) {
+            Ok(bytes) => {
+                if self.outbound.try_push(bytes).is_err() {
+                    log_warn!("Outgoing queue to the manager is full; answer dropped");
+                }
+            }
+            Err(e) => {
+                log_warn!("Answer too large for the link: {e}");
+                if let Some(err) = error_reply(call, error::BUSY, &format!("answer too large: {e}"))
+                {
+                    self.send(err);
+                }
+            }
         }
     }
 
@@ -395,7 +449,7 @@ impl Core {
             }
         };
         if let Some(r) = reply {
-            self.send(r);
+            self.send_reply(&msg, r);
         }
     }
 
@@ -411,11 +465,13 @@ impl Core {
     }
 
     fn record_job(&mut self, path: String, unit: &str, kind: JobKind) {
+        let session = self.session.load(Ordering::SeqCst);
         self.jobs.insert(
             path,
             AgentJob {
                 unit: unit.to_string(),
                 kind,
+                session,
             },
         );
     }

@@ -10,7 +10,7 @@ use hirte_common::bounds::{
     CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, LINK_WRITE_TIMEOUT, MAX_FRAME_SIZE, READ_CHUNK,
 };
 use hirte_common::config::AgentConfig;
-use hirte_common::frame::{encode_message, FrameDecoder, SerialCounter};
+use hirte_common::frame::{FrameDecoder, SharedSerials};
 use hirte_common::handshake::register_call;
 use hirte_common::protocol;
 use hirte_common::queue::{BoundedQueue, PushError};
@@ -67,10 +67,14 @@ impl std::fmt::Display for LinkError {
 
 pub struct Link {
     pub cfg: AgentConfig,
-    pub outbound: Arc<BoundedQueue<Message>>,
+    /// Encoded frames from the core, written in order.
+    pub outbound: Arc<BoundedQueue<Vec<u8>>>,
     pub events: Arc<BoundedQueue<FromLink>>,
     pub shutdown: Arc<AtomicBool>,
-    pub serials: SerialCounter,
+    /// Serials shared with the core, which frames its own messages.
+    pub serials: Arc<SharedSerials>,
+    /// Incremented for every new manager session, so the core can drop stale job results.
+    pub session: Arc<AtomicU64>,
     /// Wall-clock time (µs) of the last frame from the manager, for the local status API.
     pub last_seen_us: Arc<AtomicU64>,
 }
@@ -155,16 +159,23 @@ impl Link {
     }
 
     fn send(&mut self, stream: &TcpStream, mut msg: Message) -> Result<(), LinkError> {
-        msg.set_serial(self.serials.next_serial());
-        let bytes =
-            encode_message(&msg, MAX_FRAME_SIZE).map_err(|e| LinkError::Protocol(e.to_string()))?;
+        let bytes = self
+            .serials
+            .encode(&mut msg, MAX_FRAME_SIZE)
+            .map_err(|e| LinkError::Protocol(e.to_string()))?;
+        Self::write(stream, &bytes)
+    }
+
+    fn write(stream: &TcpStream, bytes: &[u8]) -> Result<(), LinkError> {
         let mut s = stream;
-        s.write_all(&bytes).map_err(LinkError::Io)
+        s.write_all(bytes).map_err(LinkError::Io)
     }
 
     // [impl->req~agent.register~1]
     fn register(&mut self, stream: &TcpStream) -> Result<(), LinkError> {
-        // Frames queued for an earlier connection belong to calls the manager has given up.
+        // Frames queued for an earlier connection belong to calls the manager has given up;
+        // the new session number makes the core drop results of jobs from earlier ones.
+        self.session.fetch_add(1, Ordering::SeqCst);
         while self.outbound.try_pop().is_some() {}
         let call = register_call(&self.cfg.node_name)
             .ok_or_else(|| LinkError::Protocol("cannot build Register".to_string()))?;
@@ -270,8 +281,8 @@ impl Link {
             if wake_ready {
                 self.outbound.clear_wake();
             }
-            while let Some(msg) = self.outbound.try_pop() {
-                self.send(stream, msg)?;
+            while let Some(bytes) = self.outbound.try_pop() {
+                Self::write(stream, &bytes)?;
             }
             if !sock_ready {
                 continue;

@@ -13,7 +13,7 @@ use clap::Parser;
 use dbus::channel::BusType;
 use hirte_common::bounds::{CORE_QUEUE_DEPTH, LINK_OUTBOUND_DEPTH};
 use hirte_common::config::{cli_entry, config_dir, AgentConfig};
-use hirte_common::frame::SerialCounter;
+use hirte_common::frame::SharedSerials;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::open_bus;
 use hirte_common::{log, log_debug, log_error, log_info, log_warn};
@@ -122,24 +122,18 @@ fn run(cli: Cli) -> Result<(), String> {
         outbound: outbound.clone(),
         events: events.clone(),
         shutdown: shutdown.clone(),
-        serials: SerialCounter::default(),
+        serials: Arc::new(SharedSerials::default()),
+        session: Arc::new(AtomicU64::new(0)),
         last_seen_us: last_seen_us.clone(),
     };
+    let mut core = core::Core::new(sd, cfg.node_name.clone(), &link, local);
     let link_thread = std::thread::Builder::new()
         .name("link".into())
         .spawn(move || link.run())
         .map_err(|e| format!("cannot start link thread: {e}"))?;
-    let mut core = core::Core::new(
-        sd,
-        cfg.node_name.clone(),
-        events.clone(),
-        outbound,
-        shutdown.clone(),
-        local,
-    );
     core.reload = reload;
     core.extra_config = cli.config.clone();
-    core.notifier.ready(&format!("node '{}'", cfg.node_name));
+    hirte_common::notify::ready(&format!("node '{}'", cfg.node_name));
     let result = loop {
         match core.run() {
             Ok(core::Exit::Shutdown) => break Ok(()),

@@ -38,6 +38,9 @@ impl CallError {
 /// Sends one call and waits (bounded) for its answer. Signals that arrive meanwhile stay queued
 /// in libdbus for the core loop, in order, after this answer.
 pub fn call(conn: &Connection, msg: Message) -> Result<Message, CallError> {
+    // A blocking call may take up to its timeout: feed the watchdog first, so only a call
+    // that outlasts WatchdogSec on its own, not a series of slow ones, trips it.
+    hirte_common::notify::watchdog_tick();
     conn.channel()
         .send_with_reply_and_block(msg, SYSTEMD_CALL_TIMEOUT)
         .map_err(|e| CallError::from_dbus(&e))

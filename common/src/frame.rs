@@ -179,6 +179,30 @@ impl SerialCounter {
     }
 }
 
+/// Serials shared by the threads that send on one link (a core and its link thread).
+#[derive(Debug, Default)]
+pub struct SharedSerials(std::sync::atomic::AtomicU32);
+
+impl SharedSerials {
+    pub fn next_serial(&self) -> u32 {
+        loop {
+            let s = self
+                .0
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(1);
+            if s != 0 {
+                return s;
+            }
+        }
+    }
+
+    /// Stamps the next serial on `msg` and frames it.
+    pub fn encode(&self, msg: &mut Message, max_frame: usize) -> Result<Vec<u8>, FrameError> {
+        msg.set_serial(self.next_serial());
+        encode_message(msg, max_frame)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

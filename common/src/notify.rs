@@ -4,7 +4,37 @@
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+static GLOBAL: OnceLock<Mutex<Notifier>> = OnceLock::new();
+
+fn global() -> &'static Mutex<Notifier> {
+    GLOBAL.get_or_init(|| Mutex::new(Notifier::from_env()))
+}
+
+/// The process-wide notifier (from the environment), usable from any code path that may
+/// block, so a long but live operation keeps the watchdog fed.
+pub fn ready(status: &str) {
+    global()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .ready(status);
+}
+
+pub fn stopping() {
+    global()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .stopping();
+}
+
+pub fn watchdog_tick() {
+    global()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .watchdog_tick();
+}
 
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,

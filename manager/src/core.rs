@@ -11,7 +11,7 @@ use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_TICK;
 use hirte_common::config::{config_dir, ManagerConfig};
-use hirte_common::notify::Notifier;
+use hirte_common::notify;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
 use hirte_common::wait::poll_readable;
@@ -44,7 +44,6 @@ pub struct Core {
     pub events: Arc<BoundedQueue<LinkEvent>>,
     pub shutdown: Arc<AtomicBool>,
     pub reload: Arc<AtomicBool>,
-    pub notifier: Notifier,
     /// The `-c` file, re-read with the defaults on SIGHUP.
     pub extra_config: Option<PathBuf>,
 }
@@ -58,13 +57,13 @@ impl Core {
         self.watch_clients()?;
         let mut drain_until: Option<Instant> = None;
         loop {
-            self.notifier.watchdog_tick();
+            notify::watchdog_tick();
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload_config();
             }
             if self.shutdown.load(Ordering::Relaxed) && drain_until.is_none() {
                 log_info!("Shutting down: refusing new calls, letting jobs in flight finish");
-                self.notifier.stopping();
+                notify::stopping();
                 lock(&self.model).draining = true;
                 drain_until = Some(Instant::now() + SHUTDOWN_GRACE);
             }

@@ -1,8 +1,9 @@
 //! What connection threads and the core thread exchange.
 
 use dbus::Message;
-use hirte_common::bounds::LINK_OUTBOUND_DEPTH;
-use hirte_common::queue::BoundedQueue;
+use hirte_common::bounds::{LINK_OUTBOUND_DEPTH, MAX_FRAME_SIZE};
+use hirte_common::frame::{encode_message, FrameError};
+use hirte_common::queue::{BoundedQueue, PushError};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -12,7 +13,8 @@ pub type LinkId = u64;
 pub struct LinkHandle {
     pub id: LinkId,
     pub peer: IpAddr,
-    pub queue: BoundedQueue<Message>,
+    /// Encoded frames, written by the connection thread in order.
+    pub queue: BoundedQueue<Vec<u8>>,
     close: Mutex<Option<String>>,
 }
 
@@ -37,11 +39,40 @@ impl LinkHandle {
         self.queue.wake_only();
     }
 
+    /// Frames and queues one message with the given serial. Encoding here, in the core,
+    /// means a message too large for the link fails the one call, not the whole link.
+    pub fn send(&self, mut msg: Message, serial: u32) -> Result<(), SendError> {
+        msg.set_serial(serial);
+        let bytes = encode_message(&msg, MAX_FRAME_SIZE).map_err(SendError::TooLarge)?;
+        self.queue.try_push(bytes).map_err(|e| match e {
+            PushError::Full(_) => SendError::Full,
+            PushError::Closed(_) => SendError::Closed,
+        })
+    }
+
     pub fn close_requested(&self) -> Option<String> {
         self.close
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// Why a message could not be queued for a link.
+#[derive(Debug)]
+pub enum SendError {
+    TooLarge(FrameError),
+    Full,
+    Closed,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::TooLarge(e) => write!(f, "{e}"),
+            SendError::Full => write!(f, "the link's send queue is full"),
+            SendError::Closed => write!(f, "the link is closed"),
+        }
     }
 }
 

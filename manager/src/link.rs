@@ -14,7 +14,7 @@ use hirte_common::handshake::check_register;
 use hirte_common::protocol::error;
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::wait::poll_readable;
-use hirte_common::{log_debug, log_warn};
+use hirte_common::{log_info, log_warn};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
@@ -82,8 +82,9 @@ impl LinkThread {
                 );
             }
         } else {
-            log_debug!(
-                "Unregistered connection from {} ended: {}",
+            // [impl->req~log.events~1]
+            log_info!(
+                "Connection from {} closed before registering: {}",
                 self.handle.peer,
                 reason
             );
@@ -126,9 +127,7 @@ impl LinkThread {
                 self.handle.queue.clear_wake();
             }
             // Queued frames go out before a requested close, so a refusal reaches the peer.
-            while let Some(msg) = self.handle.queue.try_pop() {
-                let bytes = encode_message(&msg, MAX_FRAME_SIZE)
-                    .map_err(|e| End::Protocol(e.to_string()))?;
+            while let Some(bytes) = self.handle.queue.try_pop() {
                 stream.write_all(&bytes).map_err(End::Io)?;
             }
             if let Some(reason) = self.handle.close_requested() {

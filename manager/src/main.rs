@@ -91,9 +91,22 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let addr = cfg.address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let port = cfg.port;
+    let allowed_empty = cfg.allowed_node_names.is_empty();
     let tcp = match hirte_common::sys::activated_listener() {
         Some(l) => {
             log_info!("Using the listening socket passed by systemd (socket activation)");
+            // The socket unit, not ManagerAddress, decides where we listen: check it too.
+            let open = l
+                .local_addr()
+                .map(|a| a.ip().is_unspecified())
+                .unwrap_or(true);
+            if open && allowed_empty {
+                return Err(
+                    "AllowedNodeNames is empty while the activated socket listens on all \
+                            interfaces; list the nodes that may connect"
+                        .to_string(),
+                );
+            }
             l
         }
         None => {
@@ -121,8 +134,7 @@ fn run(cli: Cli) -> Result<(), String> {
         .spawn(move || listener.run())
         .map_err(|e| format!("cannot start listener thread: {e}"))?;
 
-    let notifier = hirte_common::notify::Notifier::from_env();
-    notifier.ready(&format!("listening on {addr}:{port}"));
+    hirte_common::notify::ready(&format!("listening on {addr}:{port}"));
     let mut core = core::Core {
         conn,
         cr,
@@ -131,7 +143,6 @@ fn run(cli: Cli) -> Result<(), String> {
         events: events.clone(),
         shutdown: shutdown.clone(),
         reload,
-        notifier,
         extra_config: cli.config.clone(),
     };
     let result = core.run().map_err(|e| e.to_string());

@@ -54,7 +54,12 @@ impl fmt::Display for MonitorError {
             MonitorError::NoSuchSubscription(id) => write!(f, "no subscription {id}"),
             MonitorError::NoSuchPeer(id) => write!(f, "no peer {id}"),
             MonitorError::NotOwner => write!(f, "only the monitor's owner may do that"),
-            MonitorError::EmptyName => write!(f, "node and unit names must not be empty"),
+            MonitorError::EmptyName => {
+                write!(
+                    f,
+                    "a subscription needs a node and at least one unit, none empty"
+                )
+            }
         }
     }
 }
@@ -147,10 +152,10 @@ impl Monitors {
         node: &str,
         units: Vec<String>,
     ) -> Result<u32, MonitorError> {
-        if units.is_empty() || units.len() > MAX_UNITS_PER_SUBSCRIPTION {
+        if units.len() > MAX_UNITS_PER_SUBSCRIPTION {
             return Err(MonitorError::TooManyUnits);
         }
-        if node.is_empty() || units.iter().any(String::is_empty) {
+        if node.is_empty() || units.is_empty() || units.iter().any(String::is_empty) {
             return Err(MonitorError::EmptyName);
         }
         let m = self.get_mut(id)?;
@@ -332,8 +337,9 @@ mod tests {
             m.subscribe(id, "n", vec!["u".into()]),
             Err(MonitorError::TooManySubscriptions)
         );
+        assert_eq!(m.subscribe(id, "n", vec![]), Err(MonitorError::EmptyName));
         assert_eq!(
-            m.subscribe(id, "n", vec![]),
+            m.subscribe(id, "n", vec!["u".into(); MAX_UNITS_PER_SUBSCRIPTION + 1]),
             Err(MonitorError::TooManyUnits)
         );
         for _ in 0..MAX_PEERS_PER_MONITOR {

@@ -3,7 +3,7 @@
 //! Effects are collected in `outbox` (bus messages) and `object_ops` (objects to add/remove),
 //! which the core applies after each step.
 
-use crate::events::{LinkHandle, LinkId};
+use crate::events::{LinkHandle, LinkId, SendError};
 use crate::monitor::Monitors;
 use dbus::arg::messageitem::MessageItem;
 use dbus::arg::{Arg, PropMap, RefArg, Variant};
@@ -113,7 +113,8 @@ pub struct Aggregate {
     kind: FanOut,
     remaining: usize,
     parts: Vec<(String, Message)>,
-    failure: Option<String>,
+    /// The first failing node's error name and message.
+    failure: Option<(String, String)>,
 }
 
 /// Changes to the exported object tree, applied by the core (which owns `Crossroads`).
@@ -344,9 +345,8 @@ impl Manager {
                 [("NODE", name)],
                 "Refused agent '{name}' from {peer}: {text}"
             );
-            if let Some(mut reply) = error_reply(call, err, &text) {
-                reply.set_serial(1);
-                let _ = handle.queue.try_push(reply);
+            if let Some(reply) = error_reply(call, err, &text) {
+                let _ = handle.send(reply, 1);
             }
             handle.request_close(&text);
             return;
@@ -355,9 +355,10 @@ impl Manager {
             return;
         };
         let mut serials = SerialCounter::default();
-        let mut reply = call.method_return();
-        reply.set_serial(serials.next_serial());
-        if handle.queue.try_push(reply).is_err() {
+        if handle
+            .send(call.method_return(), serials.next_serial())
+            .is_err()
+        {
             handle.request_close("could not queue the Register reply");
             return;
         }
@@ -615,7 +616,9 @@ impl Manager {
                 let r = error_reply(ctx.message(), name, text);
                 self.emit(r);
             }
-            PendingKind::Part { agg } => self.aggregate_part(agg, None, Some(text.to_string())),
+            PendingKind::Part { agg } => {
+                self.aggregate_part(agg, None, Some((name.to_string(), text.to_string())))
+            }
             PendingKind::Internal => log_debug!("{} not answered: {text}", p.member),
         }
     }
@@ -677,11 +680,17 @@ impl Manager {
         };
         fill(&mut msg);
         let serial = online.serials.next_serial();
-        msg.set_serial(serial);
-        if online.link.queue.try_push(msg).is_err() {
-            let text = format!("link to node '{}' is congested; try again later", node.name);
-            log_warn!("{text}");
-            return Err(Box::new((merr(error::BUSY, text), kind)));
+        if let Err(e) = online.link.send(msg, serial) {
+            let (name, text) = match e {
+                SendError::TooLarge(e) => (error::INVALID_ARGS, format!("call too large: {e}")),
+                SendError::Full => (
+                    error::BUSY,
+                    format!("link to node '{}' is congested; try again later", node.name),
+                ),
+                SendError::Closed => (error::OFFLINE, format!("node '{}' is offline", node.name)),
+            };
+            log_warn!("{member} to node '{}' not sent: {text}", node.name);
+            return Err(Box::new((merr(name, text), kind)));
         }
         online.pending.insert(
             serial,
@@ -881,7 +890,11 @@ impl Manager {
                 .unwrap_or_default();
             if let Err(f) = self.call_node(idx, member, |_| {}, PendingKind::Part { agg }) {
                 let e = &f.0;
-                self.aggregate_part(agg, None, Some(format!("node '{name}': {e}")));
+                let failure = (
+                    e.errorname().to_string(),
+                    format!("node '{name}': {}", e.description()),
+                );
+                self.aggregate_part(agg, None, Some(failure));
             }
         }
         // The extra count keeps the aggregate open until every call was sent.
@@ -893,7 +906,7 @@ impl Manager {
         &mut self,
         agg: u64,
         part: Option<(String, Message)>,
-        failure: Option<String>,
+        failure: Option<(String, String)>,
     ) {
         let Some(a) = self.aggregates.get_mut(&agg) else {
             return;
@@ -916,7 +929,7 @@ impl Manager {
         };
         let result = match a.failure {
             Some(f) => Err(f),
-            None => fan_out_reply(a.kind, a.parts),
+            None => fan_out_reply(a.kind, a.parts).map_err(|e| (error::PROTOCOL.to_string(), e)),
         };
         match result {
             Ok(reply) => {
@@ -927,8 +940,8 @@ impl Manager {
                     self.outbox.push(m);
                 }
             }
-            Err(f) => {
-                ctx.reply::<()>(Err(merr(error::TIMEOUT, f)));
+            Err((name, text)) => {
+                ctx.reply::<()>(Err(MethodErr::from((name, text))));
                 let sink = VecSender(RefCell::new(Vec::new()));
                 let _ = ctx.flush_messages(&sink);
                 self.outbox.extend(sink.0.into_inner());
@@ -973,10 +986,9 @@ impl Manager {
                     format!("agents may not call '{member}'")
                 };
                 log_warn!("Node '{node_name}': {text}");
-                if let Some(mut reply) = error_reply(&msg, error::PROTOCOL, &text) {
+                if let Some(reply) = error_reply(&msg, error::PROTOCOL, &text) {
                     if let Some(online) = self.nodes.get_mut(idx).and_then(|n| n.online.as_mut()) {
-                        reply.set_serial(online.serials.next_serial());
-                        let _ = online.link.queue.try_push(reply);
+                        let _ = online.link.send(reply, online.serials.next_serial());
                     }
                 }
                 let _ = msg.as_result();
@@ -991,13 +1003,12 @@ impl Manager {
             "Heartbeat" => {
                 // Echo, so the agent can tell a silent manager from a quiet one.
                 if let Some(online) = self.nodes.get_mut(idx).and_then(|n| n.online.as_mut()) {
-                    if let Some(mut echo) = Self::signal(
+                    if let Some(echo) = Self::signal(
                         protocol::INTERNAL_MANAGER_PATH,
                         protocol::INTERNAL_MANAGER_IFACE,
                         "Heartbeat",
                     ) {
-                        echo.set_serial(online.serials.next_serial());
-                        let _ = online.link.queue.try_push(echo);
+                        let _ = online.link.send(echo, online.serials.next_serial());
                     }
                 }
             }
@@ -1106,8 +1117,11 @@ impl Manager {
                     .unwrap_or_default();
                 let mut answer = answer;
                 if let Err(e) = answer.as_result() {
-                    let text = format!("node '{name}': {}", e.message().unwrap_or("call failed"));
-                    self.aggregate_part(agg, None, Some(text));
+                    let failure = (
+                        e.name().unwrap_or(error::PROTOCOL).to_string(),
+                        format!("node '{name}': {}", e.message().unwrap_or("call failed")),
+                    );
+                    self.aggregate_part(agg, None, Some(failure));
                     return;
                 }
                 self.aggregate_part(agg, Some((name, answer)), None);
@@ -1115,8 +1129,9 @@ impl Manager {
             PendingKind::Internal => {
                 let mut answer = answer;
                 if let Err(e) = answer.as_result() {
+                    let node = self.nodes.get(idx).map(|n| n.name.as_str()).unwrap_or("?");
                     log_warn!(
-                        "{} failed on node {idx}: {}",
+                        "{} failed on node '{node}': {}",
                         p.member,
                         e.message().unwrap_or("")
                     );
