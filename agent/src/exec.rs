@@ -66,9 +66,18 @@ fn prop<T: RefArg + 'static>(name: &str, v: T) -> (String, Variant<Box<dyn RefAr
     (name.to_string(), Variant(Box::new(v) as Box<dyn RefArg>))
 }
 
+/// systemd expands `$VAR` and `${VAR}` in ExecStart arguments, even ones set over D-Bus;
+/// doubling `$` passes the caller's arguments through unchanged.
+pub fn escape_for_exec_start(arg: &str) -> String {
+    arg.replace('$', "$$")
+}
+
 /// Properties of the transient unit.
 pub fn unit_properties(argv: &[String], out: &Path, err: &Path, timeout: Duration) -> Props {
-    let line = command_line(argv);
+    let line: Vec<String> = command_line(argv)
+        .iter()
+        .map(|a| escape_for_exec_start(a))
+        .collect();
     let exec_start = vec![("/bin/sh".to_string(), line.clone(), false)];
     vec![
         prop("Description", format!("hirte exec: {}", argv.join(" "))),
@@ -119,6 +128,7 @@ mod tests {
             vec!["/bin/sh", "-c", "exec \"$@\"", "hirte-exec", "echo", "a b"]
         );
         assert_eq!(exit_status(1, 3), 3);
+        assert_eq!(escape_for_exec_start("${HOME} $$ $1"), "$${HOME} $$$$ $$1");
         assert_eq!(exit_status(2, 9), 137);
     }
 

@@ -179,7 +179,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log_error!("{e}");
+            // One line on stderr; the log gets it too unless the log is stderr itself.
+            if log::initialized() && log::target() != log::Target::Stderr {
+                log_error!("{e}");
+            }
             eprintln!("hirte-agent: {e}");
             ExitCode::FAILURE
         }

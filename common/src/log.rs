@@ -174,6 +174,11 @@ pub fn init(ident: &str, level: Level, target: Target, is_quiet: bool) -> Target
     used
 }
 
+/// Whether `init` ran (before it, records go to stderr without a sink).
+pub fn initialized() -> bool {
+    LOGGER.get().is_some()
+}
+
 /// The target in use (after fallbacks).
 pub fn target() -> Target {
     LOGGER.get().map(|l| l.target).unwrap_or(Target::Stderr)

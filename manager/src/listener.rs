@@ -21,7 +21,10 @@ pub const MAX_CONNECTIONS: usize = MAX_NODES + MAX_PENDING_HANDSHAKES;
 pub struct Listener {
     pub listener: TcpListener,
     pub events: Arc<BoundedQueue<LinkEvent>>,
+    /// Stops accepting (set on SIGTERM).
     pub shutdown: Arc<AtomicBool>,
+    /// Ends the connections (set once the core has finished its shutdown).
+    pub stop_links: Arc<AtomicBool>,
 }
 
 impl Listener {
@@ -82,7 +85,7 @@ impl Listener {
                 handle,
                 events: self.events.clone(),
                 handshakes: handshakes.clone(),
-                shutdown: self.shutdown.clone(),
+                shutdown: self.stop_links.clone(),
             };
             let live2 = live.clone();
             let hs2 = handshakes.clone();

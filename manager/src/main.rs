@@ -124,10 +124,13 @@ fn run(cli: Cli) -> Result<(), String> {
     let mut cr = Crossroads::new();
     let tokens = api::export(&mut cr, &model);
 
+    // Links outlive the SIGTERM by the drain time: jobs in flight must still be answered.
+    let stop_links = Arc::new(AtomicBool::new(false));
     let listener = listener::Listener {
         listener: tcp,
         events: events.clone(),
         shutdown: shutdown.clone(),
+        stop_links: stop_links.clone(),
     };
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
@@ -147,6 +150,7 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let result = core.run().map_err(|e| e.to_string());
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_links.store(true, std::sync::atomic::Ordering::Relaxed);
     events.close();
     let _ = listener_thread.join();
     log_info!("Stopped");
@@ -159,7 +163,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log_error!("{e}");
+            // One line on stderr; the log gets it too unless the log is stderr itself.
+            if log::initialized() && log::target() != log::Target::Stderr {
+                log_error!("{e}");
+            }
             eprintln!("hirte: {e}");
             ExitCode::FAILURE
         }
