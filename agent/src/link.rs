@@ -98,6 +98,7 @@ impl Link {
                     let reason = end.err().map(|e| e.to_string()).unwrap_or_default();
                     log_warn!("Lost the manager connection: {reason}; reconnecting");
                     // Try at once (a restarted manager may already be back), then every interval.
+                    // [impl->req~manager.restart-recovery~1]
                     continue;
                 }
                 Err(e) => {

@@ -102,6 +102,7 @@ fn run(cli: Cli) -> Result<(), String> {
         cfg.manager_host,
         cfg.manager_port
     );
+    // [impl->req~agent.sigterm~1]
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())

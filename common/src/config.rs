@@ -44,6 +44,7 @@ impl fmt::Display for Origin {
 }
 
 /// Everything that can be wrong with a configuration.
+// [impl->req~config.errors~1]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     Io {
@@ -273,6 +274,7 @@ pub fn config_dir() -> PathBuf {
 }
 
 /// Reads the layered files for `<dir>/<base>.conf` (see the module doc) in order.
+// [impl->req~config.layers~1]
 pub fn load_entries(
     dir: &Path,
     base: &str,
@@ -791,6 +793,7 @@ mod tests {
         assert!(c.validate().is_err());
     }
 
+    // [utest->req~config.layers~1]
     #[test]
     fn layers_override_in_order() {
         let dir = std::env::temp_dir().join(format!("hirte-cfg-test-{}", std::process::id()));

@@ -25,6 +25,7 @@ pub const INTERNAL_AGENT_PATH: &str = "/org/containers/hirte/internal/agent";
 pub const LINK_PEER: &str = "org.containers.hirte.Link";
 
 /// Public error names (`org.containers.hirte.Error.<Name>`).
+// [impl->req~api.errors~1]
 pub mod error {
     pub const OFFLINE: &str = "org.containers.hirte.Error.Offline";
     pub const NODE_NOT_FOUND: &str = "org.containers.hirte.Error.NodeNotFound";

@@ -108,6 +108,7 @@ impl LinkThread {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Err(End::Shutdown);
             }
+            // [impl->req~link.register-timeout~1]
             let timeout = if *registered {
                 CORE_TICK
             } else {
@@ -140,6 +141,7 @@ impl LinkThread {
             if n == 0 {
                 return Err(End::PeerClosed);
             }
+            // [impl->req~link.bad-frame~1]
             decoder
                 .push(buf.get(..n).unwrap_or_default())
                 .map_err(|e| End::Protocol(e.to_string()))?;

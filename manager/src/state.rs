@@ -320,6 +320,8 @@ impl Manager {
     // [impl->req~manager.register~1]
     pub fn on_register(&mut self, handle: Arc<LinkHandle>, name: &str, call: &Message) {
         let peer = handle.peer;
+        // [impl->req~manager.register-refused~1]
+        // [impl->req~manager.register-duplicate~1]
         let refusal = match self.node_index(name) {
             None => Some((
                 error::NOT_ALLOWED,
@@ -576,6 +578,7 @@ impl Manager {
             );
             self.node_offline(idx, &reason);
         }
+        // [impl->req~manager.call-timeout~1]
         let mut expired = Vec::new();
         for node in &mut self.nodes {
             if let Some(online) = node.online.as_mut() {
@@ -1198,5 +1201,98 @@ impl dbus::channel::Sender for VecSender {
     fn send(&self, msg: Message) -> Result<u32, ()> {
         self.0.borrow_mut().push(msg);
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hirte_common::config::ManagerConfig;
+
+    fn manager() -> Manager {
+        let cfg = ManagerConfig {
+            allowed_node_names: vec!["n1".into()],
+            ..ManagerConfig::default()
+        };
+        Manager::new(cfg)
+    }
+
+    fn call(member: &str) -> Context {
+        let mut m = Message::new_method_call(
+            protocol::MANAGER_BUS_NAME,
+            "/org/containers/hirte/node/n1",
+            protocol::NODE_IFACE,
+            member,
+        )
+        .unwrap();
+        m.set_serial(7);
+        m.set_sender(Some(dbus::strings::BusName::new(":1.5").unwrap()));
+        Context::new(m).unwrap()
+    }
+
+    fn error_of(ctx: Option<Context>) -> String {
+        let mut ctx = ctx.expect("an immediate answer");
+        let sink = VecSender(RefCell::new(Vec::new()));
+        ctx.flush_messages(&sink).unwrap();
+        let mut msgs = sink.0.into_inner();
+        let mut reply = msgs.remove(0);
+        reply.as_result().unwrap_err().name().unwrap().to_string()
+    }
+
+    // [utest->req~bounds.jobs~1]
+    #[test]
+    fn job_table_is_bounded() {
+        let mut m = manager();
+        for id in 1..=MAX_JOBS as u32 {
+            m.jobs.insert(
+                id,
+                Job {
+                    id,
+                    node: 0,
+                    unit: "u".into(),
+                    job_type: "start",
+                    state: "waiting".into(),
+                    started: true,
+                    created: Instant::now(),
+                    early_result: None,
+                },
+            );
+        }
+        let ctx = m.start_job(
+            0,
+            "StartUnit",
+            "start",
+            "x.service".into(),
+            |_, _| {},
+            call("StartUnit"),
+        );
+        assert_eq!(error_of(ctx), error::BUSY);
+        assert_eq!(m.jobs.len(), MAX_JOBS);
+    }
+
+    // [utest->req~api.node~1]
+    #[test]
+    fn calls_to_an_offline_node_fail_offline_and_leave_no_job() {
+        let mut m = manager();
+        let ctx = m.start_job(
+            0,
+            "StartUnit",
+            "start",
+            "x.service".into(),
+            |_, _| {},
+            call("StartUnit"),
+        );
+        assert_eq!(error_of(ctx), error::OFFLINE);
+        assert!(m.jobs.is_empty());
+        let ctx = m.relay(0, "ListUnits", |_| {}, call("ListUnits"));
+        assert_eq!(error_of(ctx), error::OFFLINE);
+    }
+
+    // [utest->req~manager.status~1]
+    #[test]
+    fn status_without_nodes_online_is_down() {
+        let m = manager();
+        assert_eq!(m.status(), "down");
+        assert!(m.is_idle());
     }
 }
