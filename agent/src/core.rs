@@ -123,6 +123,18 @@ fn relay_reply(call: &Message, answer: &Message) -> Message {
     reply
 }
 
+/// The operation as the audit trail words it (`start`, `stop`, ...), so the guide's
+/// `grep -E "start|stop|restart"` finds every job line.
+fn job_verb(member: &str) -> &'static str {
+    match member {
+        "StartUnit" | "StartTransientUnit" => "start",
+        "StopUnit" => "stop",
+        "RestartUnit" => "restart",
+        "ReloadUnit" => "reload",
+        _ => "job",
+    }
+}
+
 fn bad_args(e: impl std::fmt::Display) -> CallError {
     CallError::new(error::INVALID_ARGS, e.to_string())
 }
@@ -351,7 +363,8 @@ impl Core {
                         ("UNIT", job.unit.as_str()),
                         ("JOB", id.to_string().as_str())
                     ],
-                    "Job {id} ({method} {}) done: {result}",
+                    "Job {id} ({} {}) done: {result}",
+                    job_verb(method),
                     job.unit
                 );
                 self.send_job_done(&job, id, result);
@@ -508,7 +521,8 @@ impl Core {
                 log_fields!(
                     Info,
                     [("UNIT", unit), ("JOB", id.to_string().as_str())],
-                    "{member} {unit} ({mode}) as job {id}"
+                    "{} {unit} ({mode}) as job {id}",
+                    job_verb(member)
                 );
                 let kind = JobKind::Manager {
                     id,

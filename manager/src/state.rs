@@ -1085,6 +1085,22 @@ impl Manager {
             }
             PendingKind::JobStart { ctx, job } => {
                 if answer.msg_type() == MessageType::Error {
+                    if let Some(j) = self.jobs.get(&job) {
+                        let node = self
+                            .nodes
+                            .get(j.node)
+                            .map(|n| n.name.as_str())
+                            .unwrap_or("?");
+                        let why = answer.get1::<&str>().unwrap_or("");
+                        // [impl->req~log.events~1]
+                        log_fields!(
+                            Info,
+                            [("NODE", node), ("UNIT", j.unit.as_str())],
+                            "Job {job} {} of '{}' on node '{node}' refused: {why}",
+                            j.job_type,
+                            j.unit
+                        );
+                    }
                     self.drop_job(job);
                     let r = relay_answer(ctx.message(), answer);
                     self.emit(r);
