@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything that can go wrong, each printed as one line.
+// [impl->req~ctl.errors~1]
 #[derive(Debug)]
 pub enum CtlError {
     NoBus(String),
@@ -28,6 +29,21 @@ pub enum CtlError {
     },
     Usage(String),
     NotFound(String),
+    /// Any other one-line failure, with the exit status it maps to.
+    Failed {
+        message: String,
+        code: u8,
+    },
+}
+
+impl CtlError {
+    /// A plain failure with exit status 1.
+    pub fn failed(message: impl Into<String>) -> Self {
+        CtlError::Failed {
+            message: message.into(),
+            code: 1,
+        }
+    }
 }
 
 impl CtlError {
@@ -37,11 +53,13 @@ impl CtlError {
             CtlError::NotFound(_) => 4,
             CtlError::Call { name, .. }
                 if name == protocol::error::NODE_NOT_FOUND
-                    || name == "org.freedesktop.systemd1.NoSuchUnit" =>
+                    || name == "org.freedesktop.systemd1.NoSuchUnit"
+                    || name == "org.freedesktop.DBus.Error.FileNotFound" =>
             {
                 4
             }
             CtlError::Usage(_) => 2,
+            CtlError::Failed { code, .. } => *code,
             _ => 1,
         }
     }
@@ -74,6 +92,7 @@ impl fmt::Display for CtlError {
             }
             CtlError::Usage(e) => write!(f, "{e}"),
             CtlError::NotFound(e) => write!(f, "{e}"),
+            CtlError::Failed { message, .. } => write!(f, "{message}"),
         }
     }
 }
@@ -118,6 +137,60 @@ impl Client {
         args: A,
     ) -> Result<R, CtlError> {
         Ok(self.proxy(path).method_call(iface, member, args)?)
+    }
+
+    /// [`Client::call`] with its own bound, for calls that legitimately take long (`Exec`).
+    pub fn call_within<A: AppendAll, R: ReadAll + 'static>(
+        &self,
+        path: &str,
+        iface: &str,
+        member: &str,
+        args: A,
+        timeout: Duration,
+    ) -> Result<R, CtlError> {
+        let proxy = self
+            .conn
+            .with_proxy(protocol::MANAGER_BUS_NAME, path, timeout);
+        Ok(proxy.method_call(iface, member, args)?)
+    }
+
+    /// Receives the signals `rule` selects (a D-Bus match rule).
+    pub fn add_match(&self, rule: &str) -> Result<(), CtlError> {
+        self.conn.add_match_no_cb(rule)?;
+        Ok(())
+    }
+
+    /// Receives `NameOwnerChanged` of the manager's name, so waits end when it stops.
+    pub fn watch_manager_owner(&self) -> Result<(), CtlError> {
+        self.add_match(&format!(
+            "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{}'",
+            protocol::MANAGER_BUS_NAME
+        ))
+    }
+
+    /// Fails with `ManagerNotRunning` unless the manager's name has an owner: for commands that
+    /// otherwise only listen and would wait for nothing.
+    pub fn require_manager(&self) -> Result<(), CtlError> {
+        let bus = self.conn.with_proxy(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            CALL_TIMEOUT,
+        );
+        let (owned,): (bool,) = bus.method_call(
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            (protocol::MANAGER_BUS_NAME,),
+        )?;
+        if owned {
+            Ok(())
+        } else {
+            Err(CtlError::ManagerNotRunning)
+        }
+    }
+
+    /// The next incoming message within `timeout`, if any.
+    pub fn next_message(&self, timeout: Duration) -> Result<Option<Message>, CtlError> {
+        Ok(self.conn.channel().blocking_pop_message(timeout)?)
     }
 
     pub fn manager<A: AppendAll, R: ReadAll + 'static>(
@@ -168,12 +241,7 @@ impl Client {
             protocol::MANAGER_IFACE
         );
         self.conn.add_match_no_cb(&rule)?;
-        let owner = format!(
-            "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{}'",
-            protocol::MANAGER_BUS_NAME
-        );
-        self.conn.add_match_no_cb(&owner)?;
-        Ok(())
+        self.watch_manager_owner()
     }
 
     /// Waits for the `JobRemoved` of `job` and returns its result.
@@ -199,15 +267,19 @@ impl Client {
                         }
                     }
                 }
-                Some("NameOwnerChanged") => {
-                    if let Ok((_, _, new)) = msg.read3::<&str, &str, &str>() {
-                        if new.is_empty() {
-                            return Err(CtlError::ManagerNotRunning);
-                        }
-                    }
+                Some("NameOwnerChanged") if manager_left(&msg) => {
+                    return Err(CtlError::ManagerNotRunning);
                 }
                 _ => {}
             }
         }
     }
+}
+
+/// Whether `msg` says the manager's name lost its owner (the manager stopped).
+pub fn manager_left(msg: &Message) -> bool {
+    msg.member().as_deref() == Some("NameOwnerChanged")
+        && msg
+            .read3::<&str, &str, &str>()
+            .is_ok_and(|(name, _, new)| name == protocol::MANAGER_BUS_NAME && new.is_empty())
 }

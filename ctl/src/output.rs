@@ -1,6 +1,65 @@
-//! Plain-text tables, shaped so that the guide's `awk`/`grep` scripts work on them.
+//! Plain-text tables, shaped so that the guide's `awk`/`grep` scripts work on them, and the
+//! choice between them and JSON.
 
+use crate::json::Json;
+use std::io::{ErrorKind, Write};
 use std::time::{Duration, SystemTime};
+
+/// `-o text|json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Exit status when stdout's reader went away: what a SIGPIPE death gives (128+13).
+const BROKEN_PIPE_STATUS: i32 = 141;
+
+/// Writes bytes to `w`, ending hirtectl when that fails. A reader that went away
+/// (`hirtectl monitor | head -3`) ends it quietly, as SIGPIPE ends C tools; `print!` would
+/// panic instead.
+fn write_or_exit(w: &mut dyn Write, bytes: &[u8], what: &str) {
+    if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
+        if e.kind() == ErrorKind::BrokenPipe {
+            std::process::exit(BROKEN_PIPE_STATUS);
+        }
+        let _ = writeln!(std::io::stderr(), "hirtectl: cannot write to {what}: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Writes to stdout as is.
+pub fn out_bytes(bytes: &[u8]) {
+    write_or_exit(&mut std::io::stdout().lock(), bytes, "stdout");
+}
+
+/// Writes text to stdout as is.
+pub fn out(text: &str) {
+    out_bytes(text.as_bytes());
+}
+
+/// Writes one line to stdout.
+pub fn line(text: &str) {
+    let mut s = String::with_capacity(text.len() + 1);
+    s.push_str(text);
+    s.push('\n');
+    out(&s);
+}
+
+/// Writes bytes to stderr (a command's own error output, `exec`).
+pub fn err_bytes(bytes: &[u8]) {
+    write_or_exit(&mut std::io::stderr().lock(), bytes, "stderr");
+}
+
+/// One line on stderr; a closed stderr is not worth dying for.
+pub fn err_line(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// Prints a JSON document on one line.
+pub fn print_json(v: &Json) {
+    line(&v.to_line());
+}
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
