@@ -14,7 +14,7 @@ use dbus::arg::PropMap;
 use dbus::blocking::Connection;
 use dbus::message::MessageType;
 use dbus::Message;
-use hirte_common::bounds::{CORE_TICK, MAX_AGENT_JOBS, MAX_FRAME_SIZE};
+use hirte_common::bounds::{CORE_TICK, MAX_AGENT_JOBS, MAX_AGENT_SUBSCRIPTIONS, MAX_FRAME_SIZE};
 use hirte_common::config::{config_dir, AgentConfig};
 use hirte_common::frame::SharedSerials;
 use hirte_common::notify;
@@ -80,6 +80,9 @@ pub struct Core {
     retry: VecDeque<Vec<u8>>,
     jobs: HashMap<String, AgentJob>,
     watch: Watch,
+    /// Last (active, sub) state reported per watched unit: systemd announces many property
+    /// changes that leave the state as it was, and subscribers want each change once.
+    last_state: HashMap<String, (String, String)>,
     metrics: bool,
     exec_seq: u64,
     local: LocalApi,
@@ -152,6 +155,7 @@ impl Core {
             retry: VecDeque::new(),
             jobs: HashMap::new(),
             watch: Watch::default(),
+            last_state: HashMap::new(),
             metrics: false,
             exec_seq: 0,
             local,
@@ -254,6 +258,7 @@ impl Core {
                     FromLink::Disconnected => {
                         // The manager resubscribes after it sees us again.
                         self.watch = Watch::default();
+                        self.last_state.clear();
                         self.local.set_connected(&self.sd, None);
                     }
                 }
@@ -333,14 +338,29 @@ impl Core {
         if iface == watch::UNIT_IFACE {
             if let Some(active) = watch::prop_str(&changed, "ActiveState") {
                 let sub = watch::prop_str(&changed, "SubState").unwrap_or_default();
-                if let Some(sig) = watch::state_changed(&unit, &active, &sub, "real") {
-                    self.send(sig);
+                if self.state_is_new(&unit, &active, &sub) {
+                    if let Some(sig) = watch::state_changed(&unit, &active, &sub, "real") {
+                        self.send(sig);
+                    }
                 }
             }
         }
         if let Some(sig) = watch::agent_signal("UnitPropertiesChanged") {
             self.send(sig.append3(unit, iface, changed));
         }
+    }
+
+    /// Records a unit's state; false if it is the state last reported.
+    fn state_is_new(&mut self, unit: &str, active: &str, sub: &str) -> bool {
+        let now = (active.to_string(), sub.to_string());
+        if self.last_state.get(unit) == Some(&now) {
+            return false;
+        }
+        // Bounded like the watch list; past the bound, changes are reported undeduplicated.
+        if self.last_state.len() < MAX_AGENT_SUBSCRIPTIONS || self.last_state.contains_key(unit) {
+            self.last_state.insert(unit.to_string(), now);
+        }
+        true
     }
 
     // [impl->req~agent.job-done~1]
@@ -367,15 +387,45 @@ impl Core {
                     job_verb(method),
                     job.unit
                 );
-                self.send_job_done(&job, id, result);
+                // [impl->req~manager.metrics~1]
                 if self.metrics {
+                    // Sent before JobDone so the manager has it when it ends the job.
                     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    if let Some(sig) = watch::agent_signal("AgentJobMetrics") {
-                        self.send(sig.append3(job.unit.as_str(), method.as_str(), micros));
+                    let prop = self.start_propagation_us(&job.unit);
+                    if let Some(sig) = watch::agent_signal("JobMetrics") {
+                        self.send(
+                            sig.append3(id, job.unit.as_str(), method.as_str())
+                                .append2(micros, prop),
+                        );
                     }
                 }
+                self.send_job_done(&job, id, result);
             }
             JobKind::Exec(p) => self.finish_exec(p, result),
+        }
+    }
+
+    /// How long the unit took from leaving `inactive` to becoming `active` (0 if unknown).
+    fn start_propagation_us(&self, unit: &str) -> u64 {
+        let Ok(path) = systemd::unit_path(&self.sd, unit) else {
+            return 0;
+        };
+        let get = |p: &str| -> Option<u64> {
+            let c = systemd::properties_call(&path, "Get")
+                .ok()?
+                .append2(watch::UNIT_IFACE, p);
+            systemd::call(&self.sd, c)
+                .ok()?
+                .read1::<dbus::arg::Variant<u64>>()
+                .ok()
+                .map(|v| v.0)
+        };
+        match (
+            get("InactiveExitTimestampMonotonic"),
+            get("ActiveEnterTimestampMonotonic"),
+        ) {
+            (Some(exit), Some(enter)) if enter >= exit => enter - exit,
+            _ => 0,
         }
     }
 
@@ -618,6 +668,7 @@ impl Core {
                 Self::expect_signature(msg, member, "s")?;
                 let unit: &str = msg.read1().map_err(bad_args)?;
                 self.watch.remove(unit);
+                self.last_state.remove(unit);
                 Ok(Some(msg.method_return()))
             }
             "Exec" => {
@@ -659,6 +710,7 @@ impl Core {
             self.send(sig.append2(unit, "virtual"));
         }
         if let (Some(a), Some(s)) = (active, sub) {
+            self.state_is_new(unit, &a, &s);
             if let Some(sig) = watch::state_changed(unit, &a, &s, "virtual") {
                 self.send(sig);
             }

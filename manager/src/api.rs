@@ -56,6 +56,21 @@ fn register_metrics(cr: &mut Crossroads) -> IfaceToken<()> {
     })
 }
 
+/// A subscription to a node that can never exist would stay silent forever: refuse it.
+fn check_node_known(
+    m: &crate::state::Manager,
+    node: &str,
+) -> Result<(), dbus_crossroads::MethodErr> {
+    if node == crate::monitor::WILDCARD || m.node_index(node).is_some() {
+        Ok(())
+    } else {
+        Err(merr(
+            error::NODE_NOT_FOUND,
+            format!("node '{node}' not found (not in AllowedNodeNames)"),
+        ))
+    }
+}
+
 fn caller(ctx: &dbus_crossroads::Context) -> String {
     ctx.message()
         .sender()
@@ -96,6 +111,7 @@ fn register_monitor(cr: &mut Crossroads, st: Shared) -> IfaceToken<u32> {
                 m.monitors
                     .check_owner(*id, &caller(ctx))
                     .map_err(monitor_err)?;
+                check_node_known(&m, &node)?;
                 let sub = m
                     .monitors
                     .subscribe(*id, &node, vec![unit])
@@ -114,6 +130,7 @@ fn register_monitor(cr: &mut Crossroads, st: Shared) -> IfaceToken<u32> {
                 m.monitors
                     .check_owner(*id, &caller(ctx))
                     .map_err(monitor_err)?;
+                check_node_known(&m, &node)?;
                 let sub = m
                     .monitors
                     .subscribe(*id, &node, units)

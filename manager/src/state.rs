@@ -92,6 +92,8 @@ pub struct Job {
     /// Public (JobNew sent) once the agent accepted it.
     pub started: bool,
     pub created: Instant,
+    /// The unit's inactive-to-active time the agent measured (metrics), else 0.
+    pub start_propagation_us: u64,
     /// A result that arrived before the agent's acceptance was processed.
     pub early_result: Option<String>,
 }
@@ -770,6 +772,7 @@ impl Manager {
                 state: "waiting".to_string(),
                 started: false,
                 created: Instant::now(),
+                start_propagation_us: 0,
                 early_result: None,
             },
         );
@@ -853,7 +856,7 @@ impl Manager {
             let micros = u64::try_from(job.created.elapsed().as_micros()).unwrap_or(u64::MAX);
             let sig = Self::signal(METRICS_PATH, METRICS_IFACE, "StartUnitJobMetrics").map(|m| {
                 m.append3(node.clone(), id.to_string(), job.unit.clone())
-                    .append2(micros, 0u64)
+                    .append2(micros, job.start_propagation_us)
             });
             self.emit(sig);
         }
@@ -1064,14 +1067,21 @@ impl Manager {
                 }
                 self.route_unit_event(node_name, &unit, &member, items);
             }
-            "AgentJobMetrics" => {
-                if self.metrics {
-                    if let Ok((unit, method, micros)) = msg.read3::<&str, &str, u64>() {
-                        let sig = Self::signal(METRICS_PATH, METRICS_IFACE, "AgentJobMetrics")
-                            .map(|m| m.append3(node_name, unit, method).append1(micros));
-                        self.emit(sig);
-                    }
+            "JobMetrics" => {
+                if !self.metrics {
+                    return;
                 }
+                let Ok((id, unit, method, micros, prop)) = msg.read5::<u32, &str, &str, u64, u64>()
+                else {
+                    log_warn!("Node '{node_name}' sent a malformed JobMetrics");
+                    return;
+                };
+                if let Some(job) = self.jobs.get_mut(&id).filter(|j| j.node == idx) {
+                    job.start_propagation_us = prop;
+                }
+                let sig = Self::signal(METRICS_PATH, METRICS_IFACE, "AgentJobMetrics")
+                    .map(|m| m.append3(node_name, unit, method).append1(micros));
+                self.emit(sig);
             }
             other => log_debug!("Node '{node_name}' sent signal '{other}', ignored"),
         }
@@ -1270,6 +1280,7 @@ mod tests {
                     state: "waiting".into(),
                     started: true,
                     created: Instant::now(),
+                    start_propagation_us: 0,
                     early_result: None,
                 },
             );
