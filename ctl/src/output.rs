@@ -61,7 +61,9 @@ pub fn print_json(v: &Json) {
     line(&v.to_line());
 }
 
-/// Left-aligned columns separated by two spaces; the last column is not padded.
+/// Left-aligned columns separated by two spaces; the last column is not padded, so the
+/// guide's scripts (`awk '{print $1}'`, `split(None, 3)`, `grep failed`) read it.
+// [impl->req~guide.scripts~1]
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
