@@ -23,7 +23,7 @@ use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::sys::bus_fd;
 use hirte_common::wait::poll_readable;
 use hirte_common::{log, log_debug, log_error, log_fields, log_info, log_warn};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,7 +78,11 @@ pub struct Core {
     /// Job results that found the send queue full; retried first on every turn so no
     /// `JobDone` is lost while the link lives (bounded: one per job).
     retry: VecDeque<Vec<u8>>,
-    jobs: HashMap<String, AgentJob>,
+    /// Keyed by (systemd job path, sequence): systemd merges a second request for a unit
+    /// whose job is still queued into the same job, so one path can serve several
+    /// manager jobs, and each of them must get its JobDone.
+    jobs: BTreeMap<(String, u64), AgentJob>,
+    job_seq: u64,
     watch: Watch,
     /// Last (active, sub) state reported per watched unit: systemd announces many property
     /// changes that leave the state as it was, and subscribers want each change once.
@@ -153,7 +157,8 @@ impl Core {
             serials: link.serials.clone(),
             session: link.session.clone(),
             retry: VecDeque::new(),
-            jobs: HashMap::new(),
+            jobs: BTreeMap::new(),
+            job_seq: 0,
             watch: Watch::default(),
             last_state: HashMap::new(),
             metrics: false,
@@ -182,7 +187,7 @@ impl Core {
     /// systemd (or the node's bus) went away: its jobs are lost, say so instead of waiting.
     // [impl->req~agent.systemd-reconnect~1]
     pub fn bus_lost(&mut self) {
-        let jobs: Vec<AgentJob> = self.jobs.drain().map(|(_, j)| j).collect();
+        let jobs: Vec<AgentJob> = std::mem::take(&mut self.jobs).into_values().collect();
         for job in jobs {
             match job.kind {
                 JobKind::Manager { id, .. } => {
@@ -318,12 +323,17 @@ impl Core {
             return;
         };
         if path.starts_with("/org/freedesktop/systemd1/job/") {
-            if let (Some(state), Some(job)) =
-                (watch::prop_str(&changed, "State"), self.jobs.get(&path))
-            {
-                if let JobKind::Manager { id, .. } = job.kind {
+            if let Some(state) = watch::prop_str(&changed, "State") {
+                let ids: Vec<u32> = self
+                    .jobs_of(&path)
+                    .filter_map(|(_, j)| match j.kind {
+                        JobKind::Manager { id, .. } => Some(id),
+                        JobKind::Exec(_) => None,
+                    })
+                    .collect();
+                for id in ids {
                     if let Some(sig) = watch::agent_signal("JobStateChanged") {
-                        self.send(sig.append2(id, state));
+                        self.send(sig.append2(id, state.as_str()));
                     }
                 }
             }
@@ -368,9 +378,24 @@ impl Core {
         let Ok((_, job_path, _unit, result)) = msg.read4::<u32, dbus::Path, &str, &str>() else {
             return;
         };
-        let Some(job) = self.jobs.remove(&job_path.to_string()) else {
-            return;
-        };
+        let keys: Vec<(String, u64)> = self.jobs_of(&job_path).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            if let Some(job) = self.jobs.remove(&key) {
+                self.job_ended(job, result);
+            }
+        }
+    }
+
+    /// The jobs recorded under one systemd job path.
+    fn jobs_of<'a>(
+        &'a self,
+        path: &str,
+    ) -> impl Iterator<Item = (&'a (String, u64), &'a AgentJob)> + 'a {
+        let p = path.to_string();
+        self.jobs.range((p.clone(), 0)..=(p, u64::MAX))
+    }
+
+    fn job_ended(&mut self, job: AgentJob, result: &str) {
         match job.kind {
             JobKind::Manager {
                 id,
@@ -529,8 +554,9 @@ impl Core {
 
     fn record_job(&mut self, path: String, unit: &str, kind: JobKind) {
         let session = self.session.load(Ordering::SeqCst);
+        self.job_seq += 1;
         self.jobs.insert(
-            path,
+            (path, self.job_seq),
             AgentJob {
                 unit: unit.to_string(),
                 kind,
@@ -620,7 +646,7 @@ impl Core {
                     .jobs
                     .iter()
                     .find(|(_, j)| matches!(j.kind, JobKind::Manager { id: jid, .. } if jid == id))
-                    .map(|(p, _)| p.clone())
+                    .map(|((p, _), _)| p.clone())
                     .ok_or_else(|| bad_args(format!("no job {id} on this node")))?;
                 let call =
                     Message::new_method_call(systemd::DEST, path, systemd::JOB_IFACE, "Cancel")
@@ -835,7 +861,7 @@ impl Core {
     /// Backstop for systemd's own timeout: stop the unit and answer `Timeout`.
     fn expire_execs(&mut self) {
         let now = Instant::now();
-        let expired: Vec<String> = self
+        let expired: Vec<(String, u64)> = self
             .jobs
             .iter()
             .filter(|(_, j)| matches!(&j.kind, JobKind::Exec(p) if p.deadline <= now))

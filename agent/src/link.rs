@@ -19,6 +19,7 @@ use hirte_common::{log_debug, log_error, log_info, log_warn};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +66,13 @@ impl std::fmt::Display for LinkError {
     }
 }
 
+/// What the link loop does after one attempt.
+enum Step {
+    Again,
+    Wait,
+    Stop,
+}
+
 pub struct Link {
     pub cfg: AgentConfig,
     /// Encoded frames from the core, written in order.
@@ -84,44 +92,61 @@ impl Link {
     pub fn run(mut self) {
         let mut last_error = String::new();
         while !self.shutdown.load(Ordering::Relaxed) {
-            match self.connect() {
-                Ok(stream) => {
-                    last_error.clear();
-                    let end = self.session(&stream);
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
+            // A panic while talking to the manager must not leave a node that never
+            // reconnects: it ends this attempt only, and the loop goes on.
+            let step = catch_unwind(AssertUnwindSafe(|| self.attempt(&mut last_error)))
+                .unwrap_or_else(|_| {
+                    log_error!("Internal error on the manager link; reconnecting");
                     let _ = self
                         .events
                         .push_timeout(FromLink::Disconnected, CORE_PUSH_TIMEOUT);
-                    if let Err(LinkError::Shutdown) = end {
-                        return;
-                    }
-                    let reason = end.err().map(|e| e.to_string()).unwrap_or_default();
-                    log_warn!("Lost the manager connection: {reason}; reconnecting");
-                    // Try at once (a restarted manager may already be back), then every interval.
-                    // [impl->req~manager.restart-recovery~1]
-                    continue;
-                }
-                Err(e) => {
-                    let text = e.to_string();
-                    if text != last_error {
-                        match e {
-                            LinkError::Refused(_) => log_error!("{text}"),
-                            _ => log_warn!(
-                                "Cannot reach manager at {}:{}: {text}; retrying every {}",
-                                self.cfg.manager_host,
-                                self.cfg.manager_port,
-                                hirte_common::timespan::format_timespan(
-                                    self.cfg.reconnect_interval
-                                )
-                            ),
-                        }
-                        last_error = text;
-                    } else {
-                        log_debug!("Still cannot reach the manager: {text}");
-                    }
-                }
+                    Step::Wait
+                });
+            match step {
+                Step::Stop => return,
+                // Try at once (a restarted manager may already be back), then every interval.
+                // [impl->req~manager.restart-recovery~1]
+                Step::Again => {}
+                Step::Wait => self.sleep(self.cfg.reconnect_interval),
             }
-            self.sleep(self.cfg.reconnect_interval);
+        }
+    }
+
+    /// One connection attempt and, if it registers, the whole session.
+    fn attempt(&mut self, last_error: &mut String) -> Step {
+        match self.connect() {
+            Ok((stream, decoder)) => {
+                last_error.clear();
+                let end = self.session(&stream, decoder);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                let _ = self
+                    .events
+                    .push_timeout(FromLink::Disconnected, CORE_PUSH_TIMEOUT);
+                if let Err(LinkError::Shutdown) = end {
+                    return Step::Stop;
+                }
+                let reason = end.err().map(|e| e.to_string()).unwrap_or_default();
+                log_warn!("Lost the manager connection: {reason}; reconnecting");
+                Step::Again
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text != *last_error {
+                    match e {
+                        LinkError::Refused(_) => log_error!("{text}"),
+                        _ => log_warn!(
+                            "Cannot reach manager at {}:{}: {text}; retrying every {}",
+                            self.cfg.manager_host,
+                            self.cfg.manager_port,
+                            hirte_common::timespan::format_timespan(self.cfg.reconnect_interval)
+                        ),
+                    }
+                    *last_error = text;
+                } else {
+                    log_debug!("Still cannot reach the manager: {text}");
+                }
+                Step::Wait
+            }
         }
     }
 
@@ -137,7 +162,7 @@ impl Link {
     }
 
     /// Resolves the host anew on each attempt (its address may have moved), connects, registers.
-    fn connect(&mut self) -> Result<TcpStream, LinkError> {
+    fn connect(&mut self) -> Result<(TcpStream, FrameDecoder), LinkError> {
         let addrs: Vec<SocketAddr> = (self.cfg.manager_host.as_str(), self.cfg.manager_port)
             .to_socket_addrs()
             .map_err(|e| LinkError::Resolve(e.to_string()))?
@@ -150,8 +175,8 @@ impl Link {
                     stream
                         .set_write_timeout(Some(LINK_WRITE_TIMEOUT))
                         .map_err(LinkError::Io)?;
-                    self.register(&stream)?;
-                    return Ok(stream);
+                    let decoder = self.register(&stream)?;
+                    return Ok((stream, decoder));
                 }
                 Err(e) => last = LinkError::Connect(format!("{addr}: {e}")),
             }
@@ -173,14 +198,21 @@ impl Link {
     }
 
     // [impl->req~agent.register~1]
-    fn register(&mut self, stream: &TcpStream) -> Result<(), LinkError> {
+    /// Registers and waits for the manager's answer to that call. Returns the decoder, which
+    /// may already hold the manager's next frames (they can arrive in the same read).
+    fn register(&mut self, stream: &TcpStream) -> Result<FrameDecoder, LinkError> {
         // Frames queued for an earlier connection belong to calls the manager has given up;
         // the new session number makes the core drop results of jobs from earlier ones.
         self.session.fetch_add(1, Ordering::SeqCst);
         while self.outbound.try_pop().is_some() {}
-        let call = register_call(&self.cfg.node_name)
+        let mut call = register_call(&self.cfg.node_name)
             .ok_or_else(|| LinkError::Protocol("cannot build Register".to_string()))?;
-        self.send(stream, call)?;
+        let bytes = self
+            .serials
+            .encode(&mut call, MAX_FRAME_SIZE)
+            .map_err(|e| LinkError::Protocol(e.to_string()))?;
+        let serial = call.get_serial();
+        Self::write(stream, &bytes)?;
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(LinkError::Io)?;
@@ -206,14 +238,19 @@ impl Link {
                 .map_err(|e| LinkError::Protocol(e.to_string()))?
             {
                 stream.set_read_timeout(None).map_err(LinkError::Io)?;
+                // [impl->req~agent.register~1]
+                let answers_us = matches!(
+                    reply.msg_type(),
+                    MessageType::MethodReturn | MessageType::Error
+                ) && reply.get_reply_serial() == serial;
+                if !answers_us {
+                    return Err(LinkError::Protocol(
+                        "the manager's first message is not the answer to Register".to_string(),
+                    ));
+                }
                 if let Err(e) = reply.as_result() {
                     return Err(LinkError::Refused(
                         e.message().unwrap_or("no reason given").to_string(),
-                    ));
-                }
-                if decoder.buffered() > 0 {
-                    return Err(LinkError::Protocol(
-                        "manager sent data before accepting".to_string(),
                     ));
                 }
                 log_info!(
@@ -222,7 +259,7 @@ impl Link {
                     self.cfg.manager_port,
                     self.cfg.node_name
                 );
-                return Ok(());
+                return Ok(decoder);
             }
         }
     }
@@ -237,7 +274,7 @@ impl Link {
     }
 
     // [impl->req~link.heartbeat~1]
-    fn session(&mut self, stream: &TcpStream) -> Result<(), LinkError> {
+    fn session(&mut self, stream: &TcpStream, mut decoder: FrameDecoder) -> Result<(), LinkError> {
         let address = format!(
             "tcp:host={},port={}",
             self.cfg.manager_host, self.cfg.manager_port
@@ -252,11 +289,13 @@ impl Link {
             Err(PushError::Closed(_)) => return Err(LinkError::Shutdown),
             Err(PushError::Full(_)) => return Err(LinkError::CoreStuck),
         }
+        let mut last_rx = Instant::now();
+        // Frames that came in the same read as the Register answer.
+        self.deliver(&mut decoder, &mut last_rx)?;
         let interval = self.cfg.heartbeat_interval;
         let silence = self.cfg.effective_manager_timeout();
-        let mut decoder = FrameDecoder::new(MAX_FRAME_SIZE);
+
         let mut buf = vec![0u8; READ_CHUNK];
-        let mut last_rx = Instant::now();
         let mut next_beat = Instant::now();
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
@@ -298,27 +337,33 @@ impl Link {
             decoder
                 .push(buf.get(..n).unwrap_or_default())
                 .map_err(|e| LinkError::Protocol(e.to_string()))?;
-            while let Some(msg) = decoder
-                .next_message()
-                .map_err(|e| LinkError::Protocol(e.to_string()))?
+            self.deliver(&mut decoder, &mut last_rx)?;
+        }
+    }
+
+    /// Hands every complete frame to the core (heartbeat echoes only count as liveness).
+    fn deliver(&self, decoder: &mut FrameDecoder, last_rx: &mut Instant) -> Result<(), LinkError> {
+        while let Some(msg) = decoder
+            .next_message()
+            .map_err(|e| LinkError::Protocol(e.to_string()))?
+        {
+            *last_rx = Instant::now();
+            self.last_seen_us
+                .store(now_realtime_us(), Ordering::Relaxed);
+            let is_heartbeat = msg.msg_type() == MessageType::Signal
+                && msg.member().is_some_and(|m| &*m == "Heartbeat");
+            if is_heartbeat {
+                continue;
+            }
+            match self
+                .events
+                .push_timeout(FromLink::Frame(msg), CORE_PUSH_TIMEOUT)
             {
-                last_rx = Instant::now();
-                self.last_seen_us
-                    .store(now_realtime_us(), Ordering::Relaxed);
-                let is_heartbeat = msg.msg_type() == MessageType::Signal
-                    && msg.member().is_some_and(|m| &*m == "Heartbeat");
-                if is_heartbeat {
-                    continue;
-                }
-                match self
-                    .events
-                    .push_timeout(FromLink::Frame(msg), CORE_PUSH_TIMEOUT)
-                {
-                    Ok(()) => {}
-                    Err(PushError::Closed(_)) => return Err(LinkError::Shutdown),
-                    Err(PushError::Full(_)) => return Err(LinkError::CoreStuck),
-                }
+                Ok(()) => {}
+                Err(PushError::Closed(_)) => return Err(LinkError::Shutdown),
+                Err(PushError::Full(_)) => return Err(LinkError::CoreStuck),
             }
         }
+        Ok(())
     }
 }

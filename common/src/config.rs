@@ -147,7 +147,7 @@ pub struct Entry {
 }
 
 /// Turns a TOML-spelled value (`"x"`, `'x'`, `["a","b"]`) into a raw value; other text stays as is.
-fn parse_value(raw: &str, at: &Origin) -> Result<RawValue, ConfigError> {
+fn parse_value(key: &str, raw: &str, at: &Origin) -> Result<RawValue, ConfigError> {
     let raw = raw.trim();
     if !(raw.starts_with('"') || raw.starts_with('\'') || raw.starts_with('[')) {
         return Ok(RawValue::Str(raw.to_string()));
@@ -155,9 +155,12 @@ fn parse_value(raw: &str, at: &Origin) -> Result<RawValue, ConfigError> {
     let doc = format!("v = {raw}");
     let table: toml::Table = doc
         .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+        .map_err(|e: toml::de::Error| ConfigError::BadValue {
             at: at.clone(),
-            reason: format!("malformed TOML value {raw}: {}", e.message()),
+            key: key.to_string(),
+            value: raw.to_string(),
+            // toml's messages span lines; an error here is one line.
+            reason: format!("malformed TOML value: {}", e.message().replace('\n', "; ")),
         })?;
     let scalar = |v: &toml::Value| -> Option<String> {
         match v {
@@ -168,9 +171,11 @@ fn parse_value(raw: &str, at: &Origin) -> Result<RawValue, ConfigError> {
             _ => None,
         }
     };
-    let bad = || ConfigError::Syntax {
+    let bad = || ConfigError::BadValue {
         at: at.clone(),
-        reason: format!("value {raw} must be a string, number, boolean or a list of those"),
+        key: key.to_string(),
+        value: raw.to_string(),
+        reason: "must be a string, number, boolean or a list of those".to_string(),
     };
     match table.get("v") {
         Some(toml::Value::Array(items)) => items
@@ -241,7 +246,7 @@ pub fn parse_text(text: &str, file: &str, section: &str) -> Result<Vec<Entry>, C
                 key: key.to_string(),
             });
         }
-        let value = parse_value(value, &at)?;
+        let value = parse_value(key, value, &at)?;
         entries.push(Entry {
             key: key.to_string(),
             value,

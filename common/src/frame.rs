@@ -128,8 +128,17 @@ impl FrameDecoder {
     }
 }
 
+/// D-Bus message types (header byte 1): method call, method return, error, signal.
+const KNOWN_MESSAGE_TYPES: std::ops::RangeInclusive<u8> = 1..=4;
+
 /// Parses one frame payload into a message; the payload must be exactly one message.
 pub fn decode_message(payload: &[u8]) -> Result<Message, FrameError> {
+    // libdbus accepts message types it does not know (the spec says to ignore them), but the
+    // dbus crate panics on them; no peer may reach that, so they are refused here.
+    // [impl->req~link.bad-frame~1]
+    if let Some(t) = payload.get(1).filter(|t| !KNOWN_MESSAGE_TYPES.contains(t)) {
+        return Err(FrameError::BadMessage(format!("unknown message type {t}")));
+    }
     let needed = Message::demarshal_bytes_needed(payload)
         .map_err(|()| FrameError::BadMessage("invalid message header".to_string()))?;
     if needed != payload.len() {
@@ -283,6 +292,15 @@ mod tests {
             d.next_message(),
             Err(FrameError::LengthMismatch { .. }) | Err(FrameError::BadMessage(_))
         ));
+    }
+
+    #[test]
+    fn unknown_message_types_are_refused() {
+        let mut good = encode_message(&sample(1), 1024).unwrap();
+        good[5] = 42; // header byte 1 of the message: its type
+        let mut d = FrameDecoder::new(1024);
+        d.push(&good).unwrap();
+        assert!(matches!(d.next_message(), Err(FrameError::BadMessage(_))));
     }
 
     #[test]

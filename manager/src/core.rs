@@ -12,6 +12,7 @@ use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_TICK;
 use hirte_common::config::{config_dir, ManagerConfig};
 use hirte_common::notify;
+use hirte_common::protocol::{error, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
 use hirte_common::wait::poll_readable;
@@ -44,6 +45,7 @@ pub struct Core {
     pub events: Arc<BoundedQueue<LinkEvent>>,
     pub shutdown: Arc<AtomicBool>,
     pub reload: Arc<AtomicBool>,
+    pub signatures: crate::api::Signatures,
     /// The `-c` file, re-read with the defaults on SIGHUP.
     pub extra_config: Option<PathBuf>,
 }
@@ -88,7 +90,11 @@ impl Core {
             while let Some(msg) = self.conn.channel().pop_message() {
                 self.guarded("a D-Bus call", |core| match msg.msg_type() {
                     dbus::message::MessageType::MethodCall => {
-                        let _ = core.cr.handle_message(msg, &core.conn);
+                        if let Some(refusal) = core.check_arguments(&msg) {
+                            let _ = core.conn.channel().send(refusal);
+                        } else {
+                            let _ = core.cr.handle_message(msg, &core.conn);
+                        }
                     }
                     dbus::message::MessageType::Signal => core.on_bus_signal(&msg),
                     _ => {}
@@ -137,6 +143,21 @@ impl Core {
             }
             Err(e) => log_error!("Configuration not re-read: {e}"),
         }
+    }
+
+    /// An `InvalidArgs` answer when a call's arguments differ from the method's signature.
+    fn check_arguments(&self, msg: &dbus::Message) -> Option<dbus::Message> {
+        let iface = msg.interface()?.to_string();
+        let member = msg.member()?.to_string();
+        let expected = self.signatures.get(&(iface, member.clone()))?;
+        let got = signature_of(msg);
+        if &got == expected || msg.get_no_reply() {
+            return None;
+        }
+        let name = dbus::strings::ErrorName::new(error::INVALID_ARGS).ok()?;
+        let text =
+            std::ffi::CString::new(format!("{member} takes ({expected}), got ({got})")).ok()?;
+        Some(msg.error(&name, &text))
     }
 
     /// Watches clients leaving the bus, to close the monitors they own.

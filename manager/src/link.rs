@@ -48,6 +48,23 @@ impl std::fmt::Display for End {
     }
 }
 
+/// One of the `MAX_PENDING_HANDSHAKES` slots, held until the connection registers or ends.
+struct HandshakeSlot(Option<Arc<AtomicUsize>>);
+
+impl HandshakeSlot {
+    fn release(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 pub struct LinkThread {
     pub stream: TcpStream,
     pub handle: Arc<LinkHandle>,
@@ -58,11 +75,13 @@ pub struct LinkThread {
 
 impl LinkThread {
     pub fn run(self) {
+        // Gives the handshake slot back however this thread ends, a panic included.
+        let mut slot = HandshakeSlot(Some(self.handshakes.clone()));
         let mut registered = false;
-        let end = self.serve(&mut registered).err().unwrap_or(End::Shutdown);
-        if !registered {
-            self.handshakes.fetch_sub(1, Ordering::SeqCst);
-        }
+        let end = self
+            .serve(&mut registered, &mut slot)
+            .err()
+            .unwrap_or(End::Shutdown);
         let _ = self.stream.shutdown(Shutdown::Both);
         self.handle.queue.close();
         let reason = end.to_string();
@@ -99,7 +118,7 @@ impl LinkThread {
         }
     }
 
-    fn serve(&self, registered: &mut bool) -> Result<(), End> {
+    fn serve(&self, registered: &mut bool, slot: &mut HandshakeSlot) -> Result<(), End> {
         let mut decoder = FrameDecoder::new(MAX_HANDSHAKE_FRAME_SIZE);
         let mut buf = vec![0u8; READ_CHUNK];
         let mut stream = &self.stream;
@@ -160,7 +179,7 @@ impl LinkThread {
                 match check_register(&msg) {
                     Ok(name) => {
                         *registered = true;
-                        self.handshakes.fetch_sub(1, Ordering::SeqCst);
+                        slot.release();
                         decoder.set_max_frame(MAX_FRAME_SIZE);
                         self.push_event(LinkEvent::Register {
                             handle: self.handle.clone(),

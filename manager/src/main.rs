@@ -123,6 +123,8 @@ fn run(cli: Cli) -> Result<(), String> {
     let model = Arc::new(Mutex::new(state::Manager::new(cfg)));
     let mut cr = Crossroads::new();
     let tokens = api::export(&mut cr, &model);
+    let first_node = state::lock(&model).nodes.first().map(|n| n.path.clone());
+    let signatures = api::input_signatures(&mut cr, &tokens, first_node);
 
     // Links outlive the SIGTERM by the drain time: jobs in flight must still be answered.
     let stop_links = Arc::new(AtomicBool::new(false));
@@ -146,6 +148,7 @@ fn run(cli: Cli) -> Result<(), String> {
         events: events.clone(),
         shutdown: shutdown.clone(),
         reload,
+        signatures,
         extra_config: cli.config.clone(),
     };
     let result = core.run().map_err(|e| e.to_string());

@@ -61,6 +61,8 @@ pub struct Online {
     pending: HashMap<u32, Pending>,
     /// Units this agent currently watches for monitors.
     agent_subs: BTreeSet<String>,
+    /// Some (un)subscription could not be sent yet: retried every tick.
+    subs_pending: bool,
 }
 
 pub struct Node {
@@ -374,6 +376,7 @@ impl Manager {
                 serials,
                 pending: HashMap::new(),
                 agent_subs: BTreeSet::new(),
+                subs_pending: false,
             });
         }
         self.touch(idx);
@@ -485,26 +488,33 @@ impl Manager {
         let Some(current) = node.online.as_ref().map(|o| o.agent_subs.clone()) else {
             return;
         };
+        // Only what was actually sent is recorded; the rest is retried on the next tick
+        // (the node's call window may be full right now).
+        let mut now = current.clone();
         for unit in current.difference(&wanted) {
             let u = unit.clone();
-            let _ = self.call_node(
-                idx,
-                "Unsubscribe",
-                |m| m.append_all((u,)),
-                PendingKind::Internal,
-            );
+            let fill = |m: &mut Message| m.append_all((u,));
+            if self
+                .call_node(idx, "Unsubscribe", fill, PendingKind::Internal)
+                .is_ok()
+            {
+                now.remove(unit);
+            }
         }
         for unit in wanted.difference(&current) {
             let u = unit.clone();
-            let _ = self.call_node(
-                idx,
-                "Subscribe",
-                |m| m.append_all((u,)),
-                PendingKind::Internal,
-            );
+            let fill = |m: &mut Message| m.append_all((u,));
+            if self
+                .call_node(idx, "Subscribe", fill, PendingKind::Internal)
+                .is_ok()
+            {
+                now.insert(unit.clone());
+            }
         }
+        let in_sync = now == wanted;
         if let Some(o) = self.nodes.get_mut(idx).and_then(|n| n.online.as_mut()) {
-            o.agent_subs = wanted;
+            o.agent_subs = now;
+            o.subs_pending = !in_sync;
         }
     }
 
@@ -579,6 +589,17 @@ impl Manager {
                 hirte_common::timespan::format_timespan(threshold)
             );
             self.node_offline(idx, &reason);
+        }
+        let unsynced: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                self.nodes
+                    .get(*i)
+                    .and_then(|n| n.online.as_ref())
+                    .is_some_and(|o| o.subs_pending)
+            })
+            .collect();
+        for idx in unsynced {
+            self.sync_agent_subscriptions(idx);
         }
         // [impl->req~manager.call-timeout~1]
         let mut expired = Vec::new();
