@@ -125,9 +125,7 @@ fn error_reply(call: &Message, name: &str, text: &str) -> Option<Message> {
 
 /// Copies systemd's return values into the reply to the manager.
 fn relay_reply(call: &Message, answer: &Message) -> Message {
-    let mut reply = call.method_return();
-    reply.append_items(&answer.get_items());
-    reply
+    protocol::copy_answer(call.method_return(), answer)
 }
 
 /// The operation as the audit trail words it (`start`, `stop`, ...), so the guide's

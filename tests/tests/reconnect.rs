@@ -164,7 +164,7 @@ fn reconnect_manager_sigterm_ends_jobs_in_flight_with_a_result() {
         })
     };
     c.wait_for("hirtectl's start job to be accepted", SOON, || {
-        c.agent_log("agent2").contains("StartUnit slow2.service")
+        c.agent_log("agent2").contains("start slow2.service")
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tails()));
     // The manager waits up to 5 s for jobs in flight, then cancels them: not the
