@@ -317,10 +317,21 @@ impl Core {
     // [impl->req~manager.monitors~1]
     fn on_properties_changed(&mut self, msg: &Message) {
         let path = msg.path().map(|p| p.to_string()).unwrap_or_default();
+        // systemd sends a dozen large PropertiesChanged per job; decoding the dictionary is
+        // the costly part, so signals nobody asked for are dropped before it.
+        let is_job = path.starts_with("/org/freedesktop/systemd1/job/");
+        let relevant = if is_job {
+            self.jobs_of(&path).next().is_some()
+        } else {
+            watch::unit_from_path(&path).is_some_and(|u| self.watch.wants(&u))
+        };
+        if !relevant {
+            return;
+        }
         let Ok((iface, changed)) = msg.read2::<&str, PropMap>() else {
             return;
         };
-        if path.starts_with("/org/freedesktop/systemd1/job/") {
+        if is_job {
             if let Some(state) = watch::prop_str(&changed, "State") {
                 let ids: Vec<u32> = self
                     .jobs_of(&path)

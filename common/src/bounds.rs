@@ -55,8 +55,9 @@ pub const CORE_TICK: Duration = Duration::from_millis(100);
 /// Stack of a connection thread: it only frames bytes, it needs little.
 pub const CONNECTION_THREAD_STACK: usize = 256 * 1024;
 
-/// Read chunk of a connection thread.
-pub const READ_CHUNK: usize = 64 * 1024;
+/// Read chunk of a connection thread: small, since most frames are; a large frame simply
+/// takes several reads (its bound is `MAX_FRAME_SIZE`, not this).
+pub const READ_CHUNK: usize = 8 * 1024;
 
 /// Monitors across all D-Bus clients of the manager.
 pub const MAX_MONITORS: usize = 256;
