@@ -8,7 +8,7 @@
 //! bus. The manager (`hirte`) runs in the first node's namespaces and talks
 //! to a private system-type `dbus-daemon`; `hirtectl` runs on the host
 //! against that bus. Everything is removed when the [`Cluster`] is dropped,
-//! including while a test panics. See `/work/shared/spec/sandbox.md` for why
+//! including while a test panics. See `../shared/spec/sandbox.md` (next to the checkout) for why
 //! each step is needed.
 //!
 //! ```no_run
