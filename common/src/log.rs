@@ -129,22 +129,80 @@ static LOGGER: OnceLock<Logger> = OnceLock::new();
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static QUIET: AtomicU8 = AtomicU8::new(0);
 
-fn open_syslog(ident: &str) -> Option<Sink> {
+/// Opens syslog at its standard socket, or at `path` (tests).
+fn open_syslog(ident: &str, path: Option<&std::path::Path>) -> Option<Sink> {
     let formatter = syslog::Formatter3164 {
         facility: syslog::Facility::LOG_DAEMON,
         hostname: None,
         process: ident.to_string(),
         pid: std::process::id(),
     };
-    syslog::unix(formatter)
-        .ok()
-        .map(|l| Sink::Syslog(Box::new(l)))
+    match path {
+        None => syslog::unix(formatter),
+        Some(p) => syslog::unix_custom(formatter, p),
+    }
+    .ok()
+    .map(|l| Sink::Syslog(Box::new(l)))
 }
 
-fn open_journald() -> Option<Sink> {
+/// Connects to journald's native socket, or to `path` (tests).
+fn open_journald(path: Option<&std::path::Path>) -> Option<Sink> {
     let sock = UnixDatagram::unbound().ok()?;
-    sock.connect(JOURNAL_SOCKET).ok()?;
+    match path {
+        None => sock.connect(JOURNAL_SOCKET).ok()?,
+        Some(p) => sock.connect(p).ok()?,
+    }
     Some(Sink::Journald(sock))
+}
+
+/// One record in journald's native format: `KEY=value` lines, structured fields included.
+// [impl->req~log.events~1]
+fn journal_record(ident: &str, level: Level, fields: &[(&str, &str)], message: &str) -> String {
+    let mut rec = format!(
+        "MESSAGE={}\nPRIORITY={}\nSYSLOG_IDENTIFIER={}\n",
+        one_line(message),
+        level.priority(),
+        ident
+    );
+    for (k, v) in fields {
+        rec.push_str(&format!("{k}={}\n", one_line(v)));
+    }
+    rec
+}
+
+/// Writes one record to a sink; false if the sink failed.
+fn write_record(
+    sink: &mut Sink,
+    ident: &str,
+    level: Level,
+    fields: &[(&str, &str)],
+    message: &str,
+) -> bool {
+    match sink {
+        Sink::Journald(sock) => sock
+            .send(journal_record(ident, level, fields, message).as_bytes())
+            .is_ok(),
+        Sink::Syslog(l) => match level {
+            Level::Debug => l.debug(message),
+            Level::Info => l.info(message),
+            Level::Warn => l.warning(message),
+            Level::Error => l.err(message),
+        }
+        .is_ok(),
+        Sink::Stderr => {
+            let mut line = format!(
+                "{} {:<5} {}",
+                timestamp(),
+                level.as_str().to_uppercase(),
+                message
+            );
+            for (k, v) in fields {
+                line.push_str(&format!(" {k}={}", one_line(v)));
+            }
+            line.push('\n');
+            std::io::stderr().write_all(line.as_bytes()).is_ok()
+        }
+    }
 }
 
 /// Sets up the process-wide logger; the first call wins. Returns the target actually used.
@@ -153,14 +211,14 @@ pub fn init(ident: &str, level: Level, target: Target, is_quiet: bool) -> Target
     set_level(level);
     QUIET.store(u8::from(is_quiet), Ordering::Relaxed);
     let (sink, used) = match target {
-        Target::Journald => match open_journald() {
+        Target::Journald => match open_journald(None) {
             Some(s) => (s, Target::Journald),
-            None => match open_syslog(ident) {
+            None => match open_syslog(ident, None) {
                 Some(s) => (s, Target::Syslog),
                 None => (Sink::Stderr, Target::Stderr),
             },
         },
-        Target::Syslog => match open_syslog(ident) {
+        Target::Syslog => match open_syslog(ident, None) {
             Some(s) => (s, Target::Syslog),
             None => (Sink::Stderr, Target::Stderr),
         },
@@ -232,40 +290,7 @@ pub fn emit(level: Level, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
         return;
     };
     let mut sink = logger.sink.lock().unwrap_or_else(PoisonError::into_inner);
-    let ok = match &mut *sink {
-        Sink::Journald(sock) => {
-            let mut rec = format!(
-                "MESSAGE={}\nPRIORITY={}\nSYSLOG_IDENTIFIER={}\n",
-                one_line(&message),
-                level.priority(),
-                logger.ident
-            );
-            for (k, v) in fields {
-                rec.push_str(&format!("{k}={}\n", one_line(v)));
-            }
-            sock.send(rec.as_bytes()).is_ok()
-        }
-        Sink::Syslog(l) => match level {
-            Level::Debug => l.debug(&message),
-            Level::Info => l.info(&message),
-            Level::Warn => l.warning(&message),
-            Level::Error => l.err(&message),
-        }
-        .is_ok(),
-        Sink::Stderr => {
-            let mut line = format!(
-                "{} {:<5} {}",
-                timestamp(),
-                level.as_str().to_uppercase(),
-                message
-            );
-            for (k, v) in fields {
-                line.push_str(&format!(" {k}={}", one_line(v)));
-            }
-            line.push('\n');
-            std::io::stderr().write_all(line.as_bytes()).is_ok()
-        }
-    };
+    let ok = write_record(&mut sink, &logger.ident, level, fields, &message);
     if !ok {
         // The sink broke (journald restarted, syslog gone): keep the line on stderr.
         eprintln!(
@@ -315,6 +340,63 @@ mod tests {
         assert_eq!("syslog".parse::<Target>(), Ok(Target::Syslog));
         assert!("paper".parse::<Target>().is_err());
         assert!(Level::Debug < Level::Error);
+    }
+
+    fn listener(name: &str) -> (std::path::PathBuf, UnixDatagram) {
+        let path = std::env::temp_dir().join(format!("hirte-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        (path, rx)
+    }
+
+    // [utest->req~log.events~1]
+    // [utest->req~log.targets~1]
+    #[test]
+    fn journald_records_carry_structured_fields() {
+        let (path, rx) = listener("journal");
+        let mut sink = open_journald(Some(&path)).unwrap();
+        let fields = [("NODE", "agent1"), ("UNIT", "httpd.service"), ("JOB", "7")];
+        assert!(write_record(
+            &mut sink,
+            "hirte",
+            Level::Info,
+            &fields,
+            "Job 7 start\nof x"
+        ));
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).unwrap();
+        let rec = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert_eq!(
+            rec,
+            "MESSAGE=Job 7 start of x\nPRIORITY=6\nSYSLOG_IDENTIFIER=hirte\nNODE=agent1\nUNIT=httpd.service\nJOB=7\n"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    // [utest->req~log.targets~1]
+    #[test]
+    fn syslog_target_writes_rfc3164_lines() {
+        let (path, rx) = listener("syslog");
+        let mut sink = open_syslog("hirte-agent", Some(&path)).unwrap();
+        assert!(write_record(
+            &mut sink,
+            "hirte-agent",
+            Level::Warn,
+            &[],
+            "link lost"
+        ));
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).unwrap();
+        let line = String::from_utf8_lossy(&buf[..n]).to_string();
+        // <28> = facility daemon (3) * 8 + warning (4)
+        assert!(line.starts_with("<28>"), "{line}");
+        assert!(
+            line.contains("hirte-agent[") && line.ends_with("link lost"),
+            "{line}"
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
