@@ -16,7 +16,7 @@ use hirte_common::config::{cli_entry, config_dir, AgentConfig};
 use hirte_common::frame::SharedSerials;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::open_bus;
-use hirte_common::{log, log_debug, log_error, log_info, log_warn};
+use hirte_common::{log, log_debug, log_info, log_warn};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,11 +180,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line on stderr; the log gets it too unless the log is stderr itself.
-            if log::initialized() && log::target() != log::Target::Stderr {
-                log_error!("{e}");
-            }
-            eprintln!("hirte-agent: {e}");
+            log::report_fatal("hirte-agent", &e);
             ExitCode::FAILURE
         }
     }

@@ -237,6 +237,15 @@ pub fn initialized() -> bool {
     LOGGER.get().is_some()
 }
 
+/// A daemon's last word before it exits on an error: one line on stderr (`NAME: error`), and
+/// in the log too unless the log is stderr itself (which would print it twice).
+pub fn report_fatal(name: &str, error: &str) {
+    if initialized() && target() != Target::Stderr {
+        emit(Level::Error, &[], format_args!("{error}"));
+    }
+    eprintln!("{name}: {error}");
+}
+
 /// The target in use (after fallbacks).
 pub fn target() -> Target {
     LOGGER.get().map(|l| l.target).unwrap_or(Target::Stderr)

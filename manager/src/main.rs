@@ -15,7 +15,7 @@ use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_QUEUE_DEPTH;
 use hirte_common::config::{cli_entry, config_dir, ManagerConfig};
 use hirte_common::queue::BoundedQueue;
-use hirte_common::{log, log_error, log_info, protocol};
+use hirte_common::{log, log_info, protocol};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -166,11 +166,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line on stderr; the log gets it too unless the log is stderr itself.
-            if log::initialized() && log::target() != log::Target::Stderr {
-                log_error!("{e}");
-            }
-            eprintln!("hirte: {e}");
+            log::report_fatal("hirte", &e);
             ExitCode::FAILURE
         }
     }

@@ -10,19 +10,7 @@ use hirte_common::protocol;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// One row of systemd's `ListUnits`.
-pub type UnitRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    dbus::Path<'static>,
-    u32,
-    String,
-    dbus::Path<'static>,
-);
+pub use hirte_common::protocol::UnitRow;
 
 /// A unit as the listings show it.
 pub struct Unit {
