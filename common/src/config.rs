@@ -787,6 +787,19 @@ mod tests {
         assert!(agent("[hirte-agent]\nManagerAddress=udp:x\n").is_err());
     }
 
+    #[test]
+    fn allowed_node_names_are_bounded() {
+        let names: Vec<String> = (0..=MAX_NODES).map(|i| format!("n{i}")).collect();
+        let text = format!("[hirte]\nAllowedNodeNames={}\n", names.join(","));
+        let err = manager(&text).unwrap_err().to_string();
+        assert!(err.contains("more than 1024 node names"), "{err}");
+        let ok = format!(
+            "[hirte]\nAllowedNodeNames={}\n",
+            names[..MAX_NODES].join(",")
+        );
+        assert_eq!(manager(&ok).unwrap().allowed_node_names.len(), MAX_NODES);
+    }
+
     // [utest->req~config.manager-open-refused~1]
     #[test]
     fn open_manager_without_allowed_names_is_refused() {

@@ -321,6 +321,18 @@ mod tests {
         assert_eq!(v[0].2, BTreeSet::from(["y.service".to_string()]));
     }
 
+    #[test]
+    fn wildcard_subscriptions_remember_a_bounded_number_of_units() {
+        let mut m = Monitors::default();
+        let a = m.create(":1.1").unwrap();
+        m.subscribe(a, "n1", vec!["*".into()]).unwrap();
+        for i in 0..MAX_SEEN_UNITS_PER_SUBSCRIPTION + 10 {
+            assert_eq!(m.route("n1", &format!("u{i}.service")).len(), 1);
+        }
+        let v = m.units_of_node("n1");
+        assert_eq!(v[0].2.len(), MAX_SEEN_UNITS_PER_SUBSCRIPTION);
+    }
+
     // [utest->req~bounds.monitors~1]
     #[test]
     fn bounds_are_enforced() {

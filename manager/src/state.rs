@@ -1319,6 +1319,28 @@ mod tests {
         assert_eq!(m.jobs.len(), MAX_JOBS);
     }
 
+    #[test]
+    fn job_ids_wrap_to_1_and_skip_ids_in_use() {
+        let mut m = manager();
+        m.next_job = u32::MAX - 1;
+        assert_eq!(m.allocate_job_id(), u32::MAX);
+        m.jobs.insert(
+            1,
+            Job {
+                id: 1,
+                node: 0,
+                unit: "u".into(),
+                job_type: "start",
+                state: "waiting".into(),
+                started: true,
+                created: Instant::now(),
+                start_propagation_us: 0,
+                early_result: None,
+            },
+        );
+        assert_eq!(m.allocate_job_id(), 2);
+    }
+
     // [utest->req~api.node~1]
     #[test]
     fn calls_to_an_offline_node_fail_offline_and_leave_no_job() {

@@ -1,0 +1,65 @@
+//! Bounds enforced by the agent itself, shown on a real node.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // test code
+
+use std::time::Duration;
+
+use hirte_tests::{connect_bus, Cluster, ClusterSpec};
+
+const NODE_IFACE: &str = "org.containers.hirte.Node";
+const N1_PATH: &str = "/org/containers/hirte/node/n1";
+/// `MAX_AGENT_EXECS` in agent/src/exec.rs.
+const MAX_AGENT_EXECS: usize = 16;
+
+type ExecResult = Result<(i32, Vec<u8>, Vec<u8>), dbus::Error>;
+
+fn exec(addr: &str, argv: &[&str]) -> ExecResult {
+    let bus = connect_bus(addr).unwrap();
+    let proxy = bus.with_proxy("org.containers.hirte", N1_PATH, Duration::from_secs(60));
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    proxy.method_call(NODE_IFACE, "Exec", (argv, 20_000_000u64))
+}
+
+// [itest->req~agent.exec~1]
+#[test]
+fn bounds_agent_runs_at_most_16_commands_at_once() {
+    if !hirte_tests::require_root("bounds_agent_runs_at_most_16_commands_at_once") {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&["primary", "n1"])).unwrap();
+    let addr = c.bus_address();
+    let running: Vec<_> = (0..MAX_AGENT_EXECS)
+        .map(|_| {
+            let a = addr.clone();
+            std::thread::spawn(move || exec(&a, &["sleep", "3"]))
+        })
+        .collect();
+    c.wait_for("16 commands running", Duration::from_secs(10), || {
+        c.agent_log("n1").matches("Exec 'sleep 3'").count() == MAX_AGENT_EXECS
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tails()));
+    let err = exec(&addr, &["true"]).unwrap_err();
+    assert_eq!(
+        err.name(),
+        Some("org.containers.hirte.Error.Busy"),
+        "{err:?}"
+    );
+    assert!(
+        err.message()
+            .unwrap_or("")
+            .contains("16 commands already running"),
+        "{err:?}"
+    );
+    for t in running {
+        let (status, _, _) = t.join().unwrap().unwrap();
+        assert_eq!(status, 0);
+    }
+    // The slots are free again.
+    let (status, out, _) = exec(&addr, &["echo", "again"]).unwrap();
+    assert_eq!((status, out.as_slice()), (0, &b"again\n"[..]));
+}
