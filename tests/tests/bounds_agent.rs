@@ -63,3 +63,38 @@ fn bounds_agent_runs_at_most_16_commands_at_once() {
     let (status, out, _) = exec(&addr, &["echo", "again"]).unwrap();
     assert_eq!((status, out.as_slice()), (0, &b"again\n"[..]));
 }
+
+// [itest->req~agent.relay~1]
+#[test]
+fn bounds_agent_hung_systemd_call_ends_at_the_systemd_call_timeout() {
+    if !hirte_tests::require_root("bounds_agent_hung_systemd_call_ends_at_the_systemd_call_timeout")
+    {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&["primary", "n1"])).unwrap();
+    let addr = c.bus_address();
+    let sd = c.systemd_pid("n1").unwrap();
+    let pid = nix::unistd::Pid::from_raw(sd);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = std::time::Instant::now();
+    let bus = connect_bus(&addr).unwrap();
+    let proxy = bus.with_proxy("org.containers.hirte", N1_PATH, Duration::from_secs(90));
+    let r: Result<(String,), dbus::Error> =
+        proxy.method_call(NODE_IFACE, "GetUnitFileState", ("default.target",));
+    let waited = started.elapsed();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // SYSTEMD_CALL_TIMEOUT (25 s) ends the agent's call before AgentCallTimeout (30 s).
+    let err = r.unwrap_err();
+    assert_eq!(
+        err.name(),
+        Some("org.freedesktop.DBus.Error.NoReply"),
+        "{err:?}"
+    );
+    assert!(waited >= Duration::from_secs(20), "{waited:?}");
+    // The node stayed online (heartbeats do not wait for systemd) and serves again.
+    assert_eq!(c.node_state("n1").as_deref(), Some("online"));
+    let (state,): (String,) = proxy
+        .method_call(NODE_IFACE, "GetUnitFileState", ("default.target",))
+        .unwrap();
+    assert!(!state.is_empty());
+}
