@@ -65,6 +65,8 @@ struct AgentJob {
     kind: JobKind,
     /// The manager session the job belongs to.
     session: u64,
+    /// The job state last reported (`waiting`/`running`).
+    state: Option<String>,
 }
 
 pub struct Core {
@@ -333,13 +335,18 @@ impl Core {
         };
         if is_job {
             if let Some(state) = watch::prop_str(&changed, "State") {
-                let ids: Vec<u32> = self
-                    .jobs_of(&path)
-                    .filter_map(|(_, j)| match j.kind {
-                        JobKind::Manager { id, .. } => Some(id),
-                        JobKind::Exec(_) => None,
-                    })
-                    .collect();
+                // systemd re-announces a job's properties whenever a request is merged into
+                // it; only a real state change is passed on, once per manager job.
+                let p = path.clone();
+                let mut ids: Vec<u32> = Vec::new();
+                for (_, j) in self.jobs.range_mut((p.clone(), 0)..=(p, u64::MAX)) {
+                    if let JobKind::Manager { id, .. } = j.kind {
+                        if j.state.as_deref() != Some(state.as_str()) {
+                            j.state = Some(state.clone());
+                            ids.push(id);
+                        }
+                    }
+                }
                 for id in ids {
                     if let Some(sig) = watch::agent_signal("JobStateChanged") {
                         self.send(sig.append2(id, state.as_str()));
@@ -570,6 +577,7 @@ impl Core {
                 unit: unit.to_string(),
                 kind,
                 session,
+                state: None,
             },
         );
     }

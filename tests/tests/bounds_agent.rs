@@ -98,3 +98,49 @@ fn bounds_agent_hung_systemd_call_ends_at_the_systemd_call_timeout() {
         .unwrap();
     assert!(!state.is_empty());
 }
+
+/// `MAX_AGENT_JOBS` in common/src/bounds.rs.
+const MAX_AGENT_JOBS: usize = 1024;
+
+// [itest->req~bounds.jobs~1]
+#[test]
+fn bounds_agent_tracks_at_most_1024_jobs() {
+    if !hirte_tests::require_root("bounds_agent_tracks_at_most_1024_jobs") {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&["primary", "n1"])).unwrap();
+    // systemd merges every start of this unit into its one running job; the agent still
+    // tracks each manager job on it.
+    c.write_unit(
+        "n1",
+        "slow.service",
+        "[Service]\nType=oneshot\nExecStartPre=/bin/sleep 120\nExecStart=/bin/true\n",
+    )
+    .unwrap();
+    let bus = connect_bus(&c.bus_address()).unwrap();
+    let proxy = bus.with_proxy("org.containers.hirte", N1_PATH, Duration::from_secs(30));
+    for i in 0..MAX_AGENT_JOBS {
+        let r: Result<(dbus::Path<'static>,), dbus::Error> =
+            proxy.method_call(NODE_IFACE, "StartUnit", ("slow.service", "replace"));
+        r.unwrap_or_else(|e| panic!("job {i}: {e:?}"));
+    }
+    let r: Result<(dbus::Path<'static>,), dbus::Error> =
+        proxy.method_call(NODE_IFACE, "StartUnit", ("slow.service", "replace"));
+    let err = r.unwrap_err();
+    assert_eq!(
+        err.name(),
+        Some("org.containers.hirte.Error.Busy"),
+        "{err:?}"
+    );
+    assert!(
+        err.message()
+            .unwrap_or("")
+            .contains("1024 jobs in flight on node 'n1'"),
+        "{err:?}"
+    );
+    // Other calls to the node still work.
+    let (state,): (String,) = proxy
+        .method_call(NODE_IFACE, "GetUnitFileState", ("slow.service",))
+        .unwrap();
+    assert!(!state.is_empty());
+}
