@@ -30,6 +30,7 @@ mod cgroup;
 mod cluster;
 mod error;
 mod net;
+pub mod output;
 mod process;
 mod state;
 

@@ -42,29 +42,7 @@ pub const FAILING_UNIT: &str =
 pub const SLOW_UNIT: &str =
     "[Unit]\nDescription=Slow to start\n[Service]\nType=oneshot\nExecStart=/bin/sleep 300\n";
 
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    )
-}
-
-/// Asserts success and returns stdout.
-#[track_caller]
-pub fn ok(o: &Output, what: &str) -> String {
-    assert!(o.status.success(), "{what} failed: {}", show(o));
-    stdout(o)
-}
+pub use hirte_tests::output::{ok, show, stderr, stdout};
 
 /// What is wrong with an operator-facing failure, if anything: it must exit non-zero
 /// (an ordinary error code, not a signal, 101 or the harness' 127), print exactly one

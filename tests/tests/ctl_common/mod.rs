@@ -30,29 +30,7 @@ pub const SLEEP_UNIT: &str = "[Unit]\nDescription=Sleeps forever\n[Service]\nExe
 pub const FAILING_UNIT: &str =
     "[Unit]\nDescription=Always fails\n[Service]\nType=oneshot\nExecStart=/bin/false\n";
 
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    )
-}
-
-/// Asserts success and returns stdout.
-#[track_caller]
-pub fn ok(o: &Output, what: &str) -> String {
-    assert!(o.status.success(), "{what} failed: {}", show(o));
-    stdout(o)
-}
+pub use hirte_tests::output::{ok, show, stderr, stdout};
 
 /// Runs hirtectl and asserts success; returns stdout.
 #[track_caller]
