@@ -29,6 +29,7 @@ mod bus;
 mod cgroup;
 mod cluster;
 mod error;
+pub mod guide;
 mod net;
 pub mod output;
 mod process;

@@ -16,40 +16,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-
-/// The guide's manager configuration, verbatim (Step 2).
-const GUIDE_HIRTE_CONF: &str = "[hirte]
-ManagerPort=2020
-AllowedNodeNames=primary,agent
-LogLevel=info
-LogTarget=journald
-";
-
-/// The guide's configuration of the local agent on the primary node, verbatim.
-const GUIDE_PRIMARY_AGENT_CONF: &str = "[hirte-agent]
-NodeName=primary
-ManagerHost=127.0.0.1
-ManagerPort=2020
-LogLevel=info
-LogTarget=journald
-HeartbeatInterval=5
-";
-
-/// The guide's configuration of the agent node, verbatim but for the manager's address
-/// (the guide says to replace 192.168.1.10 with the primary node's IP).
-fn guide_agent_conf(primary_ip: &str) -> String {
-    format!(
-        "[hirte-agent]
-NodeName=agent
-ManagerHost={primary_ip}
-ManagerPort=2020
-LogLevel=info
-LogTarget=journald
-HeartbeatInterval=5
-ReconnectInterval=10
-"
-    )
-}
+use hirte_tests::guide;
 
 struct TempDir(PathBuf);
 
@@ -214,7 +181,7 @@ fn config_manager_refuses_bad_files_with_one_line_naming_file_line_key() {
 
     // The same in a drop-in and in a -c file: the error names that file.
     let d = TempDir::new("m-dropin");
-    d.write("hirte.conf", GUIDE_HIRTE_CONF);
+    d.write("hirte.conf", &guide::hirte_conf("primary,agent"));
     let dropin = d.write(
         "hirte.conf.d/50-local.conf",
         "[hirte]\n# tuned\nAgentCallTimeout=-1\n",
@@ -230,7 +197,7 @@ fn config_manager_refuses_bad_files_with_one_line_naming_file_line_key() {
     );
 
     let d = TempDir::new("m-extra");
-    d.write("hirte.conf", GUIDE_HIRTE_CONF);
+    d.write("hirte.conf", &guide::hirte_conf("primary,agent"));
     let extra = d.write("extra.conf", "[hirte]\nManagerPort=1\nManagerPort=2\n");
     let out = run_daemon("hirte", &d.0, &["-c", extra.to_str().unwrap()]);
     assert_refused(
@@ -297,7 +264,7 @@ fn config_agent_refuses_bad_files_with_one_line_naming_file_line_key() {
         assert_refused(&out, what, &file, line, needle, &mut shape);
     }
     let d = TempDir::new("a-dropin");
-    d.write("agent.conf", GUIDE_PRIMARY_AGENT_CONF);
+    d.write("agent.conf", guide::PRIMARY_AGENT_CONF);
     let dropin = d.write("agent.conf.d/10-x.conf", "[hirte-agent]\nLogTarget=paper\n");
     let out = run_daemon("hirte-agent", &d.0, &["--user"]);
     assert_refused(&out, "bad drop-in", &dropin, 2, "LogTarget", &mut shape);
@@ -327,15 +294,15 @@ fn config_manager_refuses_open_listener_without_allowed_node_names() {
 fn config_guide_files_and_toml_spelling_pass_the_config_check() {
     // Each passes the config check and stops only at the (deliberately missing) bus.
     let d = TempDir::new("guide-m");
-    d.write("hirte.conf", GUIDE_HIRTE_CONF);
+    d.write("hirte.conf", &guide::hirte_conf("primary,agent"));
     let out = run_daemon("hirte", &d.0, &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("system bus"), "{}", show(&out));
     assert!(!stderr(&out).contains("hirte.conf"), "{}", show(&out));
 
     for (tag, text) in [
-        ("guide-a1", GUIDE_PRIMARY_AGENT_CONF.to_string()),
-        ("guide-a2", guide_agent_conf("192.168.1.10")),
+        ("guide-a1", guide::PRIMARY_AGENT_CONF.to_string()),
+        ("guide-a2", guide::agent_conf("agent", "192.168.1.10")),
         (
             "spans",
             "[hirte-agent]\nNodeName=n1\nHeartbeatInterval=1min 30s\nReconnectInterval=500ms\nManagerHeartbeatThreshold=5min\n".to_string(),

@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use hirte_tests::{Cluster, ClusterSpec};
+use hirte_tests::{guide, Cluster, ClusterSpec};
 
 const NODES: [&str; 3] = ["primary", "agent1", "agent2"];
 
@@ -226,40 +226,6 @@ fn walkthrough_guide_testing_functionality_three_nodes() {
     walkthrough_on(&c, &NODES, "agent1", "agent2");
 }
 
-/// The guide's manager configuration (Step 2), verbatim.
-const GUIDE_HIRTE_CONF: &str = "[hirte]
-ManagerPort=2020
-AllowedNodeNames=primary,agent
-LogLevel=info
-LogTarget=journald
-";
-
-/// The guide's configuration of the local agent on the primary node, verbatim.
-const GUIDE_PRIMARY_AGENT_CONF: &str = "[hirte-agent]
-NodeName=primary
-ManagerHost=127.0.0.1
-ManagerPort=2020
-LogLevel=info
-LogTarget=journald
-HeartbeatInterval=5
-";
-
-/// The guide's agent node configuration, verbatim but for the manager's address, which the
-/// guide says to replace ("replace 192.168.1.10 with your primary node's IP").
-fn guide_agent_conf(primary_ip: &str) -> String {
-    format!(
-        "[hirte-agent]
-NodeName=agent
-ManagerHost={primary_ip}
-ManagerPort=2020
-LogLevel=info
-LogTarget=journald
-HeartbeatInterval=5
-ReconnectInterval=10
-"
-    )
-}
-
 // [itest->req~guide.walkthrough~1]
 // [itest->req~config.syntax~1]
 // [itest->req~manager.register~1]
@@ -274,12 +240,16 @@ fn walkthrough_guide_verbatim_config_primary_and_agent() {
     spec.start_agents = false;
     let mut c = Cluster::start(spec).unwrap();
     let etc = |n: &str| c.node_config_dir(n).unwrap();
-    std::fs::write(etc("primary").join("hirte.conf"), GUIDE_HIRTE_CONF).unwrap();
-    std::fs::write(etc("primary").join("agent.conf"), GUIDE_PRIMARY_AGENT_CONF).unwrap();
+    std::fs::write(
+        etc("primary").join("hirte.conf"),
+        guide::hirte_conf("primary,agent"),
+    )
+    .unwrap();
+    std::fs::write(etc("primary").join("agent.conf"), guide::PRIMARY_AGENT_CONF).unwrap();
     let primary_ip = c.node_ip("primary").unwrap();
     std::fs::write(
         etc("agent").join("agent.conf"),
-        guide_agent_conf(&primary_ip),
+        guide::agent_conf("agent", &primary_ip),
     )
     .unwrap();
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Output};
 use std::time::Duration;
 
-use hirte_tests::{cleanup_kept, Cluster, ClusterSpec};
+use hirte_tests::{cleanup_kept, guide, Cluster, ClusterSpec};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -25,39 +25,6 @@ const NODES: [&str; 3] = ["primary", "agent1", "agent2"];
 const UNIT: &str = "httpd.service";
 const HTTP_PORT: u16 = 8080;
 const USAGE: &str = "usage: hirte-demo [--keep STATE_FILE] | --stop DIR";
-
-/// The guide's /etc/hirte/hirte.conf, with this cluster's node names.
-const HIRTE_CONF: &str = "[hirte]
-ManagerPort=2020
-AllowedNodeNames=primary,agent1,agent2
-LogLevel=info
-LogTarget=journald
-";
-
-/// The guide's agent.conf of the primary node.
-const PRIMARY_AGENT_CONF: &str = "[hirte-agent]
-NodeName=primary
-ManagerHost=127.0.0.1
-ManagerPort=2020
-LogLevel=info
-LogTarget=journald
-HeartbeatInterval=5
-";
-
-/// The guide's agent.conf of an agent node.
-fn agent_conf(name: &str, manager_ip: &str) -> String {
-    format!(
-        "[hirte-agent]
-NodeName={name}
-ManagerHost={manager_ip}
-ManagerPort=2020
-LogLevel=info
-LogTarget=journald
-HeartbeatInterval=5
-ReconnectInterval=10
-"
-    )
-}
 
 /// The guide installs httpd with dnf; here a web server of Python's standard library
 /// plays its part (or, without python3, a placeholder process).
@@ -188,15 +155,16 @@ fn bring_up(demo: &mut Demo) -> Res<Cluster> {
         "\n== Step 2: configure Hirte (the guide's files; /etc/hirte is HIRTE_CONFIG_DIR here)"
     );
     let etc = node_dir(&c, "primary", Cluster::node_config_dir)?;
-    write(&etc.join("hirte.conf"), HIRTE_CONF)?;
-    write(&etc.join("agent.conf"), PRIMARY_AGENT_CONF)?;
+    let hirte_conf = guide::hirte_conf("primary,agent1,agent2");
+    write(&etc.join("hirte.conf"), &hirte_conf)?;
+    write(&etc.join("agent.conf"), guide::PRIMARY_AGENT_CONF)?;
     println!("\n[primary] {}:", etc.join("hirte.conf").display());
-    print!("{}", indent(HIRTE_CONF));
+    print!("{}", indent(&hirte_conf));
     println!("[primary] {}:", etc.join("agent.conf").display());
-    print!("{}", indent(PRIMARY_AGENT_CONF));
+    print!("{}", indent(guide::PRIMARY_AGENT_CONF));
     for n in ["agent1", "agent2"] {
         let etc = node_dir(&c, n, Cluster::node_config_dir)?;
-        let conf = agent_conf(n, &manager_ip);
+        let conf = guide::agent_conf(n, &manager_ip);
         write(&etc.join("agent.conf"), &conf)?;
         println!("[{n}] {}:", etc.join("agent.conf").display());
         print!("{}", indent(&conf));
