@@ -7,6 +7,7 @@
 use crate::exec::{self, PendingExec, MAX_AGENT_EXECS};
 use crate::link::FromLink;
 use crate::local_api::LocalApi;
+use crate::proxy::ProxyTable;
 use crate::systemd::{self, CallError};
 use crate::watch::{self, Watch};
 use dbus::arg::messageitem::MessageItem;
@@ -49,7 +50,7 @@ const SYSTEMD_RELAYED: &[(&str, &str)] = &[
     ("SetDefaultTarget", "sb"),
 ];
 
-enum JobKind {
+pub(crate) enum JobKind {
     /// A job the manager created; reported back as `JobDone(id, result)`.
     Manager {
         id: u32,
@@ -58,6 +59,8 @@ enum JobKind {
     },
     /// A command run for `Exec`; answered when it ends.
     Exec(PendingExec),
+    /// A `hirte-dep@` anchor started for `StartDep`; the call is answered when it ends.
+    Dep { call: Message, unit: String },
 }
 
 struct AgentJob {
@@ -92,6 +95,10 @@ pub struct Core {
     metrics: bool,
     exec_seq: u64,
     local: LocalApi,
+    /// Proxies this node's units asked for (`dependencies.rs`).
+    pub(crate) proxies: ProxyTable<Message>,
+    /// Whether the link to the manager is up (proxies are announced only then).
+    pub(crate) linked: bool,
     pub reload: Arc<AtomicBool>,
     pub extra_config: Option<PathBuf>,
 }
@@ -117,7 +124,7 @@ pub fn subscribe(sd: &Connection) -> Result<(), String> {
     Ok(())
 }
 
-fn error_reply(call: &Message, name: &str, text: &str) -> Option<Message> {
+pub(crate) fn error_reply(call: &Message, name: &str, text: &str) -> Option<Message> {
     let name = dbus::strings::ErrorName::new(name.to_string())
         .or_else(|_| dbus::strings::ErrorName::new(error::PROTOCOL.to_string()))
         .ok()?;
@@ -142,7 +149,7 @@ fn job_verb(member: &str) -> &'static str {
     }
 }
 
-fn bad_args(e: impl std::fmt::Display) -> CallError {
+pub(crate) fn bad_args(e: impl std::fmt::Display) -> CallError {
     CallError::new(error::INVALID_ARGS, e.to_string())
 }
 
@@ -164,6 +171,8 @@ impl Core {
             metrics: false,
             exec_seq: 0,
             local,
+            proxies: ProxyTable::default(),
+            linked: false,
             reload: Arc::new(AtomicBool::new(false)),
             extra_config: None,
         }
@@ -193,8 +202,8 @@ impl Core {
                 JobKind::Manager { id, .. } => {
                     self.send_job_done(&job, id, protocol::JOB_RESULT_CANCELLED);
                 }
-                JobKind::Exec(p) => {
-                    let r = error_reply(&p.call, error::ACTIVATION_FAILED, "systemd went away");
+                JobKind::Exec(PendingExec { call, .. }) | JobKind::Dep { call, .. } => {
+                    let r = error_reply(&call, error::ACTIVATION_FAILED, "systemd went away");
                     if let Some(r) = r {
                         self.send(r);
                     }
@@ -259,12 +268,16 @@ impl Core {
                     }
                     FromLink::Connected(addr) => {
                         self.local.set_connected(&self.sd, Some(addr));
+                        self.linked = true;
+                        self.announce_proxies();
                     }
                     FromLink::Disconnected => {
                         // The manager resubscribes after it sees us again.
                         self.watch = Watch::default();
                         self.last_state.clear();
                         self.local.set_connected(&self.sd, None);
+                        self.linked = false;
+                        self.proxies_unannounced();
                     }
                 }
                 // Signals that arrived during a blocking systemd call are handled in order,
@@ -272,6 +285,7 @@ impl Core {
                 self.drain_bus();
             }
             self.expire_execs();
+            self.expire_proxies();
             self.flush_retry();
             self.sd.channel().flush();
         }
@@ -284,6 +298,9 @@ impl Core {
         while let Some(msg) = self.sd.channel().pop_message() {
             match msg.msg_type() {
                 MessageType::Signal => self.on_systemd_signal(&msg),
+                MessageType::MethodCall if crate::local_api::is_proxy_call(&msg) => {
+                    self.on_local_proxy_call(&msg)
+                }
                 MessageType::MethodCall => self.local.handle(msg, &self.sd),
                 _ => {}
             }
@@ -443,6 +460,7 @@ impl Core {
                 self.send_job_done(&job, id, result);
             }
             JobKind::Exec(p) => self.finish_exec(p, result),
+            JobKind::Dep { call, unit } => self.dep_ended(&call, &unit, result),
         }
     }
 
@@ -471,7 +489,7 @@ impl Core {
     }
 
     /// Frames and queues a message; one that cannot go is logged and dropped.
-    fn send(&self, mut msg: Message) {
+    pub(crate) fn send(&self, mut msg: Message) {
         match self.serials.encode(&mut msg, MAX_FRAME_SIZE) {
             Ok(bytes) => {
                 if self.outbound.try_push(bytes).is_err() {
@@ -532,6 +550,12 @@ impl Core {
     }
 
     fn on_manager_message(&mut self, msg: Message) {
+        if msg.msg_type() == MessageType::Signal
+            && msg.interface().as_deref() == Some(protocol::INTERNAL_PROXY_IFACE)
+        {
+            self.on_proxy_signal(&msg);
+            return;
+        }
         if msg.msg_type() != MessageType::MethodCall {
             return;
         }
@@ -557,7 +581,11 @@ impl Core {
         }
     }
 
-    fn expect_signature(msg: &Message, member: &str, sig: &str) -> Result<(), CallError> {
+    pub(crate) fn expect_signature(
+        msg: &Message,
+        member: &str,
+        sig: &str,
+    ) -> Result<(), CallError> {
         let got = signature_of(msg);
         if got != sig {
             return Err(CallError::new(
@@ -568,7 +596,7 @@ impl Core {
         Ok(())
     }
 
-    fn record_job(&mut self, path: String, unit: &str, kind: JobKind) {
+    pub(crate) fn record_job(&mut self, path: String, unit: &str, kind: JobKind) {
         let session = self.session.load(Ordering::SeqCst);
         self.job_seq += 1;
         self.jobs.insert(
@@ -582,7 +610,7 @@ impl Core {
         );
     }
 
-    fn check_job_room(&self) -> Result<(), CallError> {
+    pub(crate) fn check_job_room(&self) -> Result<(), CallError> {
         if self.jobs.len() >= MAX_AGENT_JOBS {
             return Err(CallError::new(
                 error::BUSY,
@@ -718,6 +746,16 @@ impl Core {
                 Self::expect_signature(msg, member, "ast")?;
                 self.start_exec(msg)?;
                 Ok(None)
+            }
+            "StartDep" => {
+                Self::expect_signature(msg, member, "s")?;
+                self.start_dep(msg)?;
+                Ok(None)
+            }
+            "StopDep" => {
+                Self::expect_signature(msg, member, "s")?;
+                self.stop_dep(msg)?;
+                Ok(Some(msg.method_return()))
             }
             _ => Err(CallError::new(
                 "org.freedesktop.DBus.Error.UnknownMethod",

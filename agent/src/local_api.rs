@@ -12,6 +12,18 @@ use hirte_common::{log, log_info, log_warn};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Methods the core answers itself (their answer may come much later).
+const PROXY_METHODS: [&str; 2] = ["CreateProxy", "RemoveProxy"];
+
+/// Whether a call on the node's bus is `CreateProxy`/`RemoveProxy` on our object.
+pub fn is_proxy_call(msg: &Message) -> bool {
+    msg.interface().as_deref() == Some(protocol::AGENT_IFACE)
+        && msg.path().as_deref() == Some(protocol::MANAGER_PATH)
+        && msg
+            .member()
+            .is_some_and(|m| PROXY_METHODS.contains(&m.as_ref()))
+}
+
 #[derive(Default)]
 struct Status {
     connected: bool,
@@ -70,6 +82,20 @@ impl LocalApi {
             b.property::<String, _>("LogTarget")
                 .get(|_, _| Ok(log::target().to_string()))
                 .emits_changed_const();
+            // Answered by the core (`dependencies.rs`), which may answer later; declared here
+            // so that introspection shows them.
+            for name in PROXY_METHODS {
+                b.method(
+                    name,
+                    ("local_service", "node", "unit"),
+                    (),
+                    |_, _, (_, _, _): (String, String, String)| {
+                        Err::<(), _>(dbus_crossroads::MethodErr::failed(
+                            "handled by the agent core",
+                        ))
+                    },
+                );
+            }
         });
         cr.insert(protocol::MANAGER_PATH, &[token], ());
         match sd.request_name(protocol::AGENT_BUS_NAME, false, false, true) {

@@ -3,9 +3,11 @@
 //! Threads: the core (systemd bus, executes calls) and the link (manager connection).
 
 mod core;
+mod dependencies;
 mod exec;
 mod link;
 mod local_api;
+mod proxy;
 mod systemd;
 mod watch;
 

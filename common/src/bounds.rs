@@ -82,3 +82,16 @@ pub const MAX_AGENT_SUBSCRIPTIONS: usize = 2048;
 
 /// Bytes of stdout, and of stderr, `Exec` returns; the rest is cut.
 pub const EXEC_MAX_OUTPUT: usize = 64 * 1024;
+
+/// Proxies (cross-node dependencies) one agent keeps for its node's units.
+pub const MAX_AGENT_PROXIES: usize = 128;
+
+/// Proxies the manager keeps per requesting node.
+pub const MAX_PROXIES_PER_NODE: usize = 128;
+
+/// How long the agent lets a `CreateProxy` caller wait for its target to become active
+/// (systemd's default start timeout is 90 s; the target's start must fit in).
+pub const PROXY_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the manager waits for a node's answer to `StartDep` (the anchor's start job).
+pub const DEP_START_TIMEOUT: Duration = Duration::from_secs(110);

@@ -9,11 +9,15 @@
 //! keys are accepted too (`Key = "value"`, `Key = ["a", "b"]`, `Key = 5`, `Key = true`).
 //! Anything unknown or malformed is an error naming file, line and key: a daemon refuses to
 //! start rather than guess.
+//!
+//! The manager's file may also hold per-node sections, `[node NAME]`, after its own (as
+//! BlueChi's does); they carry `AllowDependenciesOn=`.
 
 use crate::bounds::MAX_NODES;
 use crate::log::{Level, Target};
 use crate::names::validate_node_name;
 use crate::timespan::{format_timespan, parse_timespan};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -144,6 +148,16 @@ pub struct Entry {
     pub key: String,
     pub value: RawValue,
     pub at: Origin,
+    /// The node of a `[node NAME]` section; `None` in the daemon's own section.
+    pub node: Option<String>,
+}
+
+/// Prefix of a per-node section header (`[node NAME]`).
+pub const NODE_SECTION_PREFIX: &str = "node ";
+
+/// Only the manager's file has per-node sections.
+fn node_sections_allowed(section: &str) -> bool {
+    section == ManagerConfig::SECTION
 }
 
 /// Turns a TOML-spelled value (`"x"`, `'x'`, `["a","b"]`) into a raw value; other text stays as is.
@@ -193,6 +207,7 @@ fn parse_value(key: &str, raw: &str, at: &Origin) -> Result<RawValue, ConfigErro
 pub fn parse_text(text: &str, file: &str, section: &str) -> Result<Vec<Entry>, ConfigError> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut in_section = false;
+    let mut node: Option<String> = None;
     for (idx, line) in text.lines().enumerate() {
         let at = Origin {
             file: file.to_string(),
@@ -211,12 +226,23 @@ pub fn parse_text(text: &str, file: &str, section: &str) -> Result<Vec<Entry>, C
                 })?
                 .trim()
                 .trim_matches('"');
-            if name != section {
-                return Err(ConfigError::UnknownSection {
-                    at,
-                    section: name.to_string(),
-                });
-            }
+            node = match name.strip_prefix(NODE_SECTION_PREFIX) {
+                Some(n) if node_sections_allowed(section) => {
+                    let n = n.trim().trim_matches('"');
+                    validate_node_name(n).map_err(|e| ConfigError::Syntax {
+                        at: at.clone(),
+                        reason: format!("section [{name}]: {e}"),
+                    })?;
+                    Some(n.to_string())
+                }
+                _ if name == section => None,
+                _ => {
+                    return Err(ConfigError::UnknownSection {
+                        at,
+                        section: name.to_string(),
+                    })
+                }
+            };
             in_section = true;
             continue;
         }
@@ -239,7 +265,7 @@ pub fn parse_text(text: &str, file: &str, section: &str) -> Result<Vec<Entry>, C
                 key: key.to_string(),
             });
         }
-        if let Some(first) = entries.iter().find(|e| e.key == key) {
+        if let Some(first) = entries.iter().find(|e| e.key == key && e.node == node) {
             return Err(ConfigError::DuplicateKey {
                 first_line: first.at.line,
                 at,
@@ -251,6 +277,7 @@ pub fn parse_text(text: &str, file: &str, section: &str) -> Result<Vec<Entry>, C
             key: key.to_string(),
             value,
             at,
+            node: node.clone(),
         });
     }
     Ok(entries)
@@ -450,6 +477,17 @@ pub struct ManagerConfig {
     pub agent_call_timeout: Duration,
     /// Whether `Node.Exec` may run commands on nodes.
     pub allow_exec: bool,
+    /// `[node NAME]` sections.
+    pub node_sections: BTreeMap<String, NodeSection>,
+}
+
+/// Settings of one node (`[node NAME]` in `hirte.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSection {
+    /// Nodes whose services this node may start through proxies (`hirte-proxy@`).
+    pub allow_dependencies_on: Vec<String>,
+    /// Where the section was last set, for errors found once all files are read.
+    pub at: Origin,
 }
 
 impl Default for ManagerConfig {
@@ -462,6 +500,7 @@ impl Default for ManagerConfig {
             node_heartbeat_threshold: Duration::from_secs(15),
             agent_call_timeout: Duration::from_secs(30),
             allow_exec: true,
+            node_sections: BTreeMap::new(),
         }
     }
 }
@@ -484,6 +523,9 @@ impl ManagerConfig {
 
     // [impl->req~config.manager-keys~1]
     pub fn apply(&mut self, e: &Entry) -> Result<(), ConfigError> {
+        if let Some(node) = &e.node {
+            return self.apply_node(node, e);
+        }
         if self.log.apply(e)? {
             return Ok(());
         }
@@ -519,6 +561,38 @@ impl ManagerConfig {
         Ok(())
     }
 
+    /// A key of a `[node NAME]` section.
+    // [impl->req~proxy.allow~1]
+    fn apply_node(&mut self, node: &str, e: &Entry) -> Result<(), ConfigError> {
+        match e.key.as_str() {
+            "AllowDependenciesOn" => {
+                let names = list(e);
+                if names.len() > MAX_NODES {
+                    return Err(bad(e, format!("more than {MAX_NODES} node names")));
+                }
+                for n in &names {
+                    validate_node_name(n).map_err(|err| bad(e, format!("'{n}': {err}")))?;
+                }
+                self.node_sections.insert(
+                    node.to_string(),
+                    NodeSection {
+                        allow_dependencies_on: names,
+                        at: e.at.clone(),
+                    },
+                );
+                Ok(())
+            }
+            _ => Err(unknown_key(e)),
+        }
+    }
+
+    /// Whether node `from` may start units on node `to` through proxies.
+    pub fn may_depend_on(&self, from: &str, to: &str) -> bool {
+        self.node_sections
+            .get(from)
+            .is_some_and(|s| s.allow_dependencies_on.iter().any(|n| n == to))
+    }
+
     /// Checks that need all settings together.
     // [impl->req~config.manager-open-refused~1]
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -535,6 +609,20 @@ impl ManagerConfig {
             if !seen.insert(n) {
                 return Err(ConfigError::Invalid {
                     reason: format!("AllowedNodeNames lists '{n}' twice"),
+                });
+            }
+        }
+        // A name outside AllowedNodeNames in a node section is a typo or a leftover: say so.
+        for (node, section) in &self.node_sections {
+            let unknown = std::iter::once(node)
+                .chain(section.allow_dependencies_on.iter())
+                .find(|n| !self.allowed_node_names.contains(n));
+            if let Some(n) = unknown {
+                return Err(ConfigError::Invalid {
+                    reason: format!(
+                        "{}: [node {node}] names '{n}', which is not in AllowedNodeNames",
+                        section.at
+                    ),
                 });
             }
         }
@@ -679,6 +767,7 @@ pub fn cli_entry(key: &str, value: &str) -> Entry {
             file: "command line".to_string(),
             line: 0,
         },
+        node: None,
     }
 }
 
@@ -743,6 +832,43 @@ mod tests {
         let a =
             agent("[hirte-agent]\nManagerAddress=tcp:host=h1,port=99\nNodeName=\"n\"\n").unwrap();
         assert_eq!((a.manager_host.as_str(), a.manager_port), ("h1", 99));
+    }
+
+    // [utest->req~proxy.allow~1]
+    #[test]
+    fn node_sections_carry_allow_dependencies_on() {
+        let c = manager(
+            "[hirte]\nAllowedNodeNames=laptop,pi,x\n[node laptop]\nAllowDependenciesOn=pi,x\n[node pi]\nAllowDependenciesOn=\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.may_depend_on("laptop", "pi"));
+        assert!(!c.may_depend_on("pi", "laptop"));
+        assert!(!c.may_depend_on("x", "pi"));
+        let e = manager("[hirte]\nAllowedNodeNames=a\n[node a]\nAllowed=true\n").unwrap_err();
+        assert_eq!(e.to_string(), "hirte.conf:4: unknown key 'Allowed'");
+        let e = manager("[hirte]\n[node a]\nAllowDependenciesOn=b\nAllowDependenciesOn=c\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("set twice"), "{e}");
+        // The same key in the daemon's section and a node section is no duplicate.
+        let e = manager("[hirte]\nAllowedNodeNames=a\n[node a]\nAllowedNodeNames=a\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hirte.conf:4: unknown key 'AllowedNodeNames'"
+        );
+        let e = manager("[hirte]\n[node bad name]\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("hirte.conf:2: section [node bad name]"),
+            "{e}"
+        );
+        let c = manager("[hirte]\nAllowedNodeNames=a\n[node a]\nAllowDependenciesOn=zz\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid configuration: hirte.conf:4: [node a] names 'zz', which is not in AllowedNodeNames"
+        );
+        let e = agent("[hirte-agent]\n[node a]\n").unwrap_err();
+        assert_eq!(e.to_string(), "agent.conf:2: unknown section [node a]");
     }
 
     // [utest->req~config.errors~1]

@@ -49,6 +49,48 @@ pub fn validate_node_name(name: &str) -> Result<(), NameError> {
     }
 }
 
+/// Longest unit name systemd accepts (`UNIT_NAME_MAX`).
+pub const MAX_UNIT_NAME_LEN: usize = 255;
+
+/// A unit that can be the target of a proxy: `NAME.service`, with `NAME` of systemd's unit
+/// name characters but no `@` (the anchor `hirte-dep@NAME.service` makes `NAME` an instance,
+/// and an instance cannot hold a template's `@`).
+// [impl->req~proxy.agent-api~1]
+pub fn validate_proxy_target(unit: &str) -> Result<(), String> {
+    let Some(name) = unit.strip_suffix(".service") else {
+        return Err(format!("'{unit}' is not a .service unit"));
+    };
+    if name.is_empty() {
+        return Err("the unit name is empty".to_string());
+    }
+    // Room for the longest template prefix plus the suffix.
+    if unit.len() + "hirte-proxy@".len() + MAX_NODE_NAME_LEN + 1 > MAX_UNIT_NAME_LEN {
+        return Err(format!("unit name '{unit}' is too long"));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\')))
+    {
+        Some(c) => Err(format!("unit name '{unit}' contains {c:?}")),
+        None => Ok(()),
+    }
+}
+
+/// Splits a proxy instance `NODE_UNIT.service` (as `hirte-proxy@.service` passes it) at the
+/// first `_` into the target node and unit. Node names with `_` cannot be targets.
+// [impl->req~proxy.templates~1]
+pub fn split_proxy_instance(instance: &str) -> Result<(&str, &str), String> {
+    let Some((node, unit)) = instance.split_once('_') else {
+        return Err(format!("no '_' between node and unit in '{instance}'"));
+    };
+    validate_node_name(node).map_err(|e| format!("'{instance}': {e}"))?;
+    if unit.is_empty() || unit == ".service" {
+        return Err(format!("no unit after the node name in '{instance}'"));
+    }
+    validate_proxy_target(unit)?;
+    Ok((node, unit))
+}
+
 /// Escapes a string into one object path element as sd-bus `bus_path_escape` does:
 /// every byte outside `[A-Za-z0-9]`, and a leading digit, becomes `_xx`; "" becomes `_`.
 // [impl->req~common.path-escape~1]
@@ -108,6 +150,22 @@ mod tests {
             );
         }
         assert_eq!(unescape_path_element("_zz"), None);
+    }
+
+    // [utest->req~proxy.agent-api~1]
+    #[test]
+    fn proxy_instances_split_at_the_first_underscore() {
+        assert_eq!(
+            split_proxy_instance("agent2_my_db.service"),
+            Ok(("agent2", "my_db.service"))
+        );
+        assert!(split_proxy_instance("nounderscore.service").is_err());
+        assert!(split_proxy_instance("_db.service").is_err());
+        assert!(split_proxy_instance("agent2_.service").is_err());
+        assert!(split_proxy_instance("agent2_db.socket").is_err());
+        assert!(validate_proxy_target("a@b.service").is_err());
+        assert!(validate_proxy_target("db.service").is_ok());
+        assert!(validate_proxy_target(&format!("{}.service", "a".repeat(200))).is_err());
     }
 
     // [utest->req~common.node-name~1]

@@ -21,6 +21,13 @@ pub const INTERNAL_MANAGER_PATH: &str = "/org/containers/hirte/internal";
 /// Internal link: the manager calls the agent here; the agent's signals come from here too.
 pub const INTERNAL_AGENT_IFACE: &str = "org.containers.hirte.internal.Agent";
 pub const INTERNAL_AGENT_PATH: &str = "/org/containers/hirte/internal/agent";
+/// Internal link: the manager tells an agent's proxy (`PROXY_PATH_PREFIX/ID`) how its target is.
+pub const INTERNAL_PROXY_IFACE: &str = "org.containers.hirte.internal.Proxy";
+pub const PROXY_PATH_PREFIX: &str = "/org/containers/hirte/internal/proxy";
+/// Template on the requesting node; the instance is `NODE_UNIT` (unit without `.service`).
+pub const PROXY_TEMPLATE: &str = "hirte-proxy@";
+/// Template on the target node; the instance is the unit without `.service`.
+pub const DEP_TEMPLATE: &str = "hirte-dep@";
 /// Neither side of the link is a bus: messages carry this as destination for libdbus' sake.
 pub const LINK_PEER: &str = "org.containers.hirte.Link";
 

@@ -4,10 +4,12 @@
 
 mod api;
 mod core;
+mod dependencies;
 mod events;
 mod link;
 mod listener;
 mod monitor;
+mod proxy;
 mod state;
 
 use clap::Parser;

@@ -5,6 +5,7 @@
 
 use crate::events::{LinkHandle, LinkId, SendError};
 use crate::monitor::Monitors;
+use crate::proxy::Proxies;
 use dbus::arg::messageitem::MessageItem;
 use dbus::arg::{Arg, PropMap, RefArg, Variant};
 use dbus::message::MessageType;
@@ -43,13 +44,15 @@ pub enum PendingKind {
     Part { agg: u64 },
     /// The manager's own call (monitor subscriptions): only a failure is logged.
     Internal,
+    /// `StartDep` for proxies: the answer decides their fate (`dependencies.rs`).
+    StartDep { target: String, unit: String },
 }
 
 /// A call that could not be sent: the error for the caller, and what was to be done.
 type CallFailure = Box<(MethodErr, PendingKind)>;
 
 pub struct Pending {
-    member: &'static str,
+    pub member: &'static str,
     deadline: Instant,
     kind: PendingKind,
 }
@@ -145,6 +148,8 @@ pub struct Manager {
     pub metrics: bool,
     /// Set on SIGTERM: new calls are refused while jobs in flight finish.
     pub draining: bool,
+    /// Cross-node dependencies (proxy services).
+    pub proxies: Proxies,
 }
 
 pub const METRICS_PATH: &str = "/org/containers/hirte/metrics";
@@ -233,6 +238,7 @@ impl Manager {
             monitors: Monitors::default(),
             metrics: false,
             draining: false,
+            proxies: Proxies::default(),
         };
         m.last_status = m.status();
         m
@@ -261,7 +267,7 @@ impl Manager {
         }
     }
 
-    fn signal(path: &str, iface: &str, member: &str) -> Option<Message> {
+    pub(crate) fn signal(path: &str, iface: &str, member: &str) -> Option<Message> {
         Message::new_signal(path.to_string(), iface.to_string(), member.to_string()).ok()
     }
 
@@ -385,6 +391,7 @@ impl Manager {
         );
         self.announce_node_state(idx);
         self.sync_agent_subscriptions(idx);
+        self.start_needed_deps(idx);
         if self.metrics {
             let _ = self.call_node(idx, "EnableMetrics", |_| {}, PendingKind::Internal);
         }
@@ -429,6 +436,7 @@ impl Manager {
         }
         self.announce_node_state(idx);
         self.virtual_offline_events(&name);
+        self.drop_proxies_of(&name);
     }
 
     // ---- monitors ------------------------------------------------------------------------
@@ -482,7 +490,10 @@ impl Manager {
         let Some(node) = self.nodes.get(idx) else {
             return;
         };
-        let wanted = self.monitors.wanted_units(&node.name);
+        let mut wanted = self.monitors.wanted_units(&node.name);
+        if !wanted.contains(crate::monitor::WILDCARD) {
+            wanted.extend(self.proxies.watched_units(&node.name));
+        }
         let Some(current) = node.online.as_ref().map(|o| o.agent_subs.clone()) else {
             return;
         };
@@ -644,13 +655,16 @@ impl Manager {
                 self.aggregate_part(agg, None, Some((name.to_string(), text.to_string())))
             }
             PendingKind::Internal => log_debug!("{} not answered: {text}", p.member),
+            PendingKind::StartDep { target, unit } => {
+                self.start_dep_failed(&target, &unit, name, text)
+            }
         }
     }
 
     // ---- calls to agents -----------------------------------------------------------------
 
     /// Sends one call to a node's agent and remembers what to do with the answer.
-    fn call_node(
+    pub(crate) fn call_node(
         &mut self,
         idx: usize,
         member: &'static str,
@@ -661,7 +675,7 @@ impl Manager {
         self.call_node_within(idx, member, fill, kind, timeout)
     }
 
-    fn call_node_within(
+    pub(crate) fn call_node_within(
         &mut self,
         idx: usize,
         member: &'static str,
@@ -725,6 +739,23 @@ impl Manager {
             },
         );
         Ok(())
+    }
+
+    /// Sends a signal (no answer expected) to a node's agent; false if it could not go.
+    pub(crate) fn signal_node(&mut self, idx: usize, msg: Message) -> bool {
+        let Some(node) = self.nodes.get_mut(idx) else {
+            return false;
+        };
+        let Some(online) = node.online.as_mut() else {
+            return false;
+        };
+        match online.link.send(msg, online.serials.next_serial()) {
+            Ok(()) => true,
+            Err(e) => {
+                log_warn!("Signal to node '{}' not sent: {e}", node.name);
+                false
+            }
+        }
     }
 
     /// Forwards a Node method to the agent; the agent's answer is relayed as is.
@@ -1082,8 +1113,13 @@ impl Manager {
                 if member == "UnitRemoved" {
                     items.push(MessageItem::Str("real".into()));
                 }
+                if member == "UnitStateChanged" {
+                    self.proxy_target_changed(node_name, &items);
+                }
                 self.route_unit_event(node_name, &unit, &member, items);
             }
+            "ProxyNew" => self.on_proxy_new(node_name, msg),
+            "ProxyRemoved" => self.on_proxy_removed(node_name, msg),
             "JobMetrics" => {
                 if !self.metrics {
                     return;
@@ -1171,6 +1207,17 @@ impl Manager {
                     return;
                 }
                 self.aggregate_part(agg, Some((name, answer)), None);
+            }
+            PendingKind::StartDep { target, unit } => {
+                let mut answer = answer;
+                match answer.as_result() {
+                    Ok(_) => self.start_dep_done(&target, &unit),
+                    Err(e) => {
+                        let name = e.name().unwrap_or(error::PROTOCOL).to_string();
+                        let text = e.message().unwrap_or("StartDep failed").to_string();
+                        self.start_dep_failed(&target, &unit, &name, &text);
+                    }
+                }
             }
             PendingKind::Internal => {
                 let mut answer = answer;

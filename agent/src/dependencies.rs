@@ -1,0 +1,293 @@
+//! Cross-node dependencies on the agent's side: the local `CreateProxy`/`RemoveProxy`
+//! calls of `hirte-proxy@` units, the manager's news about their targets, and the
+//! `hirte-dep@` anchors the manager asks this node to hold for proxies elsewhere.
+
+use crate::core::{bad_args, error_reply, Core, JobKind};
+use crate::proxy::AgentProxy;
+use crate::systemd::{self, CallError};
+use crate::watch;
+use dbus::channel::Sender;
+use dbus::Message;
+use hirte_common::names::{validate_node_name, validate_proxy_target, MAX_UNIT_NAME_LEN};
+use hirte_common::protocol::{error, signature_of, DEP_TEMPLATE};
+use hirte_common::timespan::format_timespan;
+use hirte_common::{log_debug, log_info, log_warn};
+use std::time::Instant;
+
+/// `hirte-dep@NAME.service` for target `NAME.service`.
+fn anchor_of(unit: &str) -> Result<String, CallError> {
+    validate_proxy_target(unit).map_err(bad_args)?;
+    let name = unit.strip_suffix(".service").unwrap_or(unit);
+    Ok(format!("{DEP_TEMPLATE}{name}.service"))
+}
+
+/// The proxy's own unit: a service name, as systemd would accept it.
+fn validate_local_service(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@'));
+    if name.len() > MAX_UNIT_NAME_LEN || !ok_chars || !name.ends_with(".service") {
+        return Err(format!("'{name}' is not a service unit name"));
+    }
+    Ok(())
+}
+
+impl Core {
+    /// Answers a waiting caller on the node's bus.
+    fn answer_local(&self, call: &Message, reply: Option<Message>) {
+        if call.get_no_reply() {
+            return;
+        }
+        if let Some(r) = reply {
+            let _ = self.sd.send(r);
+        }
+    }
+
+    fn proxy_signal(&self, member: &str, p: &AgentProxy<Message>, path: Option<&str>) {
+        let Some(sig) = watch::agent_signal(member) else {
+            return;
+        };
+        let sig = sig.append2(p.node.as_str(), p.unit.as_str());
+        let sig = match path.map(|p| dbus::Path::new(p.to_string())) {
+            Some(Ok(path)) => sig.append1(path),
+            Some(Err(_)) => return,
+            None => sig,
+        };
+        self.send(sig);
+    }
+
+    /// `CreateProxy`/`RemoveProxy(local_service, node, unit)` on the node's bus.
+    // [impl->req~proxy.agent-api~1]
+    pub(crate) fn on_local_proxy_call(&mut self, msg: &Message) {
+        let member = msg.member().map(|m| m.to_string()).unwrap_or_default();
+        let args = match signature_of(msg).as_str() {
+            "sss" => msg.read3::<String, String, String>().map_err(bad_args),
+            got => Err(bad_args(format!("{member} takes (sss), got ({got})"))),
+        };
+        let checked = args.and_then(|(service, node, unit)| {
+            validate_local_service(&service).map_err(bad_args)?;
+            validate_node_name(&node).map_err(|e| bad_args(format!("'{node}': {e}")))?;
+            validate_proxy_target(&unit).map_err(bad_args)?;
+            Ok((service, node, unit))
+        });
+        let (service, node, unit) = match checked {
+            Ok(a) => a,
+            Err(e) => {
+                log_warn!("{member} refused: {}", e.message);
+                self.answer_local(msg, error_reply(msg, &e.name, &e.message));
+                return;
+            }
+        };
+        if member == "RemoveProxy" {
+            self.remove_proxy(&service, &node, &unit);
+            self.answer_local(msg, Some(msg.method_return()));
+            return;
+        }
+        // A copy loses its serial; the answer must name the original call's.
+        let Ok(mut call) = msg.duplicate() else {
+            return;
+        };
+        if let Some(serial) = msg.get_serial() {
+            call.set_serial(serial);
+        }
+        let created = match self
+            .proxies
+            .create(&service, &node, &unit, call, Instant::now())
+        {
+            Ok(c) => c,
+            Err(why) => {
+                log_warn!("CreateProxy for {unit} on node '{node}' refused: {why}");
+                self.answer_local(msg, error_reply(msg, error::BUSY, &why));
+                return;
+            }
+        };
+        if let Some((old, _)) = created.replaced.and_then(|p| p.waiting) {
+            let r = error_reply(&old, error::ACTIVATION_FAILED, "replaced by a new request");
+            self.answer_local(&old, r);
+        }
+        log_info!("Proxy {service}: waiting for {unit} on node '{node}'");
+        if self.linked {
+            self.announce_proxy(created.id);
+        }
+    }
+
+    fn announce_proxy(&mut self, id: u32) {
+        let path = AgentProxy::<Message>::path(id);
+        if let Some(p) = self.proxies.get_mut(id) {
+            p.announced = true;
+        }
+        let Some(p) = self.proxies.get(id) else {
+            return;
+        };
+        self.proxy_signal("ProxyNew", p, Some(&path));
+    }
+
+    /// A new manager link learns every proxy (the manager forgot them with the old one).
+    // [impl->req~proxy.refcount~1]
+    pub(crate) fn announce_proxies(&mut self) {
+        let ids: Vec<u32> = self.proxies.iter_mut().map(|(id, _)| id).collect();
+        for id in ids {
+            self.announce_proxy(id);
+        }
+    }
+
+    pub(crate) fn proxies_unannounced(&mut self) {
+        for (_, p) in self.proxies.iter_mut() {
+            p.announced = false;
+        }
+    }
+
+    /// Forgets a proxy and tells the manager, which releases the target.
+    fn remove_proxy(&mut self, service: &str, node: &str, unit: &str) {
+        let Some(p) = self
+            .proxies
+            .find(node, unit)
+            .and_then(|id| self.proxies.remove(id))
+        else {
+            log_debug!("RemoveProxy: no proxy {service} (already removed)");
+            return;
+        };
+        log_info!("Proxy {service}: released {unit} on node '{node}'");
+        if let Some((call, _)) = &p.waiting {
+            let r = error_reply(call, error::ACTIVATION_FAILED, "the proxy was removed");
+            self.answer_local(call, r);
+        }
+        if p.announced {
+            self.proxy_signal("ProxyRemoved", &p, None);
+        }
+    }
+
+    /// Waiting callers past `PROXY_START_TIMEOUT` get `Timeout`; their proxies go.
+    pub(crate) fn expire_proxies(&mut self) {
+        for p in self.proxies.take_expired(Instant::now()) {
+            let text = format!(
+                "{} on node '{}' was not active within {}",
+                p.unit,
+                p.node,
+                format_timespan(hirte_common::bounds::PROXY_START_TIMEOUT)
+            );
+            log_warn!("Proxy {}: {text}", p.local_service);
+            if let Some((call, _)) = &p.waiting {
+                self.answer_local(call, error_reply(call, error::TIMEOUT, &text));
+            }
+            if p.announced {
+                self.proxy_signal("ProxyRemoved", &p, None);
+            }
+        }
+    }
+
+    /// `Ready()`, `Error(s)`, `TargetStopped(s)` from the manager to one proxy.
+    // [impl->req~proxy.target-stopped~1]
+    pub(crate) fn on_proxy_signal(&mut self, msg: &Message) {
+        let path = msg.path().map(|p| p.to_string()).unwrap_or_default();
+        let member = msg.member().map(|m| m.to_string()).unwrap_or_default();
+        let Some(id) = self.proxies.id_of_path(&path) else {
+            log_debug!("{member} for unknown proxy {path}, ignored");
+            return;
+        };
+        let waiting = self
+            .proxies
+            .get_mut(id)
+            .and_then(|p| p.waiting.take().map(|(call, _)| call));
+        match (member.as_str(), waiting) {
+            ("Ready", Some(call)) => {
+                if let Some(p) = self.proxies.get_mut(id) {
+                    log_info!(
+                        "Proxy {}: {} on node '{}' is active",
+                        p.local_service,
+                        p.unit,
+                        p.node
+                    );
+                }
+                self.answer_local(&call, Some(call.method_return()));
+            }
+            ("Ready", None) => {} // Again after a reconnect: nothing changed here.
+            ("Error", waiting) | ("TargetStopped", waiting) => {
+                let why = msg.read1::<&str>().unwrap_or("no reason given").to_string();
+                let Some(p) = self.proxies.remove(id) else {
+                    return;
+                };
+                match waiting {
+                    Some(call) => {
+                        log_warn!("Proxy {}: {why}", p.local_service);
+                        let r = error_reply(&call, error::ACTIVATION_FAILED, &why);
+                        self.answer_local(&call, r);
+                    }
+                    None => {
+                        // Started before: the proxy service ends, and with it its dependants.
+                        log_info!(
+                            "Proxy {}: {} on node '{}' is {why}; stopping the proxy",
+                            p.local_service,
+                            p.unit,
+                            p.node
+                        );
+                        if let Ok(c) = systemd::manager_call("StopUnit") {
+                            let c = c.append2(p.local_service.as_str(), "replace");
+                            if let Err(e) = systemd::call(&self.sd, c) {
+                                log_warn!("Cannot stop {}: {}", p.local_service, e.message);
+                            }
+                        }
+                    }
+                }
+                if p.announced {
+                    self.proxy_signal("ProxyRemoved", &p, None);
+                }
+            }
+            (other, w) => {
+                // Put back what we took: an unknown signal changes nothing.
+                if let (Some(call), Some(p)) = (w, self.proxies.get_mut(id)) {
+                    p.waiting = Some((call, Instant::now()));
+                }
+                log_debug!("Unknown proxy signal {other}, ignored");
+            }
+        }
+    }
+
+    /// `StartDep(unit)`: starts the anchor; answered when its job ends.
+    // [impl->req~proxy.dep~1]
+    pub(crate) fn start_dep(&mut self, msg: &Message) -> Result<(), CallError> {
+        let unit: &str = msg.read1().map_err(bad_args)?;
+        let anchor = anchor_of(unit)?;
+        self.check_job_room()?;
+        let call = systemd::manager_call("StartUnit")?.append2(anchor.as_str(), "replace");
+        let path = systemd::call(&self.sd, call)?
+            .read1::<dbus::Path>()
+            .map_err(bad_args)?
+            .to_string();
+        let mut copy = msg.duplicate().map_err(bad_args)?;
+        if let Some(serial) = msg.get_serial() {
+            copy.set_serial(serial);
+        }
+        log_info!("Starting {anchor}: {unit} is needed by another node");
+        let kind = JobKind::Dep {
+            call: copy,
+            unit: unit.to_string(),
+        };
+        self.record_job(path, &anchor, kind);
+        Ok(())
+    }
+
+    /// The anchor's start job ended.
+    pub(crate) fn dep_ended(&mut self, call: &Message, unit: &str, result: &str) {
+        let reply = if result == "done" {
+            Some(call.method_return())
+        } else {
+            let text = format!("starting {unit} on node '{}': {result}", self.node);
+            log_warn!("Anchor for {unit} failed: {result}");
+            error_reply(call, error::ACTIVATION_FAILED, &text)
+        };
+        if let Some(r) = reply {
+            self.send(r);
+        }
+    }
+
+    /// `StopDep(unit)`: no proxy needs the target any more; the anchor goes.
+    pub(crate) fn stop_dep(&mut self, msg: &Message) -> Result<(), CallError> {
+        let unit: &str = msg.read1().map_err(bad_args)?;
+        let anchor = anchor_of(unit)?;
+        let call = systemd::manager_call("StopUnit")?.append2(anchor.as_str(), "replace");
+        systemd::call(&self.sd, call)?;
+        log_info!("Stopping {anchor}: no other node needs {unit} any more");
+        Ok(())
+    }
+}
