@@ -46,6 +46,10 @@ pub struct ClusterSpec {
     pub nodes: Vec<String>,
     /// Extra lines appended under `[hirte]` of the manager's `hirte.conf`.
     pub manager_conf: String,
+    /// Text appended to the manager's `hirte.conf` after the `[hirte]` section (and after
+    /// [`ClusterSpec::manager_conf`]): further sections, e.g.
+    /// `"[node n1]\nAllowDependenciesOn=n2\n"`.
+    pub manager_sections: String,
     /// Extra lines appended under `[hirte-agent]` of every node's `agent.conf`.
     pub agent_conf: String,
     /// Start `hirte-agent` on every node (default true).
@@ -62,6 +66,7 @@ impl ClusterSpec {
         ClusterSpec {
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             manager_conf: String::new(),
+            manager_sections: String::new(),
             agent_conf: String::new(),
             start_agents: true,
             start_manager: true,
@@ -199,7 +204,11 @@ impl ClusterResources {
 /// `HIRTE_CONFIG_DIR`: `agent.conf`, `agent.conf.d/`, and on the first node
 /// `hirte.conf`, `hirte.conf.d/`), `run/` (`XDG_RUNTIME_DIR`, session bus
 /// at `run/bus`, units in `run/systemd/user/`), `config/ data/ state/ cache/`,
-/// `systemd.log`, `agent.log`.
+/// `systemd.log`, `agent.log`, `proxy.log`.
+///
+/// When `hirte-proxy` is among the binaries, every node's `run/systemd/user/` holds the
+/// checkout's user templates `hirte-proxy@.service` (running that binary, output to
+/// `<node>/proxy.log`) and `hirte-dep@.service`, so units can depend on other nodes'.
 ///
 /// Conventions: methods that only read state return `Option`; methods that
 /// run a command return its `Output` (exit 127 with the reason on stderr if
@@ -302,6 +311,40 @@ fn check_tools() -> Result<(), HarnessError> {
         }
     }
     Ok(())
+}
+
+/// The proxy template (user variant) as the harness installs it on every node.
+const PROXY_UNIT: &str = "hirte-proxy@.service";
+/// The dependency anchor template (user variant).
+const DEP_UNIT: &str = "hirte-dep@.service";
+/// Per node (`<dir>/<node>/`): stdout and stderr of every `hirte-proxy@` instance.
+const PROXY_LOG: &str = "proxy.log";
+/// The helper's installed path in the templates, replaced by the built one.
+const PROXY_HELPER_PATH: &str = "/usr/libexec/hirte-proxy";
+
+/// The checkout's user templates for cross-node dependencies
+/// (`packaging/systemd/user/hirte-proxy@.service`, `hirte-dep@.service`) with the helper's
+/// path replaced by `bins/hirte-proxy`. Empty when that helper is not in `bins` (a cluster
+/// of stand-in binaries, or an install tree without it).
+fn proxy_templates(bins: &Path) -> Result<Vec<(&'static str, String)>, HarnessError> {
+    let Ok(helper) = binary_in(bins, "hirte-proxy") else {
+        return Ok(Vec::new());
+    };
+    let helper = helper.to_string_lossy().into_owned();
+    if helper.contains(|c: char| c.is_whitespace() || c == '%' || c == '"') {
+        return Err(HarnessError::InvalidSpec(format!(
+            "{helper}: a path with whitespace, '%' or '\"' cannot go into ExecStart= unquoted"
+        )));
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/user");
+    let mut out = Vec::new();
+    for name in [PROXY_UNIT, DEP_UNIT] {
+        let p = dir.join(name);
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| HarnessError::io(format!("reading {}", p.display()), e))?;
+        out.push((name, text.replace(PROXY_HELPER_PATH, &helper)));
+    }
+    Ok(out)
 }
 
 fn mkdir(p: &Path) -> Result<(), HarnessError> {
@@ -435,12 +478,28 @@ impl Cluster {
 
     fn write_configs(&self) -> Result<(), HarnessError> {
         let all = self.spec.nodes.join(",");
+        let templates = proxy_templates(&self.bins)?;
         for n in &self.nodes {
             let run = n.run_dir();
             mkdir(&run)?;
             // systemd and dbus insist on a private runtime dir.
             std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| HarnessError::io(format!("chmod {}", run.display()), e))?;
+            if !templates.is_empty() {
+                let units = run.join("systemd/user");
+                for (name, text) in &templates {
+                    write_file(&units.join(name), text)?;
+                }
+                // No journal in a node: the helper's one-line reasons go to a file instead.
+                let log = n.dir.join(PROXY_LOG);
+                write_file(
+                    &units.join(format!("{PROXY_UNIT}.d/hirte-tests.conf")),
+                    &format!(
+                        "[Service]\nStandardOutput=append:{log}\nStandardError=append:{log}\n",
+                        log = log.display()
+                    ),
+                )?;
+            }
             for d in ["config", "data", "state", "cache"] {
                 mkdir(&n.dir.join(d))?;
             }
@@ -465,8 +524,8 @@ impl Cluster {
                     &etc.join("hirte.conf"),
                     &format!(
                         "[hirte]\nManagerPort={MANAGER_PORT}\nAllowedNodeNames={all}\n\
-                         LogLevel=debug\nLogTarget=stderr\n{}\n",
-                        self.spec.manager_conf
+                         LogLevel=debug\nLogTarget=stderr\n{}\n{}\n",
+                        self.spec.manager_conf, self.spec.manager_sections
                     ),
                 )?;
             }
@@ -1153,6 +1212,14 @@ exec "$sd" --user"#,
             .unwrap_or_default()
     }
 
+    /// What the node's `hirte-proxy@` instances printed (stdout and stderr of `hirte-proxy
+    /// create|remove`, appended; the harness installs the templates with this log).
+    pub fn proxy_log(&self, node: &str) -> String {
+        self.node(node)
+            .map(|n| read_lossy(&n.dir.join(PROXY_LOG)))
+            .unwrap_or_default()
+    }
+
     /// Output of the node's `systemd --user`.
     pub fn systemd_log(&self, node: &str) -> String {
         self.node(node)
@@ -1174,6 +1241,7 @@ exec "$sd" --user"#,
         add("manager.log".into(), self.dir.join("manager.log"));
         for n in &self.nodes {
             add(format!("{}/agent.log", n.name), n.dir.join("agent.log"));
+            add(format!("{}/{PROXY_LOG}", n.name), n.dir.join(PROXY_LOG));
         }
         add("bus.log".into(), self.dir.join("bus.log"));
         s
