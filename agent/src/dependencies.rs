@@ -8,8 +8,10 @@ use crate::systemd::{self, CallError};
 use crate::watch;
 use dbus::channel::Sender;
 use dbus::Message;
-use hirte_common::names::{validate_node_name, validate_proxy_target, MAX_UNIT_NAME_LEN};
-use hirte_common::protocol::{error, signature_of, DEP_TEMPLATE};
+use hirte_common::names::{
+    split_proxy_instance, validate_node_name, validate_proxy_target, MAX_UNIT_NAME_LEN,
+};
+use hirte_common::protocol::{error, signature_of, UnitRow, DEP_TEMPLATE, PROXY_TEMPLATE};
 use hirte_common::timespan::format_timespan;
 use hirte_common::{log_debug, log_info, log_warn};
 use std::time::Instant;
@@ -111,6 +113,44 @@ impl Core {
         }
     }
 
+    /// A restarted agent takes over the proxies that are active on this node, so the
+    /// manager learns of them again and the targets stay needed.
+    // [impl->req~proxy.agent-api~1]
+    pub(crate) fn adopt_running_proxies(&mut self) {
+        let pattern = format!("{PROXY_TEMPLATE}*.service");
+        let Ok(call) = systemd::manager_call("ListUnitsByPatterns") else {
+            return;
+        };
+        let call = call.append2(vec!["active"], vec![pattern.as_str()]);
+        let rows = match systemd::call(&self.sd, call).and_then(|r| {
+            r.read1::<Vec<UnitRow>>()
+                .map_err(|e| CallError::new(error::PROTOCOL, e.to_string()))
+        }) {
+            Ok(rows) => rows,
+            Err(e) => {
+                log_warn!("Cannot list active proxies: {}", e.message);
+                return;
+            }
+        };
+        for row in rows {
+            let service = row.0;
+            let Some(instance) = service
+                .strip_prefix(PROXY_TEMPLATE)
+                .and_then(|i| i.strip_suffix(".service"))
+            else {
+                continue;
+            };
+            let Ok((node, unit)) = split_proxy_instance(&format!("{instance}.service"))
+                .map(|(n, u)| (n.to_string(), u.to_string()))
+            else {
+                continue;
+            };
+            if self.proxies.adopt(&service, &node, &unit).is_some() {
+                log_info!("Proxy {service}: active, taken over (needs {unit} on node '{node}')");
+            }
+        }
+    }
+
     fn announce_proxy(&mut self, id: u32) {
         let path = AgentProxy::<Message>::path(id);
         if let Some(p) = self.proxies.get_mut(id) {
@@ -161,12 +201,15 @@ impl Core {
     pub(crate) fn expire_proxies(&mut self) {
         for p in self.proxies.take_expired(Instant::now()) {
             let text = format!(
-                "{} on node '{}' was not active within {}",
-                p.unit,
-                p.node,
+                "not active within {}",
                 format_timespan(hirte_common::bounds::PROXY_START_TIMEOUT)
             );
-            log_warn!("Proxy {}: {text}", p.local_service);
+            log_warn!(
+                "Proxy {}: {} on node '{}' {text}",
+                p.local_service,
+                p.unit,
+                p.node
+            );
             if let Some((call, _)) = &p.waiting {
                 self.answer_local(call, error_reply(call, error::TIMEOUT, &text));
             }
@@ -272,7 +315,7 @@ impl Core {
         let reply = if result == "done" {
             Some(call.method_return())
         } else {
-            let text = format!("starting {unit} on node '{}': {result}", self.node);
+            let text = format!("its start job ended with result '{result}'");
             log_warn!("Anchor for {unit} failed: {result}");
             error_reply(call, error::ACTIVATION_FAILED, &text)
         };

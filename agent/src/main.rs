@@ -98,11 +98,10 @@ fn run(cli: Cli) -> Result<(), String> {
         cfg.log.is_quiet,
     );
     log_info!(
-        "Starting hirte-agent {} as node '{}', manager {}:{}",
+        "Starting hirte-agent {} as node '{}', manager {}",
         env!("CARGO_PKG_VERSION"),
         cfg.node_name,
-        cfg.manager_host,
-        cfg.manager_port
+        cfg.manager_endpoint()
     );
     // [impl->req~agent.sigterm~1]
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -118,7 +117,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| e.to_string())?);
     let outbound = Arc::new(BoundedQueue::new(LINK_OUTBOUND_DEPTH).map_err(|e| e.to_string())?);
     let last_seen_us = Arc::new(AtomicU64::new(0));
-    let manager_address = format!("tcp:host={},port={}", cfg.manager_host, cfg.manager_port);
+    let manager_address = cfg.manager_address();
     let local = local_api::LocalApi::new(&sd, manager_address.clone(), last_seen_us.clone());
     let link = link::Link {
         cfg: cfg.clone(),
@@ -130,6 +129,7 @@ fn run(cli: Cli) -> Result<(), String> {
         last_seen_us: last_seen_us.clone(),
     };
     let mut core = core::Core::new(sd, cfg.node_name.clone(), &link, local);
+    core.adopt_running_proxies();
     let link_thread = std::thread::Builder::new()
         .name("link".into())
         .spawn(move || link.run())

@@ -76,6 +76,26 @@ impl<T> ProxyTable<T> {
         Ok(Created { id, replaced })
     }
 
+    /// Records a proxy whose service is already active (found at start-up: an earlier
+    /// agent process answered its caller). `None` when it exists or the table is full.
+    pub fn adopt(&mut self, local_service: &str, node: &str, unit: &str) -> Option<u32> {
+        if self.find(node, unit).is_some() || self.entries.len() >= MAX_AGENT_PROXIES {
+            return None;
+        }
+        let id = self.next_id();
+        self.entries.insert(
+            id,
+            AgentProxy {
+                local_service: local_service.to_string(),
+                node: node.to_string(),
+                unit: unit.to_string(),
+                waiting: None,
+                announced: false,
+            },
+        );
+        Some(id)
+    }
+
     /// Ids wrap and skip ids in use (the table is bounded, so one is always free).
     fn next_id(&mut self) -> u32 {
         loop {
@@ -162,6 +182,7 @@ mod tests {
             .id_of_path("/org/containers/hirte/internal/proxy/999999")
             .is_none());
         assert!(t.id_of_path("/elsewhere/1").is_none());
+        assert!(t.adopt("p", "a", "x.service").is_none());
     }
 
     // [utest->req~proxy.agent-api~1]

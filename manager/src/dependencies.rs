@@ -118,17 +118,19 @@ impl Manager {
         let fill = |m: &mut Message| m.append_all((u,));
         if let Err(f) = self.call_node_within(idx, "StartDep", fill, kind, DEP_START_TIMEOUT) {
             let e = &f.0;
-            let text = format!("node '{target}': {}", e.description());
+            let text = e.description().to_string();
             self.start_dep_failed(&target, unit, &e.errorname().to_string(), &text);
         }
     }
 
-    /// No proxy needs (target, unit) any more: the anchor goes.
+    /// No proxy needs (target, unit) any more: the anchor goes. Not when the manager
+    /// itself is stopping: its restart must not stop services (the requesting agents
+    /// announce their proxies again to the next manager).
     fn release_dep(&mut self, target: &str, unit: &str) {
         let Some(idx) = self.node_index(target) else {
             return;
         };
-        if self.nodes.get(idx).is_some_and(|n| n.online.is_some()) {
+        if !self.draining && self.nodes.get(idx).is_some_and(|n| n.online.is_some()) {
             let u = unit.to_string();
             let fill = |m: &mut Message| m.append_all((u,));
             let _ = self.call_node(idx, "StopDep", fill, PendingKind::Internal);
@@ -151,9 +153,10 @@ impl Manager {
             return;
         }
         log_warn!("Could not start '{unit}' on node '{target}' for its proxies: {text}");
+        // The agent's caller names unit and node; the cause is enough.
         for (requester, path) in self.proxies.waiting(target, unit) {
-            let why = format!("'{unit}' on node '{target}': {text}");
-            self.tell_proxy(&requester, &path, "Error", vec![MessageItem::Str(why)]);
+            let why = vec![MessageItem::Str(text.to_string())];
+            self.tell_proxy(&requester, &path, "Error", why);
         }
     }
 

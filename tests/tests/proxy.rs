@@ -564,10 +564,17 @@ fn proxy_requesting_node_offline_releases_the_anchor_until_it_is_back() {
     c.kill_agent("agent2", Signal::SIGKILL);
     c.wait_node_state("agent2", "offline", SOON).unwrap();
     wait_state(&c, "agent1", &d, &["inactive"]);
-    // A new agent; restarting the proxy removes what the new agent never knew (success) and
-    // creates it again.
+    // A new agent takes over the proxy that is still active, and announces it: the anchor
+    // comes back without touching the proxy.
     c.start_agent("agent2").unwrap();
     c.wait_node_state("agent2", "online", SOON).unwrap();
+    wait_state(&c, "agent1", &d, &["active"]);
+    assert!(
+        c.agent_log("agent2").contains("taken over"),
+        "{}",
+        c.agent_log("agent2")
+    );
+    // Restarting the proxy goes through remove and create with the new agent.
     ok(
         &c.systemctl("agent2", &["restart", &p]),
         "restart the proxy",

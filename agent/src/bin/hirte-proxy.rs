@@ -81,6 +81,11 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // A malformed instance is a usage error, found before any call.
+    if let Err(e) = split_proxy_instance(&cli.instance) {
+        eprintln!("hirte-proxy: {e}");
+        return ExitCode::from(2);
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
