@@ -1,7 +1,7 @@
 # Hirte-rs: build, install and package.
 # [impl->req~install.make-install~1]
 #
-#   make                       release build of hirte, hirte-agent, hirtectl
+#   make                       release build of hirte, hirte-agent (+ hirte-proxy), hirtectl
 #   make install               install into $(DESTDIR)$(PREFIX) and $(DESTDIR)$(SYSCONFDIR)
 #   make uninstall             remove what `make install` put there (keeps edited configs)
 #   make deb                   Debian package via cargo-deb (target/debian/*.deb)
@@ -12,7 +12,7 @@
 #   PREFIX         /usr
 #   SYSCONFDIR     /etc        (the daemons read /etc/hirte or $HIRTE_CONFIG_DIR, whatever PREFIX is)
 #   CARGO_PROFILE  release     (any cargo profile; `dev` installs target/debug)
-#   BINSRC         where the three binaries are taken from (default: the profile's target dir)
+#   BINSRC         where the binaries are taken from (default: the profile's target dir)
 #   NO_BUILD=1     do not run cargo; install the binaries already in BINSRC
 #
 # Man pages and shell completions are generated with `hirtectl man DIR` and
@@ -30,6 +30,7 @@ BINSRC ?= $(TARGET_DIR)/$(PROFILE_DIR)
 GENDIR ?= $(TARGET_DIR)/generated
 
 BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 USERUNITDIR ?= $(PREFIX)/lib/systemd/user
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
@@ -42,8 +43,12 @@ FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 CONFDIR ?= $(SYSCONFDIR)/hirte
 
 BINARIES := hirte hirte-agent hirtectl
-SYSTEM_UNITS := packaging/systemd/hirte.service packaging/systemd/hirte.socket packaging/systemd/hirte-agent.service
-USER_UNITS := packaging/systemd/user/hirte-agent.service
+# Run only by hirte-proxy@.service (cross-node dependencies), not by users.
+LIBEXEC_BINARIES := hirte-proxy
+SYSTEM_UNITS := packaging/systemd/hirte.service packaging/systemd/hirte.socket packaging/systemd/hirte-agent.service \
+        packaging/systemd/hirte-proxy@.service packaging/systemd/hirte-dep@.service
+USER_UNITS := packaging/systemd/user/hirte-agent.service \
+        packaging/systemd/user/hirte-proxy@.service packaging/systemd/user/hirte-dep@.service
 POLICIES := manager/dbus/org.containers.hirte.conf manager/dbus/org.containers.hirte.Agent.conf
 CONFIGS := packaging/config/hirte.conf packaging/config/agent.conf
 DOCS := docs/operations.md docs/stunnel.md README.md
@@ -104,22 +109,24 @@ install: install-bin install-data install-config install-generated
 	@echo "installed into $(DESTDIR)$(PREFIX) and $(DESTDIR)$(CONFDIR)"
 
 install-bin: $(if $(NO_BUILD),,build)
-	@for b in $(BINARIES); do \
+	@for b in $(BINARIES) $(LIBEXEC_BINARIES); do \
 	  [ -x $(BINSRC)/$$b ] || { echo "error: $(BINSRC)/$$b is missing (run 'make' or set BINSRC)" >&2; exit 1; }; \
 	done
-	$(INSTALL) -d $(DESTDIR)$(BINDIR)
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)
 	for b in $(BINARIES); do $(INSTALL_PROGRAM) $(BINSRC)/$$b $(DESTDIR)$(BINDIR)/$$b; done
+	for b in $(LIBEXEC_BINARIES); do $(INSTALL_PROGRAM) $(BINSRC)/$$b $(DESTDIR)$(LIBEXECDIR)/$$b; done
 
-# Units name /usr/bin; a different BINDIR is written into the installed copies.
+# Units name /usr/bin and /usr/libexec; a different BINDIR or LIBEXECDIR is written
+# into the installed copies.
 install-data:
 	$(INSTALL) -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(USERUNITDIR) $(DESTDIR)$(DBUSPOLICYDIR) \
 	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)/examples
 	for u in $(SYSTEM_UNITS); do \
-	  sed 's|/usr/bin/|$(BINDIR)/|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u) && \
+	  sed 's|/usr/bin/|$(BINDIR)/|g; s|/usr/libexec/|$(LIBEXECDIR)/|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u) && \
 	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
 	done
 	for u in $(USER_UNITS); do \
-	  sed 's|/usr/bin/|$(BINDIR)/|g' $$u > $(DESTDIR)$(USERUNITDIR)/$$(basename $$u) && \
+	  sed 's|/usr/bin/|$(BINDIR)/|g; s|/usr/libexec/|$(LIBEXECDIR)/|g' $$u > $(DESTDIR)$(USERUNITDIR)/$$(basename $$u) && \
 	  chmod 0644 $(DESTDIR)$(USERUNITDIR)/$$(basename $$u); \
 	done
 	for p in $(POLICIES); do $(INSTALL_DATA) $$p $(DESTDIR)$(DBUSPOLICYDIR)/; done
@@ -158,6 +165,7 @@ install-generated: generate
 # unchanged from the shipped version, drop-in directories only when empty.
 uninstall:
 	for b in $(BINARIES); do rm -f $(DESTDIR)$(BINDIR)/$$b; done
+	for b in $(LIBEXEC_BINARIES); do rm -f $(DESTDIR)$(LIBEXECDIR)/$$b; done
 	for u in $(SYSTEM_UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
 	for u in $(USER_UNITS); do rm -f $(DESTDIR)$(USERUNITDIR)/$$(basename $$u); done
 	for p in $(POLICIES); do rm -f $(DESTDIR)$(DBUSPOLICYDIR)/$$(basename $$p); done

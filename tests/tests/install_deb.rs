@@ -79,7 +79,10 @@ fn deb_metadata_ships_what_make_install_installs() {
             continue;
         }
         if let Some(bin) = src.strip_prefix("target/release/") {
-            assert!(["hirte", "hirte-agent", "hirtectl"].contains(&bin), "{src}");
+            assert!(
+                ["hirte", "hirte-agent", "hirtectl", "hirte-proxy"].contains(&bin),
+                "{src}"
+            );
             assert_eq!(mode, "755", "{src}");
         } else {
             assert!(manager_dir.join(src).is_file(), "asset {src} missing");
@@ -211,13 +214,25 @@ fn deb_builds_and_lists_the_expected_files() {
     assert!(out.status.success(), "{}", show(&out));
     let listing = stdout(&out);
     eprintln!("{}:\n{listing}", deb.display());
+    // The helper is a binary of hirte-agent's package, not of hirte's: `--no-build` takes it
+    // from the target directory as it does hirte-agent; it must be there and executable.
+    let helper = listing
+        .lines()
+        .find(|l| l.ends_with(" ./usr/libexec/hirte-proxy"))
+        .unwrap_or_else(|| panic!("./usr/libexec/hirte-proxy not in the package"));
+    assert!(helper.starts_with("-rwxr-xr-x"), "{helper}");
     for f in [
         "./usr/bin/hirte",
         "./usr/bin/hirte-agent",
         "./usr/bin/hirtectl",
+        "./usr/libexec/hirte-proxy",
         "./usr/lib/systemd/system/hirte.service",
         "./usr/lib/systemd/system/hirte-agent.service",
+        "./usr/lib/systemd/system/hirte-proxy@.service",
+        "./usr/lib/systemd/system/hirte-dep@.service",
         "./usr/lib/systemd/user/hirte-agent.service",
+        "./usr/lib/systemd/user/hirte-proxy@.service",
+        "./usr/lib/systemd/user/hirte-dep@.service",
         "./usr/share/dbus-1/system.d/org.containers.hirte.conf",
         "./usr/share/dbus-1/system.d/org.containers.hirte.Agent.conf",
         "./usr/lib/sysusers.d/hirte.conf",

@@ -1,6 +1,6 @@
-//! `make install` into a scratch DESTDIR: what lands where, the installed units pass
-//! `systemd-analyze verify` (in a mount namespace where the installed binaries are at their
-//! /usr/bin paths), the installed policy is the one install_policy.rs checks and works on a
+//! `make install` into a scratch DESTDIR: what lands where, the installed units and the
+//! proxy templates (instantiated) pass `systemd-analyze verify` (in a mount namespace where
+//! the installed binaries are at their /usr/bin and /usr/libexec paths), the installed policy is the one install_policy.rs checks and works on a
 //! system-type bus, the default configurations load, and `make uninstall` undoes it.
 
 // Test code: a failed step must fail the test, with a message saying which.
@@ -23,14 +23,19 @@ use install_support::policy::check_manager_policy;
 use install_support::*;
 
 /// Files `make install` always installs (PREFIX=/usr).
-const ALWAYS: [&str; 16] = [
+const ALWAYS: [&str; 21] = [
     "/usr/bin/hirte",
     "/usr/bin/hirte-agent",
     "/usr/bin/hirtectl",
+    "/usr/libexec/hirte-proxy",
     "/usr/lib/systemd/system/hirte.service",
     "/usr/lib/systemd/system/hirte.socket",
     "/usr/lib/systemd/system/hirte-agent.service",
+    "/usr/lib/systemd/system/hirte-proxy@.service",
+    "/usr/lib/systemd/system/hirte-dep@.service",
     "/usr/lib/systemd/user/hirte-agent.service",
+    "/usr/lib/systemd/user/hirte-proxy@.service",
+    "/usr/lib/systemd/user/hirte-dep@.service",
     "/usr/share/dbus-1/system.d/org.containers.hirte.conf",
     "/usr/share/dbus-1/system.d/org.containers.hirte.Agent.conf",
     "/usr/lib/sysusers.d/hirte.conf",
@@ -51,7 +56,10 @@ fn assert_staged(s: &Staged) {
 }
 
 /// Runs `systemd-analyze verify` on the installed units in a private mount namespace whose
-/// /usr/bin is an overlay of DESTDIR/usr/bin on the host's, so ExecStart= paths exist.
+/// /usr/bin and /usr/libexec are overlays of DESTDIR's on the host's, so ExecStart= paths
+/// exist. The templates are verified as instances: `hirte-proxy@n2_probe.service` (a
+/// proxy for probe.service on node n2) and `hirte-dep@probe.service`, whose BindsTo= needs
+/// a probe.service (a stand-in in the scratch directory).
 fn verify_units(s: &Staged) -> std::process::Output {
     let run_dir = s.scratch.path.join("xdg-run");
     std::fs::create_dir_all(&run_dir).unwrap();
@@ -60,11 +68,23 @@ fn verify_units(s: &Staged) -> std::process::Output {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
+    let probe_dir = s.scratch.path.join("probe-units");
+    std::fs::create_dir_all(&probe_dir).unwrap();
+    std::fs::write(
+        probe_dir.join("probe.service"),
+        "[Unit]\nDescription=target of the proxy templates\n[Service]\nExecStart=/bin/sleep infinity\n",
+    )
+    .unwrap();
     let script = r#"set -e
 mount -t overlay overlay -o "lowerdir=$1/usr/bin:/usr/bin" /usr/bin
-test -x /usr/bin/hirte && test -x /usr/bin/hirte-agent
-systemd-analyze verify "$1/usr/lib/systemd/system/hirte.service" "$1/usr/lib/systemd/system/hirte.socket" "$1/usr/lib/systemd/system/hirte-agent.service"
-XDG_RUNTIME_DIR="$2" systemd-analyze --user verify "$1/usr/lib/systemd/user/hirte-agent.service"
+mount -t overlay overlay -o "lowerdir=$1/usr/libexec:/usr/libexec" /usr/libexec
+test -x /usr/bin/hirte && test -x /usr/bin/hirte-agent && test -x /usr/libexec/hirte-proxy
+sys="$1/usr/lib/systemd/system"
+user="$1/usr/lib/systemd/user"
+systemd-analyze verify "$sys/hirte.service" "$sys/hirte.socket" "$sys/hirte-agent.service" \
+  "$sys/hirte-proxy@n2_probe.service" "$sys/hirte-dep@probe.service" "$3/probe.service"
+XDG_RUNTIME_DIR="$2" systemd-analyze --user verify "$user/hirte-agent.service" \
+  "$user/hirte-proxy@n2_probe.service" "$user/hirte-dep@probe.service" "$3/probe.service"
 "#;
     let mut cmd = Command::new("unshare");
     cmd.args([
@@ -78,6 +98,7 @@ XDG_RUNTIME_DIR="$2" systemd-analyze --user verify "$1/usr/lib/systemd/user/hirt
     ])
     .arg(&s.destdir)
     .arg(&run_dir)
+    .arg(&probe_dir)
     .env("SYSTEMD_LOG_COLOR", "0");
     run(&mut cmd, Duration::from_secs(60))
 }
@@ -108,6 +129,7 @@ fn make_install_stages_everything_and_uninstall_removes_it() {
     for f in &files {
         let known = [
             "/usr/bin/",
+            "/usr/libexec/hirte-proxy",
             "/usr/lib/systemd/",
             "/usr/lib/sysusers.d/",
             "/usr/share/dbus-1/system.d/",
@@ -129,8 +151,13 @@ fn make_install_stages_everything_and_uninstall_removes_it() {
     // Binaries are the built ones (same version line; the bytes may differ when a build runs
     // meanwhile), executable.
     let bins = hirte_tests::bin_dir().unwrap();
-    for b in ["hirte", "hirte-agent", "hirtectl"] {
-        let installed = s.path(&format!("/usr/bin/{b}"));
+    for (b, dir) in [
+        ("hirte", "/usr/bin"),
+        ("hirte-agent", "/usr/bin"),
+        ("hirtectl", "/usr/bin"),
+        ("hirte-proxy", "/usr/libexec"),
+    ] {
+        let installed = s.path(&format!("{dir}/{b}"));
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&installed.metadata().unwrap().permissions());
         assert_eq!(mode & 0o777, 0o755, "{b}");
@@ -163,7 +190,7 @@ fn make_install_stages_everything_and_uninstall_removes_it() {
     );
     assert_eq!(a.heartbeat_interval, Duration::from_secs(5));
     let hirte_conf = read(&etc.join("hirte.conf"));
-    for k in MANAGER_KEYS {
+    for k in MANAGER_KEYS.iter().chain(NODE_SECTION_KEYS.iter()) {
         assert!(
             hirte_conf.contains(&format!("\n# {k}:")),
             "hirte.conf does not document {k}"
@@ -177,12 +204,39 @@ fn make_install_stages_everything_and_uninstall_removes_it() {
         );
     }
     let ops = read(&repo_file("docs/operations.md"));
-    for k in MANAGER_KEYS.iter().chain(AGENT_KEYS.iter()) {
+    for k in MANAGER_KEYS
+        .iter()
+        .chain(NODE_SECTION_KEYS.iter())
+        .chain(AGENT_KEYS.iter())
+    {
         assert!(
             ops.contains(&format!("| `{k}` |")),
             "docs/operations.md has no table row for {k}"
         );
     }
+
+    // The commented per-node example is valid as it stands once uncommented.
+    let example_dir = s.scratch.path.join("example-etc");
+    std::fs::create_dir_all(&example_dir).unwrap();
+    let uncommented: String = hirte_conf
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest)
+                if rest.starts_with("[node ") || rest.starts_with("AllowDependenciesOn=") =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(uncommented, hirte_conf.trim_end(), "no [node NAME] example");
+    std::fs::write(example_dir.join("hirte.conf"), uncommented).unwrap();
+    let m = ManagerConfig::load(&example_dir, None)
+        .unwrap_or_else(|e| panic!("hirte.conf with its example uncommented: {e}"));
+    m.validate().unwrap();
+    assert!(m.may_depend_on("agent", "primary"));
+    assert!(!m.may_depend_on("primary", "agent"));
 
     // A second install keeps an edited configuration and puts the shipped one beside it.
     let edited = format!("{hirte_conf}\n# edited by the operator\n");
@@ -218,7 +272,7 @@ fn make_install_honours_prefix_and_skips_missing_generators() {
     // Stand-in binaries: a hirtectl without the man and completions commands, as before
     // they existed.
     let fake = Scratch::new("fakebins");
-    for b in ["hirte", "hirte-agent"] {
+    for b in ["hirte", "hirte-agent", "hirte-proxy"] {
         std::fs::write(fake.path.join(b), "#!/bin/sh\nexit 0\n").unwrap();
     }
     std::fs::write(
@@ -226,7 +280,7 @@ fn make_install_honours_prefix_and_skips_missing_generators() {
         "#!/bin/sh\necho \"error: unrecognized subcommand '$1'\" >&2\nexit 2\n",
     )
     .unwrap();
-    for b in ["hirte", "hirte-agent", "hirtectl"] {
+    for b in ["hirte", "hirte-agent", "hirtectl", "hirte-proxy"] {
         std::fs::set_permissions(
             fake.path.join(b),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -257,10 +311,9 @@ fn make_install_honours_prefix_and_skips_missing_generators() {
             .all(|f| !f.contains("/man/") && !f.contains("completion")),
         "{files:?}"
     );
-    assert!(
-        files.contains(&"/opt/hirte/bin/hirtectl".to_string()),
-        "{files:?}"
-    );
+    for f in ["/opt/hirte/bin/hirtectl", "/opt/hirte/libexec/hirte-proxy"] {
+        assert!(files.contains(&f.to_string()), "{f}: {files:?}");
+    }
     assert!(
         files.contains(&"/etc/hirte/hirte.conf".to_string()),
         "{files:?}"
@@ -275,6 +328,25 @@ fn make_install_honours_prefix_and_skips_missing_generators() {
         unit.contains("\nExecStart=/opt/hirte/bin/hirte-agent --user\n"),
         "{unit}"
     );
+    // The proxy templates name the helper in LIBEXECDIR (PREFIX/libexec).
+    for (dir, user) in [("system", ""), ("user", "--user ")] {
+        let unit = read(&s.path(&format!(
+            "/opt/hirte/lib/systemd/{dir}/hirte-proxy@.service"
+        )));
+        for op in ["ExecStart=", "ExecStop=", "ExecStopPost=-"] {
+            let verb = if op == "ExecStart=" {
+                "create"
+            } else {
+                "remove"
+            };
+            let line = format!("\n{op}/opt/hirte/libexec/hirte-proxy {user}{verb} %i.service\n");
+            assert!(
+                unit.contains(&line),
+                "{dir} proxy template lacks {line:?}: {unit}"
+            );
+        }
+        assert!(!unit.contains("/usr/libexec/"), "{unit}");
+    }
     assert!(s
         .path("/opt/hirte/share/dbus-1/system.d/org.containers.hirte.conf")
         .is_file());
@@ -299,7 +371,10 @@ fn installed_units_verify_and_installed_policy_guards_the_bus() {
             "/usr/lib/systemd/system/hirte-agent.service",
         ),
         (USER_UNIT, "/usr/lib/systemd/user/hirte-agent.service"),
-    ] {
+    ]
+    .into_iter()
+    .chain(PROXY_TEMPLATES)
+    {
         assert_eq!(read(&s.path(dest)), read(&repo_file(src)), "{dest}");
     }
     let m = read(&s.path("/usr/lib/systemd/system/hirte.service"));
@@ -317,6 +392,31 @@ fn installed_units_verify_and_installed_policy_guards_the_bus() {
     }
     let a = read(&s.path("/usr/lib/systemd/user/hirte-agent.service"));
     assert!(a.contains("ExecStart=/usr/bin/hirte-agent --user\n"), "{a}");
+    // The templates as requirements/proxy.md describes them.
+    for (dir, user) in [("system", ""), ("user", "--user ")] {
+        let p = read(&s.path(&format!("/usr/lib/systemd/{dir}/hirte-proxy@.service")));
+        for line in [
+            "\nStopWhenUnneeded=yes\n".to_string(),
+            "\nType=oneshot\n".to_string(),
+            "\nRemainAfterExit=yes\n".to_string(),
+            format!("\nExecStart={PROXY_HELPER} {user}create %i.service\n"),
+            format!("\nExecStop={PROXY_HELPER} {user}remove %i.service\n"),
+        ] {
+            assert!(
+                p.contains(&line),
+                "{dir} hirte-proxy@.service lacks {line:?}"
+            );
+        }
+        let d = read(&s.path(&format!("/usr/lib/systemd/{dir}/hirte-dep@.service")));
+        for line in [
+            "\nBindsTo=%i.service\n",
+            "\nAfter=%i.service\n",
+            "\nType=oneshot\n",
+            "\nRemainAfterExit=yes\n",
+        ] {
+            assert!(d.contains(line), "{dir} hirte-dep@.service lacks {line:?}");
+        }
+    }
 
     let out = verify_units(&s);
     assert!(

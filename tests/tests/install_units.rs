@@ -4,7 +4,11 @@
 //! `hirte.service` and node n1's agent from the system `hirte-agent.service`, both with
 //! their full sandboxing; node n2's agent runs from the user unit. Checked: Type=notify
 //! readiness, the watchdog (a stopped agent is killed and restarted), reload by SIGHUP, a
-//! clean stop, and that start and exec work through the sandboxed agents.
+//! clean stop, and that start and exec work through the sandboxed agents. The installed
+//! templates of cross-node dependencies run too (n1 the system manager's, n2 the user
+//! manager's): `hirte-dep@` starts, follows and releases its target as operations.md says,
+//! and `hirte-proxy@` runs its helper from /usr/libexec with its sandboxing, reaches the
+//! local agent and, refused by the manager (no `AllowDependenciesOn=`), fails with the cause.
 //!
 //! Test-only drop-ins point the daemons at the cluster's buses and configuration (below
 //! /tmp, hence PrivateTmp=no), send their output to a file (the nodes have no journal) and
@@ -78,6 +82,107 @@ fn dbus_prop(address: &str, dest: &str, path: &str, iface: &str, prop: &str) -> 
     p.get::<String>(iface, prop).ok()
 }
 
+/// The installed `hirte-dep@.service` (`dest`, below DESTDIR) under `node`'s systemd:
+/// starting the anchor starts its target and succeeds once the target is active; a
+/// target that fails to start fails the anchor's start; the target's stop stops the anchor
+/// (BindsTo=); stopping the anchor leaves the target running unless the target has
+/// StopWhenUnneeded=yes.
+fn check_dep_template(c: &Cluster, s: &Staged, node: &str, dest: &str) {
+    c.write_unit(node, "hirte-dep@.service", &read(&s.path(dest)))
+        .unwrap();
+    c.write_unit(node, "dep-target.service", PROBE).unwrap();
+    c.write_unit(
+        node,
+        "dep-shared.service",
+        "[Unit]\nStopWhenUnneeded=yes\n[Service]\nExecStart=/bin/sleep infinity\n",
+    )
+    .unwrap();
+    c.write_unit(
+        node,
+        "dep-broken.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/false\n",
+    )
+    .unwrap();
+    let state = |unit: &str| show_prop(c, node, unit, "ActiveState");
+    let wait_state = |unit: &str, want: &str| {
+        wait_for(
+            &format!("{unit} {want} on {node}"),
+            Duration::from_secs(10),
+            || state(unit) == want,
+        )
+    };
+
+    systemctl_ok(c, node, &["start", "hirte-dep@dep-target.service"]);
+    assert_eq!(state("dep-target.service"), "active", "{node}");
+    assert_eq!(state("hirte-dep@dep-target.service"), "active", "{node}");
+    systemctl_ok(c, node, &["stop", "dep-target.service"]);
+    wait_state("hirte-dep@dep-target.service", "inactive");
+
+    systemctl_ok(c, node, &["start", "hirte-dep@dep-target.service"]);
+    systemctl_ok(c, node, &["stop", "hirte-dep@dep-target.service"]);
+    assert_eq!(state("dep-target.service"), "active", "{node}");
+    systemctl_ok(c, node, &["stop", "dep-target.service"]);
+
+    systemctl_ok(c, node, &["start", "hirte-dep@dep-shared.service"]);
+    assert_eq!(state("dep-shared.service"), "active", "{node}");
+    systemctl_ok(c, node, &["stop", "hirte-dep@dep-shared.service"]);
+    wait_state("dep-shared.service", "inactive");
+
+    let out = c.systemctl(node, &["start", "hirte-dep@dep-broken.service"]);
+    assert!(
+        !out.status.success(),
+        "anchor of a failing target started on {node}: {}",
+        show(&out)
+    );
+    assert_ne!(state("hirte-dep@dep-broken.service"), "active", "{node}");
+    let _ = c.systemctl(node, &["reset-failed"]);
+}
+
+/// The installed `hirte-proxy@.service` (`dest`) under `node`'s systemd, with `env` for
+/// the helper's bus: `hirte-proxy@TARGET_probe.service` runs /usr/libexec/hirte-proxy
+/// (sandboxed), which reaches the local agent; the manager refuses the proxy (the cluster
+/// has no `AllowDependenciesOn=`), so the start fails with the helper's one-line cause in
+/// the unit's output and the unit is not left active.
+fn check_refused_proxy(c: &Cluster, s: &Staged, node: &str, dest: &str, target: &str, env: &str) {
+    c.write_unit(node, "hirte-proxy@.service", &read(&s.path(dest)))
+        .unwrap();
+    // Sorts after any drop-in of the harness, so this output setting wins.
+    let log = c.node_dir(node).unwrap().join("unit-proxy.log");
+    c.write_unit(
+        node,
+        "hirte-proxy@.service.d/zz-install-test.conf",
+        &format!(
+            "[Service]\n{env}StandardOutput=append:{}\nStandardError=inherit\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let unit = format!("hirte-proxy@{target}_probe.service");
+    let exec = show_prop(c, node, &unit, "ExecStart");
+    assert!(
+        exec.contains(&format!("path={PROXY_HELPER} ")),
+        "{node} {unit}: {exec}"
+    );
+    let out = c.systemctl(node, &["start", "--no-block", &unit]);
+    assert!(out.status.success(), "{}", show(&out));
+    let cause = format!("cannot start probe.service on node '{target}'");
+    wait_for(
+        &format!("{unit} on {node} failed with '{cause}'"),
+        Duration::from_secs(20),
+        || {
+            show_prop(c, node, &unit, "ActiveState") == "failed"
+                && std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&cause))
+        },
+    );
+    eprintln!(
+        "{node} {unit}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default().trim()
+    );
+    assert_eq!(show_prop(c, node, &unit, "Result"), "exit-code");
+    assert_eq!(show_prop(c, node, &unit, "ExecMainStatus"), "1");
+    let _ = c.systemctl(node, &["reset-failed", &unit]);
+}
+
 /// Writes the installed unit `dest` (a path below DESTDIR) into the node plus a drop-in.
 fn install_unit(c: &Cluster, s: &Staged, node: &str, name: &str, dest: &str, dropin: &str) {
     c.write_unit(
@@ -107,12 +212,15 @@ fn installed_units_run_the_daemons_under_systemd() {
     spec.start_manager = false;
     let c = Cluster::start(spec).unwrap_or_else(|e| panic!("cluster start failed: {e}"));
     let destbin = s.path("/usr/bin");
+    let destlibexec = s.path("/usr/libexec");
     for node in ["n1", "n2"] {
         let out = c.node_shell(
             node,
             &format!(
-                "mount -t overlay overlay -o lowerdir={}:/usr/bin /usr/bin && test -x /usr/bin/hirte-agent",
-                destbin.display()
+                "mount -t overlay overlay -o lowerdir={}:/usr/bin /usr/bin && test -x /usr/bin/hirte-agent && \
+                 mount -t overlay overlay -o lowerdir={}:/usr/libexec /usr/libexec && test -x {PROXY_HELPER}",
+                destbin.display(),
+                destlibexec.display()
             ),
         );
         assert!(out.status.success(), "overlay on {node}: {}", show(&out));
@@ -218,6 +326,29 @@ fn installed_units_run_the_daemons_under_systemd() {
             all_logs(&c)
         );
     }
+
+    // The templates of cross-node dependencies, as installed, under real systemd managers.
+    check_dep_template(&c, &s, "n1", "/usr/lib/systemd/system/hirte-dep@.service");
+    check_dep_template(&c, &s, "n2", "/usr/lib/systemd/user/hirte-dep@.service");
+    check_refused_proxy(
+        &c,
+        &s,
+        "n1",
+        "/usr/lib/systemd/system/hirte-proxy@.service",
+        "n2",
+        &format!(
+            "Environment=DBUS_SYSTEM_BUS_ADDRESS={}\n",
+            c.node_bus_address("n1").unwrap()
+        ),
+    );
+    check_refused_proxy(
+        &c,
+        &s,
+        "n2",
+        "/usr/lib/systemd/user/hirte-proxy@.service",
+        "n1",
+        "",
+    );
 
     // The watchdog: both daemons ping it (WatchdogSec=2s here) and stay up ...
     let pid_before = show_prop(&c, "n2", "hirte-agent.service", "MainPID");

@@ -35,6 +35,30 @@ pub const SYSTEM_UNITS: [&str; 3] = [
 /// The agent's unit for user managers (`hirte-agent --user`).
 pub const USER_UNIT: &str = "packaging/systemd/user/hirte-agent.service";
 
+// [impl->req~proxy.templates~1]
+/// Templates of cross-node dependencies, as shipped (ExecStart= names
+/// /usr/libexec/hirte-proxy), with where `make install` puts them (PREFIX=/usr).
+pub const PROXY_TEMPLATES: [(&str, &str); 4] = [
+    (
+        "packaging/systemd/hirte-proxy@.service",
+        "/usr/lib/systemd/system/hirte-proxy@.service",
+    ),
+    (
+        "packaging/systemd/hirte-dep@.service",
+        "/usr/lib/systemd/system/hirte-dep@.service",
+    ),
+    (
+        "packaging/systemd/user/hirte-proxy@.service",
+        "/usr/lib/systemd/user/hirte-proxy@.service",
+    ),
+    (
+        "packaging/systemd/user/hirte-dep@.service",
+        "/usr/lib/systemd/user/hirte-dep@.service",
+    ),
+];
+/// The helper `hirte-proxy@.service` runs; installed to LIBEXECDIR, not to the PATH.
+pub const PROXY_HELPER: &str = "/usr/libexec/hirte-proxy";
+
 // [impl->req~install.policy-operators~1]
 // [impl->req~api.policy~1]
 /// The manager's D-Bus policy (root: all; hirte-operators: read-only; others: nothing).
@@ -80,6 +104,8 @@ pub const MANAGER_KEYS: [&str; 9] = [
     "LogTarget",
     "LogIsQuiet",
 ];
+/// Keys of the manager's per-node sections (`[node NAME]`).
+pub const NODE_SECTION_KEYS: [&str; 1] = ["AllowDependenciesOn"];
 pub const AGENT_KEYS: [&str; 10] = [
     "NodeName",
     "ManagerHost",
