@@ -14,11 +14,13 @@ use hirte_common::frame::{FrameDecoder, SharedSerials};
 use hirte_common::handshake::register_call;
 use hirte_common::protocol;
 use hirte_common::queue::{BoundedQueue, PushError};
+use hirte_common::stream::LinkStream;
 use hirte_common::wait::{now_realtime_us, poll_readable};
 use hirte_common::{log_debug, log_error, log_info, log_warn};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 
 /// From the link thread to the core.
 pub enum FromLink {
-    /// Registered with the manager at this address (`tcp:host=H,port=P`).
+    /// Registered with the manager at this address (`tcp:host=H,port=P` or `unix:path=P`).
     Connected(String),
     Frame(Message),
     Disconnected,
@@ -135,9 +137,8 @@ impl Link {
                     match e {
                         LinkError::Refused(_) => log_error!("{text}"),
                         _ => log_warn!(
-                            "Cannot reach manager at {}:{}: {text}; retrying every {}",
-                            self.cfg.manager_host,
-                            self.cfg.manager_port,
+                            "Cannot reach manager at {}: {text}; retrying every {}",
+                            self.cfg.manager_endpoint(),
                             hirte_common::timespan::format_timespan(self.cfg.reconnect_interval)
                         ),
                     }
@@ -162,7 +163,20 @@ impl Link {
     }
 
     /// Resolves the host anew on each attempt (its address may have moved), connects, registers.
-    fn connect(&mut self) -> Result<(TcpStream, FrameDecoder), LinkError> {
+    /// With `ManagerAddress=unix:path=P` it connects to that socket instead (a missing socket
+    /// fails at once and is retried like an unreachable host).
+    fn connect(&mut self) -> Result<(LinkStream, FrameDecoder), LinkError> {
+        // [impl->req~link.unix-socket~1]
+        if let Some(path) = self.cfg.manager_socket.clone() {
+            let stream = UnixStream::connect(&path)
+                .map(LinkStream::Unix)
+                .map_err(|e| LinkError::Connect(format!("{}: {e}", path.display())))?;
+            stream
+                .set_write_timeout(Some(LINK_WRITE_TIMEOUT))
+                .map_err(LinkError::Io)?;
+            let decoder = self.register(&stream)?;
+            return Ok((stream, decoder));
+        }
         let addrs: Vec<SocketAddr> = (self.cfg.manager_host.as_str(), self.cfg.manager_port)
             .to_socket_addrs()
             .map_err(|e| LinkError::Resolve(e.to_string()))?
@@ -171,7 +185,8 @@ impl Link {
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
                 Ok(stream) => {
-                    stream.set_nodelay(true).map_err(LinkError::Io)?;
+                    let stream = LinkStream::Tcp(stream);
+                    stream.set_nodelay().map_err(LinkError::Io)?;
                     stream
                         .set_write_timeout(Some(LINK_WRITE_TIMEOUT))
                         .map_err(LinkError::Io)?;
@@ -184,7 +199,7 @@ impl Link {
         Err(last)
     }
 
-    fn send(&mut self, stream: &TcpStream, mut msg: Message) -> Result<(), LinkError> {
+    fn send(&mut self, stream: &LinkStream, mut msg: Message) -> Result<(), LinkError> {
         let bytes = self
             .serials
             .encode(&mut msg, MAX_FRAME_SIZE)
@@ -192,7 +207,7 @@ impl Link {
         Self::write(stream, &bytes)
     }
 
-    fn write(stream: &TcpStream, bytes: &[u8]) -> Result<(), LinkError> {
+    fn write(stream: &LinkStream, bytes: &[u8]) -> Result<(), LinkError> {
         let mut s = stream;
         s.write_all(bytes).map_err(LinkError::Io)
     }
@@ -200,7 +215,7 @@ impl Link {
     // [impl->req~agent.register~1]
     /// Registers and waits for the manager's answer to that call. Returns the decoder, which
     /// may already hold the manager's next frames (they can arrive in the same read).
-    fn register(&mut self, stream: &TcpStream) -> Result<FrameDecoder, LinkError> {
+    fn register(&mut self, stream: &LinkStream) -> Result<FrameDecoder, LinkError> {
         // Frames queued for an earlier connection belong to calls the manager has given up;
         // the new session number makes the core drop results of jobs from earlier ones.
         self.session.fetch_add(1, Ordering::SeqCst);
@@ -254,9 +269,8 @@ impl Link {
                     ));
                 }
                 log_info!(
-                    "Connected to manager at {}:{} as node '{}'",
-                    self.cfg.manager_host,
-                    self.cfg.manager_port,
+                    "Connected to manager at {} as node '{}'",
+                    self.cfg.manager_endpoint(),
                     self.cfg.node_name
                 );
                 return Ok(decoder);
@@ -274,11 +288,8 @@ impl Link {
     }
 
     // [impl->req~link.heartbeat~1]
-    fn session(&mut self, stream: &TcpStream, mut decoder: FrameDecoder) -> Result<(), LinkError> {
-        let address = format!(
-            "tcp:host={},port={}",
-            self.cfg.manager_host, self.cfg.manager_port
-        );
+    fn session(&mut self, stream: &LinkStream, mut decoder: FrameDecoder) -> Result<(), LinkError> {
+        let address = self.cfg.manager_address();
         self.last_seen_us
             .store(now_realtime_us(), Ordering::Relaxed);
         match self

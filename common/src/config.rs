@@ -479,6 +479,8 @@ pub struct ManagerConfig {
     pub allow_exec: bool,
     /// `[node NAME]` sections.
     pub node_sections: BTreeMap<String, NodeSection>,
+    /// `ManagerSocket=`: a Unix socket for the local agent, besides TCP; `None`: none.
+    pub socket: Option<PathBuf>,
 }
 
 /// Settings of one node (`[node NAME]` in `hirte.conf`).
@@ -501,6 +503,7 @@ impl Default for ManagerConfig {
             agent_call_timeout: Duration::from_secs(30),
             allow_exec: true,
             node_sections: BTreeMap::new(),
+            socket: None,
         }
     }
 }
@@ -556,6 +559,15 @@ impl ManagerConfig {
                 self.agent_call_timeout = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
             }
             "AllowExec" => self.allow_exec = boolean(e)?,
+            // [impl->req~link.unix-socket~1]
+            "ManagerSocket" => {
+                let s = single(e)?;
+                self.socket = if s.is_empty() {
+                    None
+                } else {
+                    Some(parse_socket_path(s).map_err(|r| bad(e, r))?)
+                };
+            }
             _ => return Err(unknown_key(e)),
         }
         Ok(())
@@ -641,6 +653,10 @@ pub struct AgentConfig {
     pub reconnect_interval: Duration,
     /// Manager silent for this long: the link is considered dead and is re-established.
     pub manager_timeout: Option<Duration>,
+    /// `ManagerAddress=unix:path=PATH`: connect to the manager's Unix socket instead of
+    /// `manager_host`:`manager_port`. The last of `ManagerAddress`, `ManagerHost` and
+    /// `ManagerPort` set decides between the two.
+    pub manager_socket: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -653,6 +669,7 @@ impl Default for AgentConfig {
             heartbeat_interval: Duration::from_secs(5),
             reconnect_interval: Duration::from_secs(5),
             manager_timeout: None,
+            manager_socket: None,
         }
     }
 }
@@ -689,13 +706,24 @@ impl AgentConfig {
                     return Err(bad(e, "expected a host name or IP address"));
                 }
                 self.manager_host = h.to_string();
+                self.manager_socket = None;
             }
-            "ManagerPort" => self.manager_port = port(e)?,
-            // BlueChi's spelling: tcp:host=HOST,port=PORT
+            "ManagerPort" => {
+                self.manager_port = port(e)?;
+                self.manager_socket = None;
+            }
+            // BlueChi's spelling: tcp:host=HOST,port=PORT or unix:path=PATH
+            // [impl->req~link.unix-socket~1]
             "ManagerAddress" => {
-                let (host, p) = parse_tcp_address(single(e)?).map_err(|r| bad(e, r))?;
-                self.manager_host = host;
-                self.manager_port = p;
+                let s = single(e)?;
+                if let Some(rest) = s.strip_prefix("unix:") {
+                    self.manager_socket = Some(parse_unix_address(rest).map_err(|r| bad(e, r))?);
+                } else {
+                    let (host, p) = parse_tcp_address(s).map_err(|r| bad(e, r))?;
+                    self.manager_host = host;
+                    self.manager_port = p;
+                    self.manager_socket = None;
+                }
             }
             "HeartbeatInterval" => {
                 self.heartbeat_interval = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
@@ -709,6 +737,23 @@ impl AgentConfig {
             _ => return Err(unknown_key(e)),
         }
         Ok(())
+    }
+
+    /// The manager's address in D-Bus syntax, as the local API's `ManagerAddress` shows it:
+    /// `tcp:host=HOST,port=PORT` or `unix:path=PATH`.
+    pub fn manager_address(&self) -> String {
+        match &self.manager_socket {
+            Some(p) => format!("unix:path={}", p.display()),
+            None => format!("tcp:host={},port={}", self.manager_host, self.manager_port),
+        }
+    }
+
+    /// The manager's address as log lines name it: `HOST:PORT` or `unix:path=PATH`.
+    pub fn manager_endpoint(&self) -> String {
+        match &self.manager_socket {
+            Some(p) => format!("unix:path={}", p.display()),
+            None => format!("{}:{}", self.manager_host, self.manager_port),
+        }
     }
 
     /// How long the manager may stay silent: three of its heartbeat echoes, unless set.
@@ -729,6 +774,47 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// Longest Unix socket path: `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Checks a Unix socket path: absolute, at most [`MAX_SOCKET_PATH`] bytes, no NUL.
+// [impl->req~link.unix-socket~1]
+pub fn parse_socket_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("empty socket path".to_string());
+    }
+    if !s.starts_with('/') {
+        return Err("expected an absolute path".to_string());
+    }
+    if s.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "socket path of {} bytes is longer than {MAX_SOCKET_PATH}",
+            s.len()
+        ));
+    }
+    if s.contains('\0') {
+        return Err("socket path contains a NUL byte".to_string());
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// Parses what follows `unix:` in a D-Bus address: `path=PATH` (the only key accepted).
+fn parse_unix_address(rest: &str) -> Result<PathBuf, String> {
+    let mut path = None;
+    for part in rest.split(',') {
+        match part.split_once('=') {
+            Some(("path", p)) if path.is_none() => path = Some(parse_socket_path(p)?),
+            Some(("path", _)) => return Err("path given twice".to_string()),
+            _ => {
+                return Err(format!(
+                    "unexpected '{part}' in address (expected unix:path=PATH)"
+                ))
+            }
+        }
+    }
+    path.ok_or_else(|| "expected unix:path=PATH".to_string())
 }
 
 /// Parses `tcp:host=HOST,port=PORT`.
@@ -911,6 +997,94 @@ mod tests {
         assert!(agent("[hirte-agent]\nHeartbeatInterval=-5\n").is_err());
         assert!(agent("[hirte-agent]\nNodeName=a/b\n").is_err());
         assert!(agent("[hirte-agent]\nManagerAddress=udp:x\n").is_err());
+    }
+
+    // [utest->req~link.unix-socket~1]
+    // [utest->req~config.errors~1]
+    #[test]
+    fn manager_socket_and_unix_manager_address_are_checked() {
+        // Manager: default none; an absolute path; empty = none again.
+        assert_eq!(manager("[hirte]\n").unwrap().socket, None);
+        let c = manager("[hirte]\nManagerSocket=/run/hirte/hirte.sock\n").unwrap();
+        assert_eq!(c.socket, Some(PathBuf::from("/run/hirte/hirte.sock")));
+        assert_eq!(manager("[hirte]\nManagerSocket=\n").unwrap().socket, None);
+        let longest = format!("/{}", "s".repeat(MAX_SOCKET_PATH - 1));
+        let c = manager(&format!("[hirte]\nManagerSocket={longest}\n")).unwrap();
+        assert_eq!(c.socket, Some(PathBuf::from(&longest)));
+        let e = manager("[hirte]\nManagerSocket=run/hirte.sock\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hirte.conf:2: key 'ManagerSocket': invalid value 'run/hirte.sock': expected an absolute path"
+        );
+        let too_long = format!("{longest}x");
+        let e = manager(&format!(
+            "[hirte]\nAllowExec=yes\nManagerSocket={too_long}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("hirte.conf:3: key 'ManagerSocket'")
+                && e.ends_with("socket path of 108 bytes is longer than 107"),
+            "{e}"
+        );
+        assert!(manager("[hirte]\nManagerSocket=[\"/a\", \"/b\"]\n").is_err());
+
+        // Agent: unix:path=PATH, shown back in D-Bus syntax; TCP is unchanged.
+        let a = agent("[hirte-agent]\nManagerAddress=unix:path=/run/hirte/hirte.sock\n").unwrap();
+        assert_eq!(
+            a.manager_socket,
+            Some(PathBuf::from("/run/hirte/hirte.sock"))
+        );
+        assert_eq!(a.manager_address(), "unix:path=/run/hirte/hirte.sock");
+        assert_eq!(a.manager_endpoint(), "unix:path=/run/hirte/hirte.sock");
+        let a = agent("[hirte-agent]\nManagerAddress=tcp:host=h,port=7\n").unwrap();
+        assert_eq!(a.manager_socket, None);
+        assert_eq!(a.manager_address(), "tcp:host=h,port=7");
+        assert_eq!(a.manager_endpoint(), "h:7");
+        assert_eq!(
+            AgentConfig::default().manager_address(),
+            "tcp:host=127.0.0.1,port=2020"
+        );
+        // The last of ManagerAddress / ManagerHost / ManagerPort decides.
+        let a = agent("[hirte-agent]\nManagerAddress=unix:path=/s\nManagerPort=9\n").unwrap();
+        assert_eq!((a.manager_socket, a.manager_port), (None, 9));
+        let a = agent("[hirte-agent]\nManagerHost=h\nManagerAddress=unix:path=/s\n").unwrap();
+        assert_eq!(a.manager_address(), "unix:path=/s");
+        let mut a = agent("[hirte-agent]\nManagerAddress=unix:path=/s\n").unwrap();
+        a.apply(&cli_entry("ManagerHost", "10.0.0.1")).unwrap();
+        assert_eq!(a.manager_address(), "tcp:host=10.0.0.1,port=2020");
+
+        for (value, reason) in [
+            ("unix:path=", "empty socket path"),
+            ("unix:path=relative.sock", "expected an absolute path"),
+            (
+                "unix:",
+                "unexpected '' in address (expected unix:path=PATH)",
+            ),
+            (
+                "unix:abstract=hirte",
+                "unexpected 'abstract=hirte' in address (expected unix:path=PATH)",
+            ),
+            ("unix:path=/a,path=/b", "path given twice"),
+        ] {
+            let e = agent(&format!(
+                "[hirte-agent]\nNodeName=n\nManagerAddress={value}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("agent.conf:3: key 'ManagerAddress': invalid value '{value}': {reason}")
+            );
+        }
+        let e = agent(&format!(
+            "[hirte-agent]\nManagerAddress=unix:path={too_long}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("agent.conf:2: key 'ManagerAddress'") && e.contains("longer than 107"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod names;
 pub mod notify;
 pub mod protocol;
 pub mod queue;
+pub mod stream;
 pub mod sys;
 pub mod timespan;
 pub mod wait;

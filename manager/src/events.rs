@@ -4,7 +4,7 @@ use dbus::Message;
 use hirte_common::bounds::{LINK_OUTBOUND_DEPTH, MAX_FRAME_SIZE};
 use hirte_common::frame::{encode_message, FrameError};
 use hirte_common::queue::{BoundedQueue, PushError};
-use std::net::IpAddr;
+use hirte_common::stream::Peer;
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub type LinkId = u64;
@@ -12,14 +12,15 @@ pub type LinkId = u64;
 /// The core's side of one connection: a bounded queue of frames to send, and a close request.
 pub struct LinkHandle {
     pub id: LinkId,
-    pub peer: IpAddr,
+    /// The peer's IP address, or `unix` for the manager's Unix socket.
+    pub peer: Peer,
     /// Encoded frames, written by the connection thread in order.
     pub queue: BoundedQueue<Vec<u8>>,
     close: Mutex<Option<String>>,
 }
 
 impl LinkHandle {
-    pub fn new(id: LinkId, peer: IpAddr) -> nix::Result<Arc<Self>> {
+    pub fn new(id: LinkId, peer: Peer) -> nix::Result<Arc<Self>> {
         Ok(Arc::new(LinkHandle {
             id,
             peer,

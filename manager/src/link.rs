@@ -13,10 +13,11 @@ use hirte_common::frame::{encode_message, FrameDecoder};
 use hirte_common::handshake::check_register;
 use hirte_common::protocol::error;
 use hirte_common::queue::{BoundedQueue, PushError};
+use hirte_common::stream::LinkStream;
 use hirte_common::wait::poll_readable;
 use hirte_common::{log_info, log_warn};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -66,7 +67,7 @@ impl Drop for HandshakeSlot {
 }
 
 pub struct LinkThread {
-    pub stream: TcpStream,
+    pub stream: LinkStream,
     pub handle: Arc<LinkHandle>,
     pub events: Arc<BoundedQueue<LinkEvent>>,
     pub handshakes: Arc<AtomicUsize>,

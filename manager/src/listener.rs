@@ -6,11 +6,16 @@ use hirte_common::bounds::{
     CONNECTION_THREAD_STACK, CORE_TICK, LINK_WRITE_TIMEOUT, MAX_NODES, MAX_PENDING_HANDSHAKES,
 };
 use hirte_common::queue::BoundedQueue;
+use hirte_common::stream::{LinkStream, Peer};
 use hirte_common::{log_debug, log_error, log_warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::stat::{umask, Mode};
 use std::net::TcpListener;
 use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -20,6 +25,8 @@ pub const MAX_CONNECTIONS: usize = MAX_NODES + MAX_PENDING_HANDSHAKES;
 
 pub struct Listener {
     pub listener: TcpListener,
+    /// `ManagerSocket=`: the local agent's Unix socket, polled by this same thread.
+    pub unix: Option<UnixListener>,
     pub events: Arc<BoundedQueue<LinkEvent>>,
     /// Stops accepting (set on SIGTERM).
     pub shutdown: Arc<AtomicBool>,
@@ -28,56 +35,84 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Waits for a connection on either listening socket and accepts it. `None`: nothing
+    /// this round (timeout, signal, a failed accept, which is logged). When both are ready,
+    /// `unix_first` says which goes first, so that a flood on one cannot starve the other.
+    // [impl->req~link.unix-socket~1]
+    fn accept(&self, unix_first: bool) -> Option<(LinkStream, Peer)> {
+        let ms = u16::try_from(CORE_TICK.as_millis()).unwrap_or(u16::MAX);
+        // Fixed-size: the second slot is polled only when there is a Unix socket.
+        let tcp = self.listener.as_fd();
+        let mut fds = [
+            PollFd::new(tcp, PollFlags::POLLIN),
+            PollFd::new(
+                self.unix.as_ref().map_or(tcp, |u| u.as_fd()),
+                PollFlags::POLLIN,
+            ),
+        ];
+        let n = if self.unix.is_some() { 2 } else { 1 };
+        match poll(fds.get_mut(..n).unwrap_or_default(), PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => return None,
+            Ok(_) => {}
+            Err(e) => {
+                log_error!("poll on the listening sockets failed: {e}");
+                return None;
+            }
+        }
+        let ready = |i: usize| {
+            fds.get(..n)
+                .and_then(|f| f.get(i))
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let accepted = match (&self.unix, ready(0), ready(1)) {
+            (Some(u), tcp, true) if unix_first || !tcp => {
+                u.accept().map(|(s, _)| (LinkStream::Unix(s), Peer::Unix))
+            }
+            (_, true, _) => self
+                .listener
+                .accept()
+                .map(|(s, a)| (LinkStream::Tcp(s), Peer::Ip(a.ip()))),
+            _ => return None,
+        };
+        accepted.map_err(|e| log_warn!("accept failed: {e}")).ok()
+    }
+
     pub fn run(self) {
         let handshakes = Arc::new(AtomicUsize::new(0));
         let live = Arc::new(AtomicUsize::new(0));
         let mut next_id: u64 = 0;
+        let mut unix_first = false;
         while !self.shutdown.load(Ordering::Relaxed) {
-            let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
-            let ms = u16::try_from(CORE_TICK.as_millis()).unwrap_or(u16::MAX);
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => {
-                    log_error!("poll on the listening socket failed: {e}");
-                    continue;
-                }
-            }
-            let (stream, peer) = match self.listener.accept() {
-                Ok(s) => s,
-                Err(e) => {
-                    log_warn!("accept failed: {e}");
-                    continue;
-                }
+            unix_first = !unix_first;
+            let Some((stream, peer)) = self.accept(unix_first) else {
+                continue;
             };
             if handshakes.load(Ordering::SeqCst) >= MAX_PENDING_HANDSHAKES
                 || live.load(Ordering::SeqCst) >= MAX_CONNECTIONS
             {
                 log_warn!(
                     "Refused connection from {}: too many connections ({} handshaking, {} live)",
-                    peer.ip(),
+                    peer,
                     handshakes.load(Ordering::SeqCst),
                     live.load(Ordering::SeqCst)
                 );
                 continue;
             }
-            let _ = stream.set_nodelay(true);
+            let _ = stream.set_nodelay();
             if let Err(e) = stream.set_write_timeout(Some(LINK_WRITE_TIMEOUT)) {
-                log_warn!(
-                    "Connection from {}: cannot set write timeout: {e}",
-                    peer.ip()
-                );
+                log_warn!("Connection from {peer}: cannot set write timeout: {e}");
                 continue;
             }
             next_id += 1;
-            let handle = match LinkHandle::new(next_id, peer.ip()) {
+            let handle = match LinkHandle::new(next_id, peer) {
                 Ok(h) => h,
                 Err(e) => {
-                    log_warn!("Connection from {}: cannot allocate link: {e}", peer.ip());
+                    log_warn!("Connection from {peer}: cannot allocate link: {e}");
                     continue;
                 }
             };
-            log_debug!("Connection {next_id} from {}", peer.ip());
+            log_debug!("Connection {next_id} from {peer}");
             handshakes.fetch_add(1, Ordering::SeqCst);
             live.fetch_add(1, Ordering::SeqCst);
             let link = LinkThread {
@@ -103,6 +138,80 @@ impl Listener {
                 log_error!("Cannot start a thread for connection {next_id}: {e}");
                 hs2.fetch_sub(1, Ordering::SeqCst);
                 live.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// The manager's Unix socket file (`ManagerSocket=`): created at start, removed when dropped
+/// (at clean exit) if it is still the socket this manager created.
+// [impl->req~link.unix-socket~1]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Mode of the socket: the manager's user and group may connect.
+    pub const MODE: u32 = 0o660;
+
+    /// Listens on `path`. A stale socket there (left by a killed manager) is removed first;
+    /// anything else at `path` is refused, never removed.
+    pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), String> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| {
+                format!(
+                    "ManagerSocket: cannot remove the old socket {}: {e}",
+                    path.display()
+                )
+            })?,
+            Ok(_) => {
+                return Err(format!(
+                    "ManagerSocket: {} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(format!(
+                    "ManagerSocket: cannot check {}: {e}",
+                    path.display()
+                ))
+            }
+        }
+        // No moment with a wider mode: the socket is created 0660 (umask 0117), then set so.
+        // Only this thread runs yet, so the process-wide umask is safe to change here.
+        let old = umask(Mode::from_bits_truncate(0o117));
+        let bound = UnixListener::bind(path);
+        umask(old);
+        let listener = bound.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(format!("cannot check {}: {e}", path.display()));
+            }
+        };
+        // From here on, an error drops `file`, which removes the socket again.
+        let file = SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(Self::MODE))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+        Ok((listener, file))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log_warn!("Cannot remove {}: {e}", self.path.display());
             }
         }
     }

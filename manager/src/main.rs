@@ -118,6 +118,16 @@ fn run(cli: Cli) -> Result<(), String> {
             l
         }
     };
+    // [impl->req~link.unix-socket~1]
+    // Kept until `run` returns: dropping it removes the socket file.
+    let (unix, _socket_file) = match &cfg.socket {
+        Some(path) => {
+            let (l, f) = listener::SocketFile::bind(path)?;
+            log_info!("Listening on unix:path={}", path.display());
+            (Some(l), Some(f))
+        }
+        None => (None, None),
+    };
 
     let events = Arc::new(
         BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| format!("cannot create queue: {e}"))?,
@@ -132,6 +142,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let stop_links = Arc::new(AtomicBool::new(false));
     let listener = listener::Listener {
         listener: tcp,
+        unix,
         events: events.clone(),
         shutdown: shutdown.clone(),
         stop_links: stop_links.clone(),
