@@ -93,13 +93,14 @@ pub const STUNNEL_CLIENT_CONF: &str = "packaging/stunnel/hirte-client.conf";
 
 /// Every configuration key of the daemons (common/src/config.rs), for the checks that the
 /// default files and docs/operations.md document all of them.
-pub const MANAGER_KEYS: [&str; 9] = [
+pub const MANAGER_KEYS: [&str; 10] = [
     "ManagerPort",
     "ManagerAddress",
     "AllowedNodeNames",
     "NodeHeartbeatThreshold",
     "AgentCallTimeout",
     "AllowExec",
+    "ManagerSocket",
     "LogLevel",
     "LogTarget",
     "LogIsQuiet",
