@@ -144,3 +144,77 @@ fn bounds_agent_tracks_at_most_1024_jobs() {
         .unwrap();
     assert!(!state.is_empty());
 }
+
+/// `EXEC_GRACE` in agent/src/exec.rs.
+const EXEC_GRACE: Duration = Duration::from_secs(5);
+
+// [itest->req~agent.exec~1]
+#[test]
+fn bounds_agent_exec_ignoring_sigterm_is_stopped_and_answered_after_the_grace() {
+    if !hirte_tests::require_root(
+        "bounds_agent_exec_ignoring_sigterm_is_stopped_and_answered_after_the_grace",
+    ) {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&["primary", "n1"])).unwrap();
+    let addr = c.bus_address();
+    // systemd's start timeout (1 s) sends SIGTERM, which the command ignores; systemd then
+    // waits TimeoutStopSec (90 s) before SIGKILL, so the job has not ended at 1 s + grace.
+    let started = std::time::Instant::now();
+    let call = std::thread::spawn(move || {
+        let bus = connect_bus(&addr).unwrap();
+        let proxy = bus.with_proxy("org.containers.hirte", N1_PATH, Duration::from_secs(60));
+        let argv = vec!["trap '' TERM; sleep 60".to_string()];
+        let r: Result<(i32, Vec<u8>, Vec<u8>), dbus::Error> =
+            proxy.method_call(NODE_IFACE, "Exec", (argv, 1_000_000u64));
+        (r, started.elapsed())
+    });
+    let show = |unit: &str| {
+        hirte_tests::output::stdout(
+            &c.systemctl("n1", &["show", "-p", "ActiveState,SubState,Result", unit]),
+        )
+    };
+    c.wait_for("the Exec unit", Duration::from_secs(10), || {
+        c.agent_log("n1").contains(" as hirte-exec-")
+    })
+    .unwrap();
+    let log = c.agent_log("n1");
+    let unit = log
+        .lines()
+        .find_map(|l| l.split(" as hirte-exec-").nth(1))
+        .map(|u| format!("hirte-exec-{}", u.trim()))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    // systemd's own timeout has fired; the command lives on.
+    let at_3s = show(&unit);
+    assert!(
+        at_3s.contains("SubState=stop-sigterm") && at_3s.contains("Result=timeout"),
+        "{at_3s}"
+    );
+    let (r, waited) = call.join().unwrap();
+    let err = r.unwrap_err();
+    assert_eq!(
+        err.name(),
+        Some("org.containers.hirte.Error.Timeout"),
+        "{err:?}"
+    );
+    assert_eq!(err.message(), Some("command did not finish within 1s"));
+    assert!(
+        waited >= Duration::from_secs(1) + EXEC_GRACE - Duration::from_millis(500)
+            && waited < Duration::from_secs(20),
+        "answered after {waited:?}"
+    );
+    // The agent asked systemd to stop the unit: a stop job replaced the start job.
+    let jobs = hirte_tests::output::stdout(&c.systemctl("n1", &["list-jobs", "--no-legend"]));
+    assert!(jobs.contains(&format!("{unit} stop")), "{jobs}");
+    // A command that ignores SIGTERM still runs until systemd's TimeoutStopSec (90 s) ends
+    // it with SIGKILL (safety/bounds.md); end it now so teardown need not wait.
+    let pid = hirte_tests::output::stdout(
+        &c.systemctl("n1", &["show", "-p", "MainPID", "--value", &unit]),
+    );
+    eprintln!(
+        "FIGURE exec grace: at 3 s {at_3s:?}; Timeout answer after {waited:?}; jobs then: {jobs:?}; MainPID {}",
+        pid.trim()
+    );
+    c.systemctl("n1", &["kill", "--signal=KILL", &unit]);
+}

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use dbus::channel::Sender;
@@ -67,4 +67,100 @@ fn bounds_link_peer_that_stops_reading_is_closed_after_the_write_timeout() {
     assert!(line.contains("I/O error"), "{line}");
     assert_eq!(c.node_state("agent1").as_deref(), Some("online"));
     drop(raw);
+}
+
+/// `CONNECT_TIMEOUT` in common/src/bounds.rs.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs `ip ARGS` on the host; panics with its output when it fails.
+fn ip(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    ok(&out, &format!("ip {}", args.join(" ")))
+}
+
+// [itest->req~agent.reconnect~1]
+#[test]
+fn bounds_link_agent_connect_to_a_manager_dropping_syns_times_out_then_retries() {
+    if !hirte_tests::require_root(
+        "bounds_link_agent_connect_to_a_manager_dropping_syns_times_out_then_retries",
+    ) {
+        return;
+    }
+    let mut spec = ClusterSpec::new(&["primary", "n1"]);
+    spec.start_agents = false;
+    let mut c = Cluster::start(spec).unwrap();
+    let (ns0, ns1) = (
+        c.node_netns("primary").unwrap(),
+        c.node_netns("n1").unwrap(),
+    );
+    let manager_ip = c.node_ip("primary").unwrap();
+    // A permanent neighbour entry for the manager: with the cable pulled, an ARP lookup
+    // would fail after 3 probes (3 s) with "No route to host", racing the connect timeout;
+    // with it, the SYNs are silently dropped and only the timeout can end the attempt.
+    let link = ip(&["-n", &ns0, "-o", "link", "show", "eth0"]);
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {link}"))
+        .to_string();
+    ip(&[
+        "-n",
+        &ns1,
+        "neigh",
+        "replace",
+        &manager_ip,
+        "lladdr",
+        &mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    c.set_link("n1", false).unwrap();
+
+    let t0 = Instant::now();
+    c.start_agent("n1").unwrap();
+    let failed =
+        format!("cannot connect: {manager_ip}:2020: connection timed out; retrying every 500ms");
+    c.wait_for("the first connect attempt to time out", SOON, || {
+        c.agent_log("n1")
+            .lines()
+            .any(|l| l.contains("Cannot reach manager at") && l.contains(&failed))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tails()));
+    let first = t0.elapsed();
+    // The next attempt (ReconnectInterval = 500 ms later) ends the same way.
+    let again = format!(
+        "Still cannot reach the manager: cannot connect: {manager_ip}:2020: connection timed out"
+    );
+    c.wait_for("the second connect attempt to time out", SOON, || {
+        c.agent_log("n1").contains(&again)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tails()));
+    let second = t0.elapsed();
+    assert!(
+        first >= CONNECT_TIMEOUT - Duration::from_millis(500) && first < Duration::from_secs(10),
+        "first attempt failed after {first:?}"
+    );
+    assert!(
+        second - first >= CONNECT_TIMEOUT,
+        "second attempt failed {:?} after the first",
+        second - first
+    );
+    assert_eq!(c.node_state("n1").as_deref(), Some("offline"));
+
+    // The drop is lifted: an attempt after that connects and the node comes online.
+    let t1 = Instant::now();
+    c.set_link("n1", true).unwrap();
+    c.wait_node_state("n1", "online", SOON).unwrap();
+    let heal = t1.elapsed();
+    assert!(c.agent_log("n1").contains("Connected to manager at"));
+    eprintln!(
+        "FIGURE connect timeout: first attempt failed after {first:?}, second {:?} later; online {heal:?} after the drop was lifted",
+        second - first
+    );
 }
