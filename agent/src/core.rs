@@ -272,6 +272,9 @@ impl Core {
                         self.announce_proxies();
                     }
                     FromLink::Disconnected => {
+                        // Results for the old session mean nothing to the next one (its
+                        // manager ended those jobs `cancelled`; a restarted one reuses ids).
+                        self.retry.clear();
                         // The manager resubscribes after it sees us again.
                         self.watch = Watch::default();
                         self.last_state.clear();
@@ -930,6 +933,16 @@ impl Core {
             {
                 if let Ok(c) = systemd::manager_call("StopUnit") {
                     let _ = systemd::call(&self.sd, c.append2(p.unit.as_str(), "replace"));
+                }
+                // The command outlived its timeout and the grace (e.g. it ignores SIGTERM):
+                // it must not outlive its slot in MAX_AGENT_EXECS either.
+                if let Ok(c) = systemd::manager_call("KillUnit") {
+                    let c = c.append3(
+                        p.unit.as_str(),
+                        "all",
+                        nix::sys::signal::Signal::SIGKILL as i32,
+                    );
+                    let _ = systemd::call(&self.sd, c);
                 }
                 self.finish_exec(p, "timeout");
             }
