@@ -228,6 +228,10 @@ impl Core {
             log_debug!("{member} for unknown proxy {path}, ignored");
             return;
         };
+        if !matches!(member.as_str(), "Ready" | "Error" | "TargetStopped") {
+            log_debug!("Unknown proxy signal {member}, ignored");
+            return;
+        }
         let waiting = self
             .proxies
             .get_mut(id)
@@ -258,12 +262,12 @@ impl Core {
                     }
                     None => {
                         // Started before: the proxy service ends, and with it its dependants.
-                        log_info!(
-                            "Proxy {}: {} on node '{}' is {why}; stopping the proxy",
-                            p.local_service,
-                            p.unit,
-                            p.node
-                        );
+                        let what = if member == "TargetStopped" {
+                            format!("{} on node '{}' is {why}", p.unit, p.node)
+                        } else {
+                            why
+                        };
+                        log_info!("Proxy {}: {what}; stopping the proxy", p.local_service);
                         if let Ok(c) = systemd::manager_call("StopUnit") {
                             let c = c.append2(p.local_service.as_str(), "replace");
                             if let Err(e) = systemd::call(&self.sd, c) {
@@ -276,13 +280,7 @@ impl Core {
                     self.proxy_signal("ProxyRemoved", &p, None);
                 }
             }
-            (other, w) => {
-                // Put back what we took: an unknown signal changes nothing.
-                if let (Some(call), Some(p)) = (w, self.proxies.get_mut(id)) {
-                    p.waiting = Some((call, Instant::now()));
-                }
-                log_debug!("Unknown proxy signal {other}, ignored");
-            }
+            _ => {} // Sorted out above.
         }
     }
 

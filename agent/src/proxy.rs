@@ -62,17 +62,8 @@ impl<T> ProxyTable<T> {
                 "{MAX_AGENT_PROXIES} proxies exist on this node already"
             ));
         }
-        let id = self.next_id();
-        self.entries.insert(
-            id,
-            AgentProxy {
-                local_service: local_service.to_string(),
-                node: node.to_string(),
-                unit: unit.to_string(),
-                waiting: Some((call, now + PROXY_START_TIMEOUT)),
-                announced: false,
-            },
-        );
+        let waiting = Some((call, now + PROXY_START_TIMEOUT));
+        let id = self.insert(local_service, node, unit, waiting);
         Ok(Created { id, replaced })
     }
 
@@ -82,6 +73,16 @@ impl<T> ProxyTable<T> {
         if self.find(node, unit).is_some() || self.entries.len() >= MAX_AGENT_PROXIES {
             return None;
         }
+        Some(self.insert(local_service, node, unit, None))
+    }
+
+    fn insert(
+        &mut self,
+        local_service: &str,
+        node: &str,
+        unit: &str,
+        waiting: Option<(T, Instant)>,
+    ) -> u32 {
         let id = self.next_id();
         self.entries.insert(
             id,
@@ -89,11 +90,11 @@ impl<T> ProxyTable<T> {
                 local_service: local_service.to_string(),
                 node: node.to_string(),
                 unit: unit.to_string(),
-                waiting: None,
+                waiting,
                 announced: false,
             },
         );
-        Some(id)
+        id
     }
 
     /// Ids wrap and skip ids in use (the table is bounded, so one is always free).

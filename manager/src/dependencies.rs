@@ -197,3 +197,161 @@ impl Manager {
         self.signal_node(idx, msg);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::events::LinkHandle;
+    use crate::state::Manager;
+    use dbus::Message;
+    use hirte_common::bounds::{DEP_START_TIMEOUT, MAX_FRAME_SIZE};
+    use hirte_common::config::ManagerConfig;
+    use hirte_common::frame::FrameDecoder;
+    use hirte_common::handshake::register_call;
+    use hirte_common::protocol;
+    use hirte_common::stream::Peer;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const PROXY: &str = "/org/containers/hirte/internal/proxy/1";
+
+    /// Nodes `a` (may depend on `b`), `b` and `c`, all registered; links 1, 2, 3.
+    fn cluster() -> (Manager, Vec<Arc<LinkHandle>>) {
+        let text = "[hirte]\nAllowedNodeNames=a,b,c\nNodeHeartbeatThreshold=1h\n\
+                    [node a]\nAllowDependenciesOn=b\n";
+        let mut cfg = ManagerConfig::default();
+        for e in hirte_common::config::parse_text(text, "hirte.conf", "hirte").unwrap() {
+            cfg.apply(&e).unwrap();
+        }
+        let mut m = Manager::new(cfg);
+        let mut links = Vec::new();
+        for (id, name) in [(1, "a"), (2, "b"), (3, "c")] {
+            let h = LinkHandle::new(id, Peer::Unix).unwrap();
+            m.on_register(h.clone(), name, &register(name));
+            links.push(h);
+        }
+        for h in &links {
+            sent(h); // the Register answers and subscriptions
+        }
+        (m, links)
+    }
+
+    fn register(name: &str) -> Message {
+        let mut r = register_call(name).unwrap();
+        r.set_serial(1);
+        r
+    }
+
+    /// What the manager queued for one link since the last look.
+    fn sent(h: &LinkHandle) -> Vec<Message> {
+        let mut d = FrameDecoder::new(MAX_FRAME_SIZE);
+        while let Some(bytes) = h.queue.try_pop() {
+            d.push(&bytes).unwrap();
+        }
+        std::iter::from_fn(|| d.next_message().unwrap()).collect()
+    }
+
+    fn member(m: &Message) -> String {
+        m.member().map(|s| s.to_string()).unwrap_or_default()
+    }
+
+    fn from_agent(member: &str) -> Message {
+        Message::new_signal(
+            protocol::INTERNAL_AGENT_PATH,
+            protocol::INTERNAL_AGENT_IFACE,
+            member,
+        )
+        .unwrap()
+    }
+
+    fn proxy_new(target: &str, unit: &str) -> Message {
+        from_agent("ProxyNew").append3(target, unit, dbus::Path::new(PROXY).unwrap())
+    }
+
+    fn start_dep_of(msgs: &[Message]) -> &Message {
+        msgs.iter()
+            .find(|m| member(m) == "StartDep")
+            .expect("a StartDep call")
+    }
+
+    // [utest->req~proxy.refcount~1]
+    #[test]
+    fn start_dep_answer_makes_the_proxy_ready_and_last_release_stops_the_anchor() {
+        let (mut m, links) = cluster();
+        m.on_frame(1, proxy_new("b", "db.service"));
+        let to_b = sent(&links[1]);
+        let start = start_dep_of(&to_b);
+        assert_eq!(start.read1::<&str>().unwrap(), "db.service");
+        assert!(to_b.iter().any(|m| member(m) == "Subscribe"));
+        let mut answer = start.method_return();
+        answer.set_serial(99);
+        m.on_frame(2, answer);
+        let to_a = sent(&links[0]);
+        assert_eq!(to_a.len(), 1);
+        assert_eq!(member(&to_a[0]), "Ready");
+        assert_eq!(to_a[0].path().unwrap().to_string(), PROXY);
+        // The target really stops: the started proxy is told.
+        let stopped = from_agent("UnitStateChanged").append3("db.service", "failed", "failed");
+        m.on_frame(2, stopped.append1("real"));
+        let to_a = sent(&links[0]);
+        assert_eq!(member(&to_a[0]), "TargetStopped");
+        assert_eq!(to_a[0].read1::<&str>().unwrap(), "failed");
+        // Released: StopDep, and the watch ends.
+        m.on_frame(1, from_agent("ProxyRemoved").append2("b", "db.service"));
+        let to_b: Vec<String> = sent(&links[1]).iter().map(member).collect();
+        assert!(to_b.contains(&"StopDep".to_string()), "{to_b:?}");
+        assert!(to_b.contains(&"Unsubscribe".to_string()), "{to_b:?}");
+    }
+
+    // [utest->req~proxy.allow~1]
+    #[test]
+    fn proxies_outside_allow_dependencies_on_are_refused_with_a_reason() {
+        let (mut m, links) = cluster();
+        for (from, target, unit) in [
+            (3, "b", "db.service"), // c may not depend on anything
+            (1, "c", "db.service"), // a may depend on b only
+            (1, "zz", "db.service"),
+            (1, "b", "db.socket"),
+        ] {
+            m.on_frame(from, proxy_new(target, unit));
+            let back = sent(&links[usize::try_from(from - 1).unwrap()]);
+            assert_eq!(back.len(), 1, "{target} {unit}");
+            assert_eq!(member(&back[0]), "Error");
+            let why: &str = back[0].read1().unwrap();
+            assert!(!why.is_empty());
+            assert!(sent(&links[1]).iter().all(|m| member(m) != "StartDep"));
+        }
+    }
+
+    // [utest->req~proxy.refcount~1]
+    #[test]
+    fn start_dep_unanswered_past_its_deadline_fails_the_waiting_proxy() {
+        let (mut m, links) = cluster();
+        m.on_frame(1, proxy_new("b", "db.service"));
+        sent(&links[1]);
+        m.tick(Instant::now() + DEP_START_TIMEOUT - Duration::from_secs(1));
+        assert!(sent(&links[0]).is_empty());
+        m.tick(Instant::now() + DEP_START_TIMEOUT + Duration::from_secs(1));
+        let to_a = sent(&links[0]);
+        assert_eq!(to_a.len(), 1);
+        assert_eq!(member(&to_a[0]), "Error");
+        let why: &str = to_a[0].read1().unwrap();
+        assert!(why.contains("did not answer StartDep"), "{why}");
+    }
+
+    // [utest->req~proxy.refcount~1]
+    #[test]
+    fn an_offline_requester_releases_and_an_offline_target_is_started_on_return() {
+        let (mut m, links) = cluster();
+        m.on_frame(1, proxy_new("b", "db.service"));
+        sent(&links[1]);
+        // The target drops: the waiting proxy waits, no error.
+        m.node_offline(1, "test");
+        assert!(sent(&links[0]).is_empty());
+        let b = LinkHandle::new(4, Peer::Unix).unwrap();
+        m.on_register(b.clone(), "b", &register("b"));
+        start_dep_of(&sent(&b));
+        // The requester drops: nothing needs the unit, the anchor is stopped.
+        m.node_offline(0, "test");
+        assert!(sent(&b).iter().any(|m| member(m) == "StopDep"));
+    }
+}

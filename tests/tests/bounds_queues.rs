@@ -12,15 +12,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::ErrorKind;
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::*;
 use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::{CORE_QUEUE_DEPTH, LINK_OUTBOUND_DEPTH, MAX_FRAME_SIZE};
-use hirte_common::frame::{encode_message, FrameDecoder};
+use hirte_common::frame::encode_message;
 use hirte_common::protocol;
 use hirte_tests::{Cluster, ClusterSpec, Signal, MANAGER_PORT};
 
@@ -291,8 +291,7 @@ fn bounds_queues_manager_core_queue_full_closes_the_flooding_link() {
 
 /// The manager's end of one agent connection, played by the test.
 struct FakeManager {
-    stream: TcpStream,
-    decoder: FrameDecoder,
+    link: RawLink,
 }
 
 impl FakeManager {
@@ -311,8 +310,7 @@ impl FakeManager {
         };
         stream.set_nonblocking(false).unwrap();
         let mut fm = FakeManager {
-            stream,
-            decoder: FrameDecoder::new(MAX_FRAME_SIZE),
+            link: RawLink::from_stream(stream),
         };
         let register = fm.read(deadline).expect("Register");
         assert_eq!(register.member().as_deref(), Some("Register"));
@@ -320,30 +318,13 @@ impl FakeManager {
         fm
     }
 
-    fn send(&mut self, mut msg: Message, serial: u32) -> std::io::Result<()> {
-        msg.set_serial(serial);
-        self.stream
-            .write_all(&encode_message(&msg, MAX_FRAME_SIZE).unwrap())
+    fn send(&mut self, msg: Message, serial: u32) -> std::io::Result<()> {
+        self.link.send_msg(msg, serial)
     }
 
     fn read(&mut self, deadline: Instant) -> Option<Message> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            if let Some(m) = self.decoder.next_message().unwrap() {
-                return Some(m);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => self.decoder.push(&buf[..n]).unwrap(),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return None,
-            }
-        }
+        self.link
+            .read_msg(deadline.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -410,7 +391,7 @@ fn bounds_queues_agent_core_queue_full_drops_the_link_and_reconnects() {
     let t0 = Instant::now();
     // Kept open until the agent drops it (closing it would end the link before the bound).
     let writer = std::thread::spawn(move || {
-        let _ = fm.stream.write_all(&flood); // fails once the agent drops the link
+        let _ = fm.link.send_raw(&flood); // fails once the agent drops the link
         fm
     });
     let gave_up = c.wait_for("the agent to give the link up", SOON, || {

@@ -255,6 +255,11 @@ impl RawLink {
             .unwrap()
             .unwrap_or_else(|e| panic!("connecting to the manager from {from}: {e}"));
         stream.set_nodelay(true).unwrap();
+        RawLink::from_stream(stream)
+    }
+
+    /// Either end of a link: a connection the test made or accepted.
+    pub fn from_stream(stream: TcpStream) -> RawLink {
         RawLink {
             stream,
             decoder: FrameDecoder::new(MAX_FRAME_SIZE),
