@@ -16,6 +16,7 @@ use dbus::blocking::Connection;
 use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::{CORE_TICK, MAX_AGENT_JOBS, MAX_AGENT_SUBSCRIPTIONS, MAX_FRAME_SIZE};
+use hirte_common::bus::{BusWriter, WRITE_RETRY};
 use hirte_common::config::{config_dir, AgentConfig};
 use hirte_common::frame::SharedSerials;
 use hirte_common::notify;
@@ -99,6 +100,8 @@ pub struct Core {
     pub(crate) proxies: ProxyTable<Message>,
     /// Whether the link to the manager is up (proxies are announced only then).
     pub(crate) linked: bool,
+    /// Writes to the node's bus never block the core; a stalled bus counts as lost.
+    bus_writer: BusWriter,
     pub reload: Arc<AtomicBool>,
     pub extra_config: Option<PathBuf>,
 }
@@ -173,6 +176,7 @@ impl Core {
             local,
             proxies: ProxyTable::default(),
             linked: false,
+            bus_writer: BusWriter::default(),
             reload: Arc::new(AtomicBool::new(false)),
             extra_config: None,
         }
@@ -240,6 +244,7 @@ impl Core {
     /// Continues on a new connection to the node's bus.
     pub fn attach(&mut self, sd: Connection, local: LocalApi) {
         self.sd = sd;
+        self.bus_writer = BusWriter::default();
         self.local = local;
     }
 
@@ -249,7 +254,12 @@ impl Core {
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload_config();
             }
-            poll_readable([bus_fd(&self.sd), self.events.wake_fd()], CORE_TICK)
+            let tick = if self.sd.channel().has_messages_to_send() {
+                WRITE_RETRY
+            } else {
+                CORE_TICK
+            };
+            poll_readable([bus_fd(&self.sd), self.events.wake_fd()], tick)
                 .map_err(|e| format!("poll failed: {e}"))?;
             if self.sd.channel().read_write(Some(Duration::ZERO)).is_err() {
                 return Ok(Exit::BusLost(
@@ -290,7 +300,10 @@ impl Core {
             self.expire_execs();
             self.expire_proxies();
             self.flush_retry();
-            self.sd.channel().flush();
+            // [impl->req~bounds.bus-write~1]
+            if let Err(e) = self.bus_writer.pump(&self.sd) {
+                return Ok(Exit::BusLost(e));
+            }
         }
         log_info!("Shutting down");
         notify::stopping();

@@ -46,6 +46,10 @@ pub const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of one TCP connect attempt by the agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Messages waiting for a bus that takes none of them for this long mean the bus stalled:
+/// the manager exits (systemd restarts it), the agent reconnects to its bus.
+pub const BUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Timeout of one D-Bus call from the agent to systemd.
 pub const SYSTEMD_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 

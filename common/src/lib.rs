@@ -6,6 +6,7 @@
 //! live here too, so the safety case can list them from one place.
 
 pub mod bounds;
+pub mod bus;
 pub mod config;
 pub mod frame;
 pub mod handshake;

@@ -10,6 +10,7 @@ use crate::state::{lock, monitor_path, ObjectOp, Shared};
 use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_TICK;
+use hirte_common::bus::{flush_within, BusWriter, WRITE_RETRY};
 use hirte_common::config::{config_dir, ManagerConfig};
 use hirte_common::notify;
 use hirte_common::protocol::{error, signature_of};
@@ -48,11 +49,16 @@ pub struct Core {
     pub signatures: crate::api::Signatures,
     /// The `-c` file, re-read with the defaults on SIGHUP.
     pub extra_config: Option<PathBuf>,
+    /// Bus writes never block the core; a bus that stops reading ends it (`BusWriter`).
+    pub bus_writer: BusWriter,
 }
 
 /// How long SIGTERM waits for jobs in flight to finish before cancelling them.
 // [impl->req~manager.sigterm~1]
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the last answers may take to reach the bus at exit.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 impl Core {
     pub fn run(&mut self) -> Result<(), CoreError> {
@@ -75,13 +81,16 @@ impl Core {
                     log_info!("Shutting down");
                     self.guarded("shutdown", |core| lock(&core.model).shutdown());
                     self.apply_effects();
-                    self.conn.channel().flush();
+                    flush_within(&self.conn, SHUTDOWN_FLUSH);
                     return Ok(());
                 }
             }
-            let timeout = lock(&self.model)
+            let mut timeout = lock(&self.model)
                 .next_deadline(Instant::now())
                 .map_or(CORE_TICK, |d| d.min(CORE_TICK));
+            if self.conn.channel().has_messages_to_send() {
+                timeout = timeout.min(WRITE_RETRY);
+            }
             self.wait(timeout)?;
             self.conn
                 .channel()
@@ -117,7 +126,8 @@ impl Core {
             }
             self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
             self.apply_effects();
-            self.conn.channel().flush();
+            // [impl->req~bounds.bus-write~1]
+            self.bus_writer.pump(&self.conn).map_err(CoreError::Bus)?;
         }
     }
 

@@ -163,6 +163,7 @@ fn run(cli: Cli) -> Result<(), String> {
         reload,
         signatures,
         extra_config: cli.config.clone(),
+        bus_writer: Default::default(),
     };
     let result = core.run().map_err(|e| e.to_string());
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
