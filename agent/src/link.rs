@@ -17,7 +17,7 @@ use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::LinkStream;
 use hirte_common::wait::{now_realtime_us, poll_readable};
 use hirte_common::{log_debug, log_error, log_info, log_warn};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -228,18 +228,30 @@ impl Link {
             .map_err(|e| LinkError::Protocol(e.to_string()))?;
         let serial = call.get_serial();
         Self::write(stream, &bytes)?;
-        stream
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(LinkError::Io)?;
         let mut decoder = FrameDecoder::new(MAX_FRAME_SIZE);
         let mut buf = vec![0u8; READ_CHUNK];
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         let mut s = stream;
+        let no_answer = || {
+            LinkError::Protocol(format!(
+                "no answer to Register within {}",
+                hirte_common::timespan::format_timespan(HANDSHAKE_TIMEOUT)
+            ))
+        };
         loop {
-            if Instant::now() >= deadline {
-                return Err(LinkError::Protocol("no answer to Register".to_string()));
+            // Each read waits only for what is left of the handshake's time.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(no_answer());
             }
-            let n = s.read(&mut buf).map_err(LinkError::Io)?;
+            stream.set_read_timeout(Some(left)).map_err(LinkError::Io)?;
+            let n = match s.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(no_answer())
+                }
+                Err(e) => return Err(LinkError::Io(e)),
+            };
             if n == 0 {
                 return Err(LinkError::Protocol(
                     "manager closed the connection".to_string(),

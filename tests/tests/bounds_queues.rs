@@ -510,3 +510,43 @@ fn bounds_queues_agent_core_queue_full_drops_the_link_and_reconnects() {
          answering again {back:?} after systemd resumed"
     );
 }
+
+// ---- agent handshake -----------------------------------------------------------------------
+
+// [itest->req~agent.register~1]
+#[test]
+fn bounds_queues_agent_gives_up_on_an_unanswered_register_after_the_handshake_timeout() {
+    if !hirte_tests::require_root(
+        "bounds_queues_agent_gives_up_on_an_unanswered_register_after_the_handshake_timeout",
+    ) {
+        return;
+    }
+    let mut spec = ClusterSpec::new(&["primary", "n1"]);
+    spec.start_manager = false;
+    spec.start_agents = false;
+    let mut c = Cluster::start(spec).unwrap();
+    let ip = c.node_ip("primary").unwrap();
+    let listener = c
+        .in_node_net("primary", move || {
+            TcpListener::bind((ip.as_str(), MANAGER_PORT))
+        })
+        .unwrap()
+        .unwrap();
+    c.start_agent("n1").unwrap();
+    // A "manager" that accepts and reads the Register, and never answers it.
+    listener.set_nonblocking(false).unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    let mut silent = RawLink::from_stream(stream);
+    let register = silent.read_msg(SOON).expect("Register");
+    assert_eq!(register.member().as_deref(), Some("Register"));
+    let t0 = Instant::now();
+    wait_agent_log(&c, "n1", "the handshake timeout", |l| {
+        l.contains("no answer to Register within 5s")
+    });
+    let after = t0.elapsed();
+    assert!(
+        after >= Duration::from_secs(4) && after < Duration::from_secs(15),
+        "gave up after {after:?}"
+    );
+    eprintln!("FIGURE agent handshake: unanswered Register given up after {after:?}");
+}
