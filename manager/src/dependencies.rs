@@ -322,6 +322,29 @@ mod tests {
         }
     }
 
+    // [utest->req~proxy.allow~1]
+    #[test]
+    fn malformed_proxy_signals_are_logged_and_change_nothing() {
+        let (mut m, links) = cluster();
+        m.on_frame(1, from_agent("ProxyNew").append2("b", "db.service"));
+        m.on_frame(
+            1,
+            from_agent("ProxyNew").append3("b", "db.service", "/not/an/object"),
+        );
+        let elsewhere = dbus::Path::new("/org/containers/hirte/elsewhere").unwrap();
+        m.on_frame(
+            1,
+            from_agent("ProxyNew").append3("b", "db.service", elsewhere),
+        );
+        m.on_frame(1, from_agent("ProxyNew").append3(1u32, 2u32, 3u32));
+        m.on_frame(1, from_agent("ProxyRemoved").append1(7u32));
+        m.on_frame(1, from_agent("ProxyRemoved").append2("b", "never.service"));
+        for h in &links {
+            assert!(sent(h).is_empty());
+        }
+        assert!(m.proxies.needed_on("b").is_empty());
+    }
+
     // [utest->req~proxy.refcount~1]
     #[test]
     fn start_dep_unanswered_past_its_deadline_fails_the_waiting_proxy() {
