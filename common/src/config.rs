@@ -957,6 +957,26 @@ mod tests {
         assert_eq!(e.to_string(), "agent.conf:2: unknown section [node a]");
     }
 
+    // [utest->req~config.agent-keys~1]
+    #[test]
+    fn manager_heartbeat_threshold_must_exceed_the_interval() {
+        let text = "[hirte-agent]\nNodeName=n\nHeartbeatInterval=5s\nManagerHeartbeatThreshold=";
+        for (threshold, ok) in [("5s", false), ("4s", false), ("5100ms", true)] {
+            let c = agent(&format!("{text}{threshold}\n")).unwrap();
+            let r = c.validate();
+            assert_eq!(r.is_ok(), ok, "{threshold}: {r:?}");
+            if let Err(e) = r {
+                assert_eq!(
+                    e.to_string(),
+                    "invalid configuration: ManagerHeartbeatThreshold must be longer than HeartbeatInterval"
+                );
+            }
+        }
+        // The default (3 x HeartbeatInterval) always is.
+        let c = agent("[hirte-agent]\nNodeName=n\nHeartbeatInterval=1h\n").unwrap();
+        assert!(c.validate().is_ok());
+    }
+
     // [utest->req~config.errors~1]
     #[test]
     fn errors_name_file_line_and_key() {

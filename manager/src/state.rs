@@ -1406,6 +1406,38 @@ mod tests {
         assert_eq!(error_of(ctx), error::OFFLINE);
     }
 
+    // [utest->req~bounds.queues~1]
+    #[test]
+    fn a_call_to_a_node_whose_link_queue_is_full_gets_busy() {
+        use hirte_common::bounds::LINK_OUTBOUND_DEPTH;
+        let mut m = manager();
+        let h = LinkHandle::new(1, hirte_common::stream::Peer::Unix).unwrap();
+        let mut reg = hirte_common::handshake::register_call("n1").unwrap();
+        reg.set_serial(1);
+        m.on_register(h.clone(), "n1", &reg);
+        // The connection thread is stuck writing: nothing leaves the queue.
+        let mut serial = 100;
+        while h.queue.len() < LINK_OUTBOUND_DEPTH {
+            let sig = Message::new_signal("/a", "a.b", "C").unwrap();
+            h.send(sig, serial).unwrap();
+            serial += 1;
+        }
+        let mut ctx = m
+            .relay(0, "ListUnits", |_| {}, call("ListUnits"))
+            .expect("an immediate answer");
+        let sink = VecSender(RefCell::new(Vec::new()));
+        ctx.flush_messages(&sink).unwrap();
+        let mut reply = sink.0.into_inner().remove(0);
+        let err = reply.as_result().unwrap_err();
+        assert_eq!(err.name(), Some(error::BUSY));
+        assert_eq!(
+            err.message(),
+            Some("link to node 'n1' is congested; try again later")
+        );
+        // Nothing was left waiting for an answer that cannot come.
+        assert!(m.is_idle());
+    }
+
     // [utest->req~manager.status~1]
     #[test]
     fn status_without_nodes_online_is_down() {

@@ -179,15 +179,6 @@ fn bus_daemon_pid(c: &Cluster) -> i32 {
     panic!("no dbus-daemon for {dir}");
 }
 
-fn heartbeat() -> Message {
-    Message::new_signal(
-        protocol::INTERNAL_AGENT_PATH,
-        protocol::INTERNAL_AGENT_IFACE,
-        "Heartbeat",
-    )
-    .unwrap()
-}
-
 // [itest->req~bounds.bus-write~1]
 #[test]
 fn bounds_queues_manager_stalled_bus_never_stops_the_core_and_ends_it_after_the_timeout() {

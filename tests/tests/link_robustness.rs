@@ -35,15 +35,6 @@ fn manager_still_serves(c: &Cluster, after: &str) {
     assert!(units.contains("default.target"), "{units}");
 }
 
-fn heartbeat_signal() -> Message {
-    Message::new_signal(
-        "/org/containers/hirte/internal/agent",
-        "org.containers.hirte.internal.Agent",
-        "Heartbeat",
-    )
-    .unwrap()
-}
-
 fn frame_of(payload: &[u8]) -> Vec<u8> {
     let mut v = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
     v.extend_from_slice(payload);
@@ -127,7 +118,7 @@ fn link_bad_frames_close_only_that_connection() {
 
     // First message not Register: a signal is dropped with the link; a call gets an error first.
     let mut raw = RawLink::connect(&c, "agent1");
-    raw.send_msg(heartbeat_signal(), 1).unwrap();
+    raw.send_msg(heartbeat(), 1).unwrap();
     assert!(
         raw.closed_within(SOON),
         "Heartbeat before Register: left open"
@@ -233,7 +224,7 @@ fn link_registered_raw_peer_heartbeat_second_register_silence_and_oversize() {
     assert_eq!(ip, "10.200.0.3");
 
     // The manager echoes a heartbeat.
-    raw.send_msg(heartbeat_signal(), 2).unwrap();
+    raw.send_msg(heartbeat(), 2).unwrap();
     let echo = raw.read_msg(SOON).expect("heartbeat echo");
     assert_eq!(echo.msg_type(), dbus::message::MessageType::Signal);
     assert_eq!(echo.member().as_deref(), Some("Heartbeat"));

@@ -331,6 +331,16 @@ impl RawLink {
     }
 }
 
+/// An agent's `Heartbeat` signal, as a raw link sends it.
+pub fn heartbeat() -> Message {
+    Message::new_signal(
+        "/org/containers/hirte/internal/agent",
+        "org.containers.hirte.internal.Agent",
+        "Heartbeat",
+    )
+    .unwrap()
+}
+
 /// The name of an error reply, `None` if the message is not an error.
 pub fn error_name(mut m: Message) -> Option<String> {
     if m.msg_type() != dbus::message::MessageType::Error {
