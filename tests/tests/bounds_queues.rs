@@ -354,6 +354,25 @@ fn bounds_queues_manager_core_queue_full_closes_the_flooding_link() {
 
 // ---- agent core queue ------------------------------------------------------------------
 
+/// Node "n1"'s agent, started towards a listener the test holds on the manager's address
+/// (no manager runs).
+fn agent_with_fake_manager(agent_conf: &str) -> (Cluster, TcpListener) {
+    let mut spec = ClusterSpec::new(&["primary", "n1"]);
+    spec.start_manager = false;
+    spec.start_agents = false;
+    spec.agent_conf = agent_conf.to_string();
+    let mut c = Cluster::start(spec).unwrap();
+    let ip = c.node_ip("primary").unwrap();
+    let listener = c
+        .in_node_net("primary", move || {
+            TcpListener::bind((ip.as_str(), MANAGER_PORT))
+        })
+        .unwrap()
+        .unwrap();
+    c.start_agent("n1").unwrap();
+    (c, listener)
+}
+
 /// The manager's end of one agent connection, played by the test.
 struct FakeManager {
     link: RawLink,
@@ -418,20 +437,8 @@ fn bounds_queues_agent_core_queue_full_drops_the_link_and_reconnects() {
     }
     // The test plays the manager: the real one never has more than
     // MAX_PENDING_CALLS_PER_NODE (128) calls out to a node, far below the queue's 4,096.
-    let mut spec = ClusterSpec::new(&["primary", "n1"]);
-    spec.start_manager = false;
-    spec.start_agents = false;
     // The fake manager echoes no heartbeats; only the full queue may end the link.
-    spec.agent_conf = "ManagerHeartbeatThreshold=1min\n".into();
-    let mut c = Cluster::start(spec).unwrap();
-    let ip = c.node_ip("primary").unwrap();
-    let listener = c
-        .in_node_net("primary", move || {
-            TcpListener::bind((ip.as_str(), MANAGER_PORT))
-        })
-        .unwrap()
-        .unwrap();
-    c.start_agent("n1").unwrap();
+    let (c, listener) = agent_with_fake_manager("ManagerHeartbeatThreshold=1min\n");
     let mut fm = FakeManager::accept(&listener, SOON);
     wait_agent_log(&c, "n1", "the registration", |l| {
         l.contains("Connected to manager at")
@@ -512,18 +519,7 @@ fn bounds_queues_agent_gives_up_on_an_unanswered_register_after_the_handshake_ti
     ) {
         return;
     }
-    let mut spec = ClusterSpec::new(&["primary", "n1"]);
-    spec.start_manager = false;
-    spec.start_agents = false;
-    let mut c = Cluster::start(spec).unwrap();
-    let ip = c.node_ip("primary").unwrap();
-    let listener = c
-        .in_node_net("primary", move || {
-            TcpListener::bind((ip.as_str(), MANAGER_PORT))
-        })
-        .unwrap()
-        .unwrap();
-    c.start_agent("n1").unwrap();
+    let (c, listener) = agent_with_fake_manager("");
     // A "manager" that accepts and reads the Register, and never answers it.
     listener.set_nonblocking(false).unwrap();
     let (stream, _) = listener.accept().unwrap();
