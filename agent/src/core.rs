@@ -152,6 +152,16 @@ fn job_verb(member: &str) -> &'static str {
     }
 }
 
+/// A call to answer later (`Exec`, `StartDep`, `CreateProxy`). A copy loses its serial;
+/// the answer must name the original call's.
+pub(crate) fn keep_call(msg: &Message) -> Result<Message, CallError> {
+    let mut copy = msg.duplicate().map_err(bad_args)?;
+    if let Some(serial) = msg.get_serial() {
+        copy.set_serial(serial);
+    }
+    Ok(copy)
+}
+
 pub(crate) fn bad_args(e: impl std::fmt::Display) -> CallError {
     CallError::new(error::INVALID_ARGS, e.to_string())
 }
@@ -651,10 +661,7 @@ impl Core {
                 let (unit, mode, id) = msg.read3::<&str, &str, u32>().map_err(bad_args)?;
                 self.check_job_room()?;
                 let call = systemd::manager_call(member)?.append2(unit, mode);
-                let path = systemd::call(&self.sd, call)?
-                    .read1::<dbus::Path>()
-                    .map_err(bad_args)?
-                    .to_string();
+                let path = systemd::job_call(&self.sd, call)?;
                 log_fields!(
                     Info,
                     [("UNIT", unit), ("JOB", id.to_string().as_str())],
@@ -683,10 +690,7 @@ impl Core {
                 };
                 let mut call = systemd::manager_call(member)?;
                 call.append_items(&items);
-                let path = systemd::call(&self.sd, call)?
-                    .read1::<dbus::Path>()
-                    .map_err(bad_args)?
-                    .to_string();
+                let path = systemd::job_call(&self.sd, call)?;
                 log_fields!(
                     Info,
                     [("UNIT", unit.as_str())],
@@ -853,15 +857,8 @@ impl Core {
         let call =
             systemd::manager_call("StartTransientUnit")?.append3(unit.as_str(), "fail", props);
         let call = call.append1(aux);
-        let path = systemd::call(&self.sd, call)?
-            .read1::<dbus::Path>()
-            .map_err(bad_args)?
-            .to_string();
-        // A copy loses its serial; the answer must name the original call's.
-        let mut call_copy = msg.duplicate().map_err(bad_args)?;
-        if let Some(serial) = msg.get_serial() {
-            call_copy.set_serial(serial);
-        }
+        let path = systemd::job_call(&self.sd, call)?;
+        let call_copy = keep_call(msg)?;
         log_info!("Exec '{}' as {unit}", argv.join(" "));
         self.record_job(
             path,

@@ -2,7 +2,7 @@
 //! calls of `hirte-proxy@` units, the manager's news about their targets, and the
 //! `hirte-dep@` anchors the manager asks this node to hold for proxies elsewhere.
 
-use crate::core::{bad_args, error_reply, Core, JobKind};
+use crate::core::{bad_args, error_reply, keep_call, Core, JobKind};
 use crate::proxy::AgentProxy;
 use crate::systemd::{self, CallError};
 use crate::watch;
@@ -11,7 +11,7 @@ use dbus::Message;
 use hirte_common::names::{
     split_proxy_instance, validate_node_name, validate_proxy_target, MAX_UNIT_NAME_LEN,
 };
-use hirte_common::protocol::{error, signature_of, UnitRow, DEP_TEMPLATE, PROXY_TEMPLATE};
+use hirte_common::protocol::{error, UnitRow, DEP_TEMPLATE, PROXY_TEMPLATE};
 use hirte_common::timespan::format_timespan;
 use hirte_common::{log_debug, log_info, log_warn};
 use std::time::Instant;
@@ -62,10 +62,8 @@ impl Core {
     // [impl->req~proxy.agent-api~1]
     pub(crate) fn on_local_proxy_call(&mut self, msg: &Message) {
         let member = msg.member().map(|m| m.to_string()).unwrap_or_default();
-        let args = match signature_of(msg).as_str() {
-            "sss" => msg.read3::<String, String, String>().map_err(bad_args),
-            got => Err(bad_args(format!("{member} takes (sss), got ({got})"))),
-        };
+        let args = Self::expect_signature(msg, &member, "sss")
+            .and_then(|()| msg.read3::<String, String, String>().map_err(bad_args));
         let checked = args.and_then(|(service, node, unit)| {
             validate_local_service(&service).map_err(bad_args)?;
             validate_node_name(&node).map_err(|e| bad_args(format!("'{node}': {e}")))?;
@@ -85,13 +83,9 @@ impl Core {
             self.answer_local(msg, Some(msg.method_return()));
             return;
         }
-        // A copy loses its serial; the answer must name the original call's.
-        let Ok(mut call) = msg.duplicate() else {
+        let Ok(call) = keep_call(msg) else {
             return;
         };
-        if let Some(serial) = msg.get_serial() {
-            call.set_serial(serial);
-        }
         let created = match self
             .proxies
             .create(&service, &node, &unit, call, Instant::now())
@@ -291,14 +285,8 @@ impl Core {
         let anchor = anchor_of(unit)?;
         self.check_job_room()?;
         let call = systemd::manager_call("StartUnit")?.append2(anchor.as_str(), "replace");
-        let path = systemd::call(&self.sd, call)?
-            .read1::<dbus::Path>()
-            .map_err(bad_args)?
-            .to_string();
-        let mut copy = msg.duplicate().map_err(bad_args)?;
-        if let Some(serial) = msg.get_serial() {
-            copy.set_serial(serial);
-        }
+        let path = systemd::job_call(&self.sd, call)?;
+        let copy = keep_call(msg)?;
         log_info!("Starting {anchor}: {unit} is needed by another node");
         let kind = JobKind::Dep {
             call: copy,

@@ -252,14 +252,7 @@ impl Link {
                 }
                 Err(e) => return Err(LinkError::Io(e)),
             };
-            if n == 0 {
-                return Err(LinkError::Protocol(
-                    "manager closed the connection".to_string(),
-                ));
-            }
-            decoder
-                .push(buf.get(..n).unwrap_or_default())
-                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            Self::take(&mut decoder, buf.get(..n).unwrap_or_default())?;
             if let Some(mut reply) = decoder
                 .next_message()
                 .map_err(|e| LinkError::Protocol(e.to_string()))?
@@ -352,16 +345,21 @@ impl Link {
             }
             let mut s = stream;
             let n = s.read(&mut buf).map_err(LinkError::Io)?;
-            if n == 0 {
-                return Err(LinkError::Protocol(
-                    "manager closed the connection".to_string(),
-                ));
-            }
-            decoder
-                .push(buf.get(..n).unwrap_or_default())
-                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            Self::take(&mut decoder, buf.get(..n).unwrap_or_default())?;
             self.deliver(&mut decoder, &mut last_rx)?;
         }
+    }
+
+    /// Feeds what one read returned to the decoder; nothing read means the manager closed.
+    fn take(decoder: &mut FrameDecoder, bytes: &[u8]) -> Result<(), LinkError> {
+        if bytes.is_empty() {
+            return Err(LinkError::Protocol(
+                "manager closed the connection".to_string(),
+            ));
+        }
+        decoder
+            .push(bytes)
+            .map_err(|e| LinkError::Protocol(e.to_string()))
     }
 
     /// Hands every complete frame to the core (heartbeat echoes only count as liveness).

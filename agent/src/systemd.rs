@@ -46,6 +46,15 @@ pub fn call(conn: &Connection, msg: Message) -> Result<Message, CallError> {
         .map_err(|e| CallError::from_dbus(&e))
 }
 
+/// Sends a call that queues a job (`StartUnit`, `StartTransientUnit`, ...) and returns the
+/// job's object path, which its `JobRemoved` names.
+pub fn job_call(conn: &Connection, msg: Message) -> Result<String, CallError> {
+    call(conn, msg)?
+        .read1::<dbus::Path>()
+        .map(|p| p.to_string())
+        .map_err(|e| CallError::new(hirte_common::protocol::error::INVALID_ARGS, e.to_string()))
+}
+
 pub fn manager_call(member: &str) -> Result<Message, CallError> {
     Message::new_method_call(DEST, PATH, MANAGER_IFACE, member)
         .map_err(|e| CallError::new("org.freedesktop.DBus.Error.InvalidArgs", e))

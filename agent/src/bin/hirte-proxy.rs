@@ -36,8 +36,7 @@ struct Cli {
 }
 
 // [impl->req~proxy.helper~1]
-fn run(cli: &Cli) -> Result<(), String> {
-    let (node, unit) = split_proxy_instance(&cli.instance)?;
+fn run(cli: &Cli, node: &str, unit: &str) -> Result<(), String> {
     let local_service = format!("{PROXY_TEMPLATE}{}", cli.instance);
     let conn = if cli.user {
         Connection::new_session()
@@ -82,11 +81,14 @@ fn main() -> ExitCode {
         }
     };
     // A malformed instance is a usage error, found before any call.
-    if let Err(e) = split_proxy_instance(&cli.instance) {
-        eprintln!("hirte-proxy: {e}");
-        return ExitCode::from(2);
-    }
-    match run(&cli) {
+    let (node, unit) = match split_proxy_instance(&cli.instance) {
+        Ok(parts) => parts,
+        Err(e) => {
+            eprintln!("hirte-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&cli, node, unit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hirte-proxy: {e}");
