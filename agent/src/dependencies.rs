@@ -2,11 +2,12 @@
 //! calls of `hirte-proxy@` units, the manager's news about their targets, and the
 //! `hirte-dep@` anchors the manager asks this node to hold for proxies elsewhere.
 
-use crate::core::{bad_args, error_reply, keep_call, Core, JobKind};
+use crate::core::{error_reply, keep_call, Core};
+use crate::jobs::JobKind;
+use crate::manager_calls::expect_signature;
 use crate::proxy::AgentProxy;
-use crate::systemd::{self, CallError};
+use crate::systemd::{self, bad_args, CallError, Systemd};
 use crate::watch;
-use dbus::channel::Sender;
 use dbus::Message;
 use hirte_common::names::{
     split_proxy_instance, validate_node_name, validate_proxy_target, MAX_UNIT_NAME_LEN,
@@ -24,24 +25,24 @@ fn anchor_of(unit: &str) -> Result<String, CallError> {
 }
 
 /// The proxy's own unit: a service name, as systemd would accept it.
-fn validate_local_service(name: &str) -> Result<(), String> {
+fn validate_local_service(name: &str) -> Result<(), CallError> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@'));
     if name.len() > MAX_UNIT_NAME_LEN || !ok_chars || !name.ends_with(".service") {
-        return Err(format!("'{name}' is not a service unit name"));
+        return Err(bad_args(format!("'{name}' is not a service unit name")));
     }
     Ok(())
 }
 
-impl Core {
+impl<S: Systemd> Core<S> {
     /// Answers a waiting caller on the node's bus.
     fn answer_local(&self, call: &Message, reply: Option<Message>) {
         if call.get_no_reply() {
             return;
         }
         if let Some(r) = reply {
-            let _ = self.sd.send(r);
+            self.sd.send(r);
         }
     }
 
@@ -62,10 +63,10 @@ impl Core {
     // [impl->req~proxy.agent-api~1]
     pub(crate) fn on_local_proxy_call(&mut self, msg: &Message) {
         let member = msg.member().map(|m| m.to_string()).unwrap_or_default();
-        let args = Self::expect_signature(msg, &member, "sss")
+        let args = expect_signature(msg, &member, "sss")
             .and_then(|()| msg.read3::<String, String, String>().map_err(bad_args));
         let checked = args.and_then(|(service, node, unit)| {
-            validate_local_service(&service).map_err(bad_args)?;
+            validate_local_service(&service)?;
             validate_node_name(&node).map_err(|e| bad_args(format!("'{node}': {e}")))?;
             validate_proxy_target(&unit).map_err(bad_args)?;
             Ok((service, node, unit))
@@ -73,8 +74,8 @@ impl Core {
         let (service, node, unit) = match checked {
             Ok(a) => a,
             Err(e) => {
-                log_warn!("{member} refused: {}", e.message);
-                self.answer_local(msg, error_reply(msg, &e.name, &e.message));
+                log_warn!("{member} refused: {e}");
+                self.answer_local(msg, error_reply(msg, e.name(), &e.to_string()));
                 return;
             }
         };
@@ -91,9 +92,9 @@ impl Core {
             .create(&service, &node, &unit, call, Instant::now())
         {
             Ok(c) => c,
-            Err(why) => {
-                log_warn!("CreateProxy for {unit} on node '{node}' refused: {why}");
-                self.answer_local(msg, error_reply(msg, error::BUSY, &why));
+            Err(full) => {
+                log_warn!("CreateProxy for {unit} on node '{node}' refused: {full}");
+                self.answer_local(msg, error_reply(msg, error::BUSY, &full.to_string()));
                 return;
             }
         };
@@ -116,13 +117,13 @@ impl Core {
             return;
         };
         let call = call.append2(vec!["active"], vec![pattern.as_str()]);
-        let rows = match systemd::call(&self.sd, call).and_then(|r| {
+        let rows = match self.sd.call(call).and_then(|r| {
             r.read1::<Vec<UnitRow>>()
-                .map_err(|e| CallError::new(error::PROTOCOL, e.to_string()))
+                .map_err(|e| CallError::BadReply(e.to_string()))
         }) {
             Ok(rows) => rows,
             Err(e) => {
-                log_warn!("Cannot list active proxies: {}", e.message);
+                log_warn!("Cannot list active proxies: {e}");
                 return;
             }
         };
@@ -264,8 +265,8 @@ impl Core {
                         log_info!("Proxy {}: {what}; stopping the proxy", p.local_service);
                         if let Ok(c) = systemd::manager_call("StopUnit") {
                             let c = c.append2(p.local_service.as_str(), "replace");
-                            if let Err(e) = systemd::call(&self.sd, c) {
-                                log_warn!("Cannot stop {}: {}", p.local_service, e.message);
+                            if let Err(e) = self.sd.call(c) {
+                                log_warn!("Cannot stop {}: {e}", p.local_service);
                             }
                         }
                     }
@@ -283,9 +284,9 @@ impl Core {
     pub(crate) fn start_dep(&mut self, msg: &Message) -> Result<(), CallError> {
         let unit: &str = msg.read1().map_err(bad_args)?;
         let anchor = anchor_of(unit)?;
-        self.check_job_room()?;
+        self.jobs.check_room(&self.node)?;
         let call = systemd::manager_call("StartUnit")?.append2(anchor.as_str(), "replace");
-        let path = systemd::job_call(&self.sd, call)?;
+        let path = self.sd.job_call(call)?;
         let copy = keep_call(msg)?;
         log_info!("Starting {anchor}: {unit} is needed by another node");
         let kind = JobKind::Dep {
@@ -315,7 +316,7 @@ impl Core {
         let unit: &str = msg.read1().map_err(bad_args)?;
         let anchor = anchor_of(unit)?;
         let call = systemd::manager_call("StopUnit")?.append2(anchor.as_str(), "replace");
-        systemd::call(&self.sd, call)?;
+        self.sd.call(call)?;
         log_info!("Stopping {anchor}: no other node needs {unit} any more");
         Ok(())
     }

@@ -1,9 +1,15 @@
 //! `Exec`: runs a command as a transient oneshot unit, so systemd supervises it like any other
 //! service (cgroup, timeout, kill), and returns its exit status with bounded output.
 
+use crate::core::{error_reply, keep_call, Core};
+use crate::jobs::JobKind;
+use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::arg::{RefArg, Variant};
 use dbus::Message;
 use hirte_common::bounds::EXEC_MAX_OUTPUT;
+use hirte_common::log_info;
+use hirte_common::protocol::error;
+use hirte_common::timespan::format_timespan;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -109,6 +115,115 @@ pub fn exit_status(code: i32, status: i32) -> i32 {
         1 => status,
         2 | 3 => 128 + status,
         _ => 255,
+    }
+}
+
+impl<S: Systemd> Core<S> {
+    /// `Exec(argv, timeout_us)`: answered when the command ends.
+    // [impl->req~agent.exec~1]
+    pub(crate) fn start_exec(&mut self, msg: &Message) -> Result<(), CallError> {
+        let (argv, timeout_us) = msg.read2::<Vec<String>, u64>().map_err(bad_args)?;
+        if argv.is_empty() {
+            return Err(bad_args("Exec needs a command"));
+        }
+        if self.jobs.exec_count() >= MAX_AGENT_EXECS {
+            return Err(CallError::Busy(format!(
+                "{MAX_AGENT_EXECS} commands already running on node '{}'",
+                self.node
+            )));
+        }
+        self.jobs.check_room(&self.node)?;
+        let dir = exec_dir();
+        prepare_dir(&dir)
+            .map_err(|e| CallError::ActivationFailed(format!("{}: {e}", dir.display())))?;
+        self.exec_seq += 1;
+        let unit = format!(
+            "hirte-exec-{}-{}.service",
+            std::process::id(),
+            self.exec_seq
+        );
+        let out = dir.join(format!("{unit}.out"));
+        let err = dir.join(format!("{unit}.err"));
+        let timeout = Duration::from_micros(timeout_us.max(1));
+        let props = unit_properties(&argv, &out, &err, timeout);
+        let aux: Vec<(String, Props)> = Vec::new();
+        let call = systemd::manager_call("StartTransientUnit")?
+            .append3(unit.as_str(), "fail", props)
+            .append1(aux);
+        let path = self.sd.job_call(call)?;
+        let call = keep_call(msg)?;
+        log_info!("Exec '{}' as {unit}", argv.join(" "));
+        let pending = PendingExec {
+            call,
+            unit: unit.clone(),
+            out,
+            err,
+            deadline: Instant::now() + timeout + EXEC_GRACE,
+            timeout,
+        };
+        self.record_job(path, &unit, JobKind::Exec(pending));
+        Ok(())
+    }
+
+    /// The service's `Result` (e.g. `timeout`) and its main process' exit code and status.
+    fn service_status(&self, unit: &str) -> Option<(String, i32, i32)> {
+        let path = self.sd.unit_path(unit).ok()?;
+        let get = |p: &str| self.sd.property::<i32>(&path, systemd::SERVICE_IFACE, p);
+        let result = self
+            .sd
+            .property::<String>(&path, systemd::SERVICE_IFACE, "Result")?;
+        Some((result, get("ExecMainCode")?, get("ExecMainStatus")?))
+    }
+
+    pub(crate) fn finish_exec(&mut self, p: PendingExec, result: &str) {
+        let status = match result {
+            "done" | "timeout" => None,
+            _ => self.service_status(&p.unit),
+        };
+        let timed_out =
+            result == "timeout" || status.as_ref().is_some_and(|(r, _, _)| r == "timeout");
+        let reply = if timed_out {
+            let text = format!(
+                "command did not finish within {}",
+                format_timespan(p.timeout)
+            );
+            error_reply(&p.call, error::TIMEOUT, &text)
+        } else {
+            let status = match (result, status) {
+                ("done", _) => 0,
+                (_, Some((_, code, st))) => exit_status(code, st),
+                (_, None) => 255,
+            };
+            let out = take_output(&p.out);
+            let err = take_output(&p.err);
+            Some(p.call.method_return().append3(status, out, err))
+        };
+        // A failed transient unit stays loaded until reset; let systemd forget it.
+        self.sd.call_ignoring(
+            systemd::manager_call("ResetFailedUnit").map(|c| c.append1(p.unit.as_str())),
+        );
+        let _ = std::fs::remove_file(&p.out);
+        let _ = std::fs::remove_file(&p.err);
+        if let Some(r) = reply {
+            self.send(r);
+        }
+    }
+
+    /// Backstop for systemd's own timeout: stop the unit and answer `Timeout`.
+    pub(crate) fn expire_execs(&mut self, now: Instant) {
+        for p in self.jobs.take_expired_execs(now) {
+            let unit = p.unit.as_str();
+            self.sd.call_ignoring(
+                systemd::manager_call("StopUnit").map(|c| c.append2(unit, "replace")),
+            );
+            // The command outlived its timeout and the grace (e.g. it ignores SIGTERM):
+            // it must not outlive its slot in MAX_AGENT_EXECS either.
+            let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
+            self.sd.call_ignoring(
+                systemd::manager_call("KillUnit").map(|c| c.append3(unit, "all", sigkill)),
+            );
+            self.finish_exec(p, "timeout");
+        }
     }
 }
 

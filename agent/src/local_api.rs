@@ -1,6 +1,7 @@
 //! `org.containers.hirte.Agent` on the node's own bus, so local services can ask whether this
 //! node is connected to its manager (as `bluechi-is-online` does).
 
+use crate::systemd::Systemd;
 use dbus::arg::{PropMap, RefArg, Variant};
 use dbus::blocking::Connection;
 use dbus::channel::Sender;
@@ -37,10 +38,9 @@ pub struct LocalApi {
 }
 
 impl LocalApi {
-    /// Exports the object; owning the well-known name is best effort (a missing D-Bus policy
-    /// must not stop the agent from doing its real job).
+    /// The object, ready to answer; `claim_name` makes it reachable under its bus name.
     // [impl->req~agent.local-api~1]
-    pub fn new(sd: &Connection, manager_address: String, last_seen_us: Arc<AtomicU64>) -> Self {
+    pub fn new(manager_address: String, last_seen_us: Arc<AtomicU64>) -> Self {
         let status = Arc::new(Mutex::new(Status {
             manager_address,
             ..Status::default()
@@ -98,6 +98,12 @@ impl LocalApi {
             }
         });
         cr.insert(protocol::MANAGER_PATH, &[token], ());
+        LocalApi { cr, status }
+    }
+
+    /// Owns the well-known name, best effort (a missing D-Bus policy must not stop the agent
+    /// from doing its real job).
+    pub fn claim_name(sd: &Connection) {
         match sd.request_name(protocol::AGENT_BUS_NAME, false, false, true) {
             Ok(dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner) => {
                 log_info!("Serving {} on the node bus", protocol::AGENT_BUS_NAME);
@@ -112,15 +118,14 @@ impl LocalApi {
                 e.message().unwrap_or("unknown error")
             ),
         }
-        LocalApi { cr, status }
     }
 
-    pub fn handle(&mut self, msg: Message, sd: &Connection) {
-        let _ = self.cr.handle_message(msg, sd);
+    pub fn handle(&mut self, msg: Message, sd: &impl Systemd) {
+        let _ = self.cr.handle_message(msg, &BusSender(sd));
     }
 
     /// Records a link state change and announces it.
-    pub fn set_connected(&mut self, sd: &Connection, address: Option<String>) {
+    pub fn set_connected(&mut self, sd: &impl Systemd, address: Option<String>) {
         let connected = address.is_some();
         {
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
@@ -144,7 +149,17 @@ impl LocalApi {
             "org.freedesktop.DBus.Properties",
             "PropertiesChanged",
         ) {
-            let _ = sd.send(sig.append3(protocol::AGENT_IFACE, changed, Vec::<String>::new()));
+            sd.send(sig.append3(protocol::AGENT_IFACE, changed, Vec::<String>::new()));
         }
+    }
+}
+
+/// The node's bus as `dbus-crossroads` sends its answers.
+struct BusSender<'a, S>(&'a S);
+
+impl<S: Systemd> Sender for BusSender<'_, S> {
+    fn send(&self, msg: Message) -> Result<u32, ()> {
+        self.0.send(msg);
+        Ok(0)
     }
 }

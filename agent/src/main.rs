@@ -4,12 +4,20 @@
 
 mod core;
 mod dependencies;
+mod error;
 mod exec;
+mod jobs;
 mod link;
 mod local_api;
+mod manager_calls;
 mod proxy;
 mod systemd;
+#[cfg(test)]
+mod testing;
 mod watch;
+
+use crate::error::AgentError;
+use crate::systemd::SystemdBus;
 
 use clap::Parser;
 use dbus::channel::BusType;
@@ -19,6 +27,7 @@ use hirte_common::frame::SharedSerials;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::open_bus;
 use hirte_common::{log, log_debug, log_info, log_warn};
+use local_api::LocalApi;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,9 +57,8 @@ struct Cli {
     user: bool,
 }
 
-fn load_config(cli: &Cli) -> Result<AgentConfig, String> {
-    let mut cfg =
-        AgentConfig::load(&config_dir(), cli.config.as_deref()).map_err(|e| e.to_string())?;
+fn load_config(cli: &Cli) -> Result<AgentConfig, AgentError> {
+    let mut cfg = AgentConfig::load(&config_dir(), cli.config.as_deref())?;
     let overrides = [
         ("NodeName", &cli.name),
         ("ManagerHost", &cli.host),
@@ -58,38 +66,43 @@ fn load_config(cli: &Cli) -> Result<AgentConfig, String> {
     ];
     for (key, value) in overrides {
         if let Some(v) = value {
-            cfg.apply(&cli_entry(key, v)).map_err(|e| e.to_string())?;
+            cfg.apply(&cli_entry(key, v))?;
         }
     }
     if cfg.node_name.is_empty() {
         // As BlueChi does: the host name is the default node name.
-        let host = nix::unistd::gethostname()
-            .map_err(|e| format!("NodeName is not set and the host name is unknown: {e}"))?;
+        let host = nix::unistd::gethostname().map_err(AgentError::HostNameUnknown)?;
         cfg.apply(&cli_entry("NodeName", &host.to_string_lossy()))
-            .map_err(|e| format!("NodeName is not set and the host name is not usable: {e}"))?;
+            .map_err(AgentError::HostNameUnusable)?;
     }
-    cfg.validate().map_err(|e| e.to_string())?;
+    cfg.validate()?;
     Ok(cfg)
 }
 
 /// Connects to the bus of the systemd instance this agent drives, and subscribes to it.
-fn connect_systemd(user: bool) -> Result<dbus::blocking::Connection, String> {
+fn connect_systemd(user: bool) -> Result<SystemdBus, AgentError> {
     let (sd, which) = if user {
         (open_bus(BusType::Session), "session")
     } else {
         (open_bus(BusType::System), "system")
     };
-    let sd = sd.map_err(|e| {
-        format!(
-            "cannot connect to the {which} bus for systemd: {}",
-            e.message().unwrap_or("unknown error")
-        )
+    let sd = sd.map_err(|e| AgentError::Bus {
+        which,
+        why: e.message().unwrap_or("unknown error").to_string(),
     })?;
-    core::subscribe(&sd)?;
+    let sd = SystemdBus::new(sd);
+    sd.subscribe()?;
     Ok(sd)
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+/// The local status API on the node's bus.
+fn local_api(sd: &SystemdBus, address: &str, last_seen_us: &Arc<AtomicU64>) -> LocalApi {
+    let local = LocalApi::new(address.to_string(), last_seen_us.clone());
+    LocalApi::claim_name(sd.conn());
+    local
+}
+
+fn run(cli: Cli) -> Result<(), AgentError> {
     let cfg = load_config(&cli)?;
     log::init(
         "hirte-agent",
@@ -106,19 +119,18 @@ fn run(cli: Cli) -> Result<(), String> {
     // [impl->req~agent.sigterm~1]
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, shutdown.clone())
-            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        signal_hook::flag::register(sig, shutdown.clone()).map_err(AgentError::Signal)?;
     }
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        .map_err(AgentError::Signal)?;
     let sd = connect_systemd(cli.user)?;
 
-    let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| e.to_string())?);
-    let outbound = Arc::new(BoundedQueue::new(LINK_OUTBOUND_DEPTH).map_err(|e| e.to_string())?);
+    let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(AgentError::Queue)?);
+    let outbound = Arc::new(BoundedQueue::new(LINK_OUTBOUND_DEPTH).map_err(AgentError::Queue)?);
     let last_seen_us = Arc::new(AtomicU64::new(0));
     let manager_address = cfg.manager_address();
-    let local = local_api::LocalApi::new(&sd, manager_address.clone(), last_seen_us.clone());
+    let local = local_api(&sd, &manager_address, &last_seen_us);
     let link = link::Link {
         cfg: cfg.clone(),
         outbound: outbound.clone(),
@@ -128,19 +140,20 @@ fn run(cli: Cli) -> Result<(), String> {
         session: Arc::new(AtomicU64::new(0)),
         last_seen_us: last_seen_us.clone(),
     };
-    let mut core = core::Core::new(sd, cfg.node_name.clone(), &link, local);
+    let channels = core::Channels::of(&link);
+    let mut core = core::Core::new(sd, cfg.node_name.clone(), channels, local);
     core.adopt_running_proxies();
     let link_thread = std::thread::Builder::new()
         .name("link".into())
         .spawn(move || link.run())
-        .map_err(|e| format!("cannot start link thread: {e}"))?;
+        .map_err(AgentError::Thread)?;
     core.reload = reload;
     core.extra_config = cli.config.clone();
     hirte_common::notify::ready(&format!("node '{}'", cfg.node_name));
     let result = loop {
         match core.run() {
             Ok(core::Exit::Shutdown) => break Ok(()),
-            Err(e) => break Err(e),
+            Err(e) => break Err(AgentError::Poll(e)),
             Ok(core::Exit::BusLost(why)) => {
                 log_warn!(
                     "Lost systemd: {why}; reconnecting every {}",
@@ -155,11 +168,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     }
                     match connect_systemd(cli.user) {
                         Ok(sd) => {
-                            let local = local_api::LocalApi::new(
-                                &sd,
-                                manager_address.clone(),
-                                last_seen_us.clone(),
-                            );
+                            let local = local_api(&sd, &manager_address, &last_seen_us);
                             core.attach(sd, local);
                             log_info!("Reconnected to systemd");
                             break;
@@ -182,7 +191,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::report_fatal("hirte-agent", &e);
+            log::report_fatal("hirte-agent", &e.to_string());
             ExitCode::FAILURE
         }
     }

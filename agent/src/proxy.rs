@@ -5,7 +5,18 @@
 use hirte_common::bounds::{MAX_AGENT_PROXIES, PROXY_START_TIMEOUT};
 use hirte_common::protocol::PROXY_PATH_PREFIX;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Instant;
+
+/// `create` found the table full (`MAX_AGENT_PROXIES`).
+#[derive(Debug)]
+pub struct TableFull;
+
+impl fmt::Display for TableFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{MAX_AGENT_PROXIES} proxies exist on this node already")
+    }
+}
 
 pub struct AgentProxy<T> {
     pub local_service: String,
@@ -53,14 +64,12 @@ impl<T> ProxyTable<T> {
         unit: &str,
         call: T,
         now: Instant,
-    ) -> Result<Created<T>, String> {
+    ) -> Result<Created<T>, TableFull> {
         let replaced = self
             .find(node, unit)
             .and_then(|id| self.entries.remove(&id));
         if replaced.is_none() && self.entries.len() >= MAX_AGENT_PROXIES {
-            return Err(format!(
-                "{MAX_AGENT_PROXIES} proxies exist on this node already"
-            ));
+            return Err(TableFull);
         }
         let waiting = Some((call, now + PROXY_START_TIMEOUT));
         let id = self.insert(local_service, node, unit, waiting);

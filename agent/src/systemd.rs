@@ -1,24 +1,49 @@
 //! Calls to systemd's D-Bus API (`org.freedesktop.systemd1`), each with a bounded timeout.
+//!
+//! The agent's logic talks to systemd only through the [`Systemd`] trait: [`SystemdBus`] is
+//! the libdbus client, and the unit tests use a double that answers from a script.
 
+use dbus::arg::{Arg, Get, Variant};
 use dbus::blocking::Connection;
+use dbus::channel::Sender;
 use dbus::Message;
 use hirte_common::bounds::SYSTEMD_CALL_TIMEOUT;
+use hirte_common::protocol::error;
+use std::fmt;
 
 pub const DEST: &str = "org.freedesktop.systemd1";
 pub const PATH: &str = "/org/freedesktop/systemd1";
 pub const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
 pub const JOB_IFACE: &str = "org.freedesktop.systemd1.Job";
+pub const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
+pub const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
 const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
+const DBUS_INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
 
-/// A failed systemd call: D-Bus error name and message, relayed to the caller unchanged.
-pub struct CallError {
-    pub name: String,
-    pub message: String,
+/// Why a call the agent executes failed: its D-Bus error name and text go back to the
+/// caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// systemd (or the bus) answered with this error; relayed unchanged.
+    Dbus {
+        name: String,
+        message: String,
+    },
+    /// The caller's arguments are wrong.
+    InvalidArgs(String),
+    /// A bound is reached (jobs, commands, watches, frame size).
+    Busy(String),
+    /// What the call asked for did not happen (systemd away, a job failed).
+    ActivationFailed(String),
+    /// systemd's answer is not what its API documents, or a call could not be built.
+    BadReply(String),
+    UnknownMethod(String),
+    UnknownInterface(String),
 }
 
 impl CallError {
     fn from_dbus(e: &dbus::Error) -> Self {
-        CallError {
+        CallError::Dbus {
             name: e
                 .name()
                 .unwrap_or("org.freedesktop.DBus.Error.Failed")
@@ -27,49 +52,181 @@ impl CallError {
         }
     }
 
-    pub fn new(name: &str, message: impl Into<String>) -> Self {
-        CallError {
-            name: name.to_string(),
-            message: message.into(),
+    /// The D-Bus error name the caller gets.
+    pub fn name(&self) -> &str {
+        match self {
+            CallError::Dbus { name, .. } => name,
+            CallError::InvalidArgs(_) => error::INVALID_ARGS,
+            CallError::Busy(_) => error::BUSY,
+            CallError::ActivationFailed(_) => error::ACTIVATION_FAILED,
+            CallError::BadReply(_) => DBUS_INVALID_ARGS,
+            CallError::UnknownMethod(_) => "org.freedesktop.DBus.Error.UnknownMethod",
+            CallError::UnknownInterface(_) => "org.freedesktop.DBus.Error.UnknownInterface",
         }
     }
 }
 
-/// Sends one call and waits (bounded) for its answer. Signals that arrive meanwhile stay queued
-/// in libdbus for the core loop, in order, after this answer.
-pub fn call(conn: &Connection, msg: Message) -> Result<Message, CallError> {
-    // A blocking call may take up to its timeout: feed the watchdog first, so only a call
-    // that outlasts WatchdogSec on its own, not a series of slow ones, trips it.
-    hirte_common::notify::watchdog_tick();
-    conn.channel()
-        .send_with_reply_and_block(msg, SYSTEMD_CALL_TIMEOUT)
-        .map_err(|e| CallError::from_dbus(&e))
+/// The error's text, as the caller reads it.
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Dbus { message, .. } => f.write_str(message),
+            CallError::InvalidArgs(m)
+            | CallError::Busy(m)
+            | CallError::ActivationFailed(m)
+            | CallError::BadReply(m) => f.write_str(m),
+            CallError::UnknownMethod(m) => write!(f, "unknown method '{m}'"),
+            CallError::UnknownInterface(i) => write!(f, "unknown interface '{i}'"),
+        }
+    }
 }
 
-/// Sends a call that queues a job (`StartUnit`, `StartTransientUnit`, ...) and returns the
-/// job's object path, which its `JobRemoved` names.
-pub fn job_call(conn: &Connection, msg: Message) -> Result<String, CallError> {
-    call(conn, msg)?
-        .read1::<dbus::Path>()
-        .map(|p| p.to_string())
-        .map_err(|e| CallError::new(hirte_common::protocol::error::INVALID_ARGS, e.to_string()))
+/// A wrong argument, worded by whatever found it.
+pub fn bad_args(e: impl fmt::Display) -> CallError {
+    CallError::InvalidArgs(e.to_string())
+}
+
+/// The node's systemd as the agent's logic sees it.
+pub trait Systemd {
+    /// Sends one call and waits (bounded) for its answer.
+    fn call(&self, msg: Message) -> Result<Message, CallError>;
+
+    /// Queues a message on the node's bus without waiting (answers to local callers,
+    /// signals of the local API).
+    fn send(&self, msg: Message);
+
+    /// Sends a call that queues a job (`StartUnit`, `StartTransientUnit`, ...) and returns
+    /// the job's object path, which its `JobRemoved` names.
+    fn job_call(&self, msg: Message) -> Result<String, CallError> {
+        self.call(msg)?
+            .read1::<dbus::Path>()
+            .map(|p| p.to_string())
+            .map_err(bad_args)
+    }
+
+    /// The object path of a unit; `LoadUnit` also finds units systemd has garbage-collected.
+    fn unit_path(&self, unit: &str) -> Result<dbus::Path<'static>, CallError> {
+        self.call(manager_call("LoadUnit")?.append1(unit))?
+            .read1::<dbus::Path>()
+            .map(|p| p.into_static())
+            .map_err(|e| CallError::BadReply(e.to_string()))
+    }
+
+    /// One property of an object (`None`: the call failed or the type is not `T`).
+    fn property<T>(&self, path: &dbus::Path<'static>, iface: &str, name: &str) -> Option<T>
+    where
+        T: Arg + for<'a> Get<'a>,
+    {
+        let call = properties_call(path, "Get").ok()?.append2(iface, name);
+        self.call(call)
+            .ok()?
+            .read1::<Variant<T>>()
+            .ok()
+            .map(|v| v.0)
+    }
+
+    /// A call whose answer is not needed (clean-up whose failure changes nothing).
+    fn call_ignoring(&self, msg: Result<Message, CallError>) {
+        if let Ok(m) = msg {
+            let _ = self.call(m);
+        }
+    }
+}
+
+/// The libdbus client: the connection to the node's bus that systemd is on.
+pub struct SystemdBus {
+    conn: Connection,
+}
+
+impl SystemdBus {
+    pub fn new(conn: Connection) -> Self {
+        SystemdBus { conn }
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Subscribes to what the agent needs from systemd.
+    pub fn subscribe(&self) -> Result<(), SubscribeError> {
+        for rule in [
+            "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager'",
+            "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',path_namespace='/org/freedesktop/systemd1'",
+        ] {
+            self.conn.add_match_no_cb(rule).map_err(|e| {
+                SubscribeError::Match(e.message().unwrap_or("").to_string())
+            })?;
+        }
+        self.call(manager_call("Subscribe")?)?;
+        Ok(())
+    }
+}
+
+impl Systemd for SystemdBus {
+    /// Signals that arrive meanwhile stay queued in libdbus for the core loop, in order,
+    /// after this answer.
+    fn call(&self, msg: Message) -> Result<Message, CallError> {
+        // A blocking call may take up to its timeout: feed the watchdog first, so only a call
+        // that outlasts WatchdogSec on its own, not a series of slow ones, trips it.
+        hirte_common::notify::watchdog_tick();
+        self.conn
+            .channel()
+            .send_with_reply_and_block(msg, SYSTEMD_CALL_TIMEOUT)
+            .map_err(|e| CallError::from_dbus(&e))
+    }
+
+    fn send(&self, msg: Message) {
+        let _ = self.conn.send(msg);
+    }
+}
+
+/// Why the agent could not subscribe to systemd's signals.
+#[derive(Debug)]
+pub enum SubscribeError {
+    Match(String),
+    Call(CallError),
+}
+
+impl From<CallError> for SubscribeError {
+    fn from(e: CallError) -> Self {
+        SubscribeError::Call(e)
+    }
+}
+
+impl fmt::Display for SubscribeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubscribeError::Match(e) => write!(f, "cannot add match: {e}"),
+            SubscribeError::Call(e) => write!(f, "Subscribe: {e}"),
+        }
+    }
 }
 
 pub fn manager_call(member: &str) -> Result<Message, CallError> {
-    Message::new_method_call(DEST, PATH, MANAGER_IFACE, member)
-        .map_err(|e| CallError::new("org.freedesktop.DBus.Error.InvalidArgs", e))
-}
-
-/// The object path of a unit; `LoadUnit` also finds units systemd has garbage-collected.
-pub fn unit_path(conn: &Connection, unit: &str) -> Result<dbus::Path<'static>, CallError> {
-    let reply = call(conn, manager_call("LoadUnit")?.append1(unit))?;
-    reply
-        .read1::<dbus::Path>()
-        .map(|p| p.into_static())
-        .map_err(|e| CallError::new("org.freedesktop.DBus.Error.InvalidArgs", e.to_string()))
+    Message::new_method_call(DEST, PATH, MANAGER_IFACE, member).map_err(CallError::BadReply)
 }
 
 pub fn properties_call(path: &dbus::Path<'static>, member: &str) -> Result<Message, CallError> {
     Message::new_method_call(DEST, path.clone(), PROPERTIES_IFACE, member)
-        .map_err(|e| CallError::new("org.freedesktop.DBus.Error.InvalidArgs", e))
+        .map_err(CallError::BadReply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_their_dbus_names() {
+        assert_eq!(bad_args("x").name(), error::INVALID_ARGS);
+        assert_eq!(CallError::Busy("b".into()).to_string(), "b");
+        let e = CallError::UnknownMethod("Nope".into());
+        assert_eq!(e.name(), "org.freedesktop.DBus.Error.UnknownMethod");
+        assert_eq!(e.to_string(), "unknown method 'Nope'");
+        let e = CallError::Dbus {
+            name: "org.freedesktop.systemd1.NoSuchUnit".into(),
+            message: "Unit x.service not loaded.".into(),
+        };
+        assert_eq!(e.name(), "org.freedesktop.systemd1.NoSuchUnit");
+        assert_eq!(e.to_string(), "Unit x.service not loaded.");
+    }
 }

@@ -1,20 +1,25 @@
 //! Which units the manager's monitors want from this node, and the translation of systemd's
 //! unit signals into the agent's `Unit*` signals for them.
 
+use crate::core::Core;
+use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::arg::{PropMap, RefArg};
 use dbus::Message;
 use hirte_common::bounds::MAX_AGENT_SUBSCRIPTIONS;
 use hirte_common::names::unescape_path_element;
 use hirte_common::protocol;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 pub const WILDCARD: &str = "*";
 const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit/";
-pub const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
+const JOB_PATH_PREFIX: &str = "/org/freedesktop/systemd1/job/";
 
 #[derive(Default)]
 pub struct Watch {
     units: BTreeSet<String>,
+    /// Last (active, sub) state reported per watched unit: systemd announces many property
+    /// changes that leave the state as it was, and subscribers want each change once.
+    last_state: HashMap<String, (String, String)>,
 }
 
 impl Watch {
@@ -28,8 +33,9 @@ impl Watch {
         true
     }
 
-    pub fn remove(&mut self, unit: &str) -> bool {
-        self.units.remove(unit)
+    pub fn remove(&mut self, unit: &str) {
+        self.units.remove(unit);
+        self.last_state.remove(unit);
     }
 
     pub fn wants(&self, unit: &str) -> bool {
@@ -39,6 +45,19 @@ impl Watch {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.units.is_empty()
+    }
+
+    /// Records a unit's state; false if it is the state last reported.
+    pub fn state_is_new(&mut self, unit: &str, active: &str, sub: &str) -> bool {
+        let now = (active.to_string(), sub.to_string());
+        if self.last_state.get(unit) == Some(&now) {
+            return false;
+        }
+        // Bounded like the watch list; past the bound, changes are reported undeduplicated.
+        if self.last_state.len() < MAX_AGENT_SUBSCRIPTIONS || self.last_state.contains_key(unit) {
+            self.last_state.insert(unit.to_string(), now);
+        }
+        true
     }
 }
 
@@ -67,6 +86,113 @@ pub fn prop_str(props: &PropMap, key: &str) -> Option<String> {
         .get(key)
         .and_then(|v| v.0.as_str())
         .map(str::to_string)
+}
+
+impl<S: Systemd> Core<S> {
+    /// `Subscribe(unit)`: the unit's changes from now on, and its state now.
+    pub(crate) fn subscribe(&mut self, msg: &Message) -> Result<(), CallError> {
+        let unit: &str = msg.read1().map_err(bad_args)?;
+        if !self.watch.add(unit) {
+            return Err(CallError::Busy("too many watched units".to_string()));
+        }
+        self.announce_current_state(unit);
+        Ok(())
+    }
+
+    pub(crate) fn unsubscribe(&mut self, msg: &Message) -> Result<(), CallError> {
+        let unit: &str = msg.read1().map_err(bad_args)?;
+        self.watch.remove(unit);
+        Ok(())
+    }
+
+    /// A new subscriber learns the unit's current state (reason `virtual`).
+    fn announce_current_state(&mut self, unit: &str) {
+        if unit == WILDCARD {
+            return;
+        }
+        let Ok(call) = systemd::manager_call("GetUnit") else {
+            return;
+        };
+        let Ok(reply) = self.sd.call(call.append1(unit)) else {
+            return; // not loaded: nothing to report
+        };
+        let Ok(path) = reply.read1::<dbus::Path>() else {
+            return;
+        };
+        let path = path.into_static();
+        let get = |p: &str| self.sd.property::<String>(&path, systemd::UNIT_IFACE, p);
+        let (active, sub) = (get("ActiveState"), get("SubState"));
+        if let Some(sig) = agent_signal("UnitNew") {
+            self.send(sig.append2(unit, "virtual"));
+        }
+        if let (Some(a), Some(s)) = (active, sub) {
+            self.watch.state_is_new(unit, &a, &s);
+            if let Some(sig) = state_changed(unit, &a, &s, "virtual") {
+                self.send(sig);
+            }
+        }
+    }
+
+    /// systemd's `UnitNew`/`UnitRemoved(unit, path)`: passed on to the unit's watchers.
+    pub(crate) fn on_unit_signal(&mut self, member: &str, msg: &Message) {
+        let Ok((unit, _)) = msg.read2::<&str, dbus::Path>() else {
+            return;
+        };
+        if !self.watch.wants(unit) {
+            return;
+        }
+        let sig = agent_signal(member).map(|m| {
+            if member == "UnitNew" {
+                m.append2(unit, "real")
+            } else {
+                m.append1(unit)
+            }
+        });
+        if let Some(s) = sig {
+            self.send(s);
+        }
+    }
+
+    // [impl->req~manager.monitors~1]
+    pub(crate) fn on_properties_changed(&mut self, msg: &Message) {
+        let path = msg.path().map(|p| p.to_string()).unwrap_or_default();
+        // systemd sends a dozen large PropertiesChanged per job; decoding the dictionary is
+        // the costly part, so signals nobody asked for are dropped before it.
+        let is_job = path.starts_with(JOB_PATH_PREFIX);
+        let relevant = if is_job {
+            self.jobs.has_path(&path)
+        } else {
+            unit_from_path(&path).is_some_and(|u| self.watch.wants(&u))
+        };
+        if !relevant {
+            return;
+        }
+        let Ok((iface, changed)) = msg.read2::<&str, PropMap>() else {
+            return;
+        };
+        if is_job {
+            if let Some(state) = prop_str(&changed, "State") {
+                self.on_job_state(&path, &state);
+            }
+            return;
+        }
+        let Some(unit) = unit_from_path(&path) else {
+            return;
+        };
+        if iface == systemd::UNIT_IFACE {
+            if let Some(active) = prop_str(&changed, "ActiveState") {
+                let sub = prop_str(&changed, "SubState").unwrap_or_default();
+                if self.watch.state_is_new(&unit, &active, &sub) {
+                    if let Some(sig) = state_changed(&unit, &active, &sub, "real") {
+                        self.send(sig);
+                    }
+                }
+            }
+        }
+        if let Some(sig) = agent_signal("UnitPropertiesChanged") {
+            self.send(sig.append3(unit, iface, changed));
+        }
+    }
 }
 
 #[cfg(test)]
