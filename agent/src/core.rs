@@ -70,6 +70,8 @@ pub struct Core<S> {
     pub(crate) watch: Watch,
     pub(crate) metrics: bool,
     pub(crate) exec_seq: u64,
+    /// Where commands' output files go (`exec::exec_dir`).
+    pub(crate) exec_dir: PathBuf,
     local: LocalApi,
     /// Proxies this node's units asked for (`dependencies.rs`).
     pub(crate) proxies: ProxyTable<Message>,
@@ -132,6 +134,7 @@ impl<S: Systemd> Core<S> {
             watch: Watch::default(),
             metrics: false,
             exec_seq: 0,
+            exec_dir: crate::exec::exec_dir(),
             local,
             proxies: ProxyTable::default(),
             linked: false,

@@ -321,3 +321,127 @@ impl<S: Systemd> Core<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::FromLink;
+    use crate::testing::{error_name, job_removed, member, Harness};
+    use hirte_common::protocol::{self, INTERNAL_PROXY_IFACE};
+
+    fn local_call(h: &mut Harness, method: &str, args: (&str, &str, &str)) -> Option<Message> {
+        let mut m = Message::new_method_call(
+            protocol::AGENT_BUS_NAME,
+            protocol::MANAGER_PATH,
+            protocol::AGENT_IFACE,
+            method,
+        )
+        .unwrap()
+        .append3(args.0, args.1, args.2);
+        m.set_serial(11);
+        h.core.on_bus_message(m);
+        h.sd().sent.borrow_mut().pop()
+    }
+
+    const SERVICE: &str = "hirte-proxy@b_x.service";
+
+    // [utest->req~proxy.agent-api~1]
+    #[test]
+    fn a_proxy_is_announced_and_answered_when_its_target_is_ready() {
+        let mut h = Harness::new();
+        h.core
+            .on_link_event(FromLink::Connected("tcp:host=m,port=1".into()));
+        h.sd().sent.borrow_mut().clear();
+        assert!(local_call(&mut h, "CreateProxy", (SERVICE, "b", "x.service")).is_none());
+        let out = h.to_manager();
+        assert_eq!(member(&out[0]), "ProxyNew");
+        let (node, unit, path) = out[0].read3::<&str, &str, dbus::Path>().unwrap();
+        assert_eq!((node, unit), ("b", "x.service"));
+        let ready = Message::new_signal(path.to_string(), INTERNAL_PROXY_IFACE, "Ready").unwrap();
+        h.deliver(ready);
+        let answer = h.sd().sent.borrow_mut().pop().unwrap();
+        assert_eq!(error_name(&answer), None);
+        assert_eq!(answer.get_reply_serial(), Some(11));
+        // Released: the manager hears of it.
+        assert!(local_call(&mut h, "RemoveProxy", (SERVICE, "b", "x.service")).is_some());
+        assert_eq!(member(&h.to_manager()[0]), "ProxyRemoved");
+    }
+
+    #[test]
+    fn bad_proxy_calls_are_refused_with_invalid_args() {
+        let mut h = Harness::new();
+        for args in [
+            ("not-a-service", "b", "x.service"),
+            (SERVICE, "", "x.service"),
+            (SERVICE, "b", "x.socket"),
+        ] {
+            let r = local_call(&mut h, "CreateProxy", args).unwrap();
+            assert_eq!(
+                error_name(&r).as_deref(),
+                Some(error::INVALID_ARGS),
+                "{args:?}"
+            );
+        }
+        assert!(h.to_manager().is_empty());
+    }
+
+    #[test]
+    fn a_target_that_fails_fails_the_waiting_proxy() {
+        let mut h = Harness::new();
+        h.core
+            .on_link_event(FromLink::Connected("tcp:host=m,port=1".into()));
+        h.sd().sent.borrow_mut().clear();
+        local_call(&mut h, "CreateProxy", (SERVICE, "b", "x.service"));
+        let path = AgentProxy::<Message>::path(h.core.proxies.find("b", "x.service").unwrap());
+        h.to_manager();
+        let err = Message::new_signal(path, INTERNAL_PROXY_IFACE, "Error")
+            .unwrap()
+            .append1("node 'b' is offline");
+        h.deliver(err);
+        let answer = h.sd().sent.borrow_mut().pop().unwrap();
+        assert_eq!(
+            error_name(&answer).as_deref(),
+            Some(error::ACTIVATION_FAILED)
+        );
+        assert_eq!(member(&h.to_manager()[0]), "ProxyRemoved");
+        assert!(h.core.proxies.find("b", "x.service").is_none());
+    }
+
+    // [utest->req~proxy.dep~1]
+    #[test]
+    fn start_dep_holds_an_anchor_and_answers_when_it_is_up() {
+        let mut h = Harness::new();
+        let m = h.manager_call("StartDep").append1("x.service");
+        h.deliver(m);
+        assert!(h.to_manager().is_empty(), "answered when the job ends");
+        let calls = h.sd().calls.borrow();
+        let start = calls.last().unwrap();
+        assert_eq!(
+            start.read2::<&str, &str>().unwrap(),
+            ("hirte-dep@x.service", "replace")
+        );
+        drop(calls);
+        let job = h.sd().last_job_path();
+        h.core
+            .on_bus_message(job_removed(&job, "hirte-dep@x.service", "done"));
+        assert_eq!(error_name(&h.to_manager()[0]), None);
+
+        let m = h.manager_call("StartDep").append1("y.service");
+        h.deliver(m);
+        let job = h.sd().last_job_path();
+        h.core
+            .on_bus_message(job_removed(&job, "hirte-dep@y.service", "failed"));
+        let r = h.to_manager();
+        assert_eq!(error_name(&r[0]).as_deref(), Some(error::ACTIVATION_FAILED));
+
+        let m = h.manager_call("StartDep").append1("../etc");
+        h.deliver(m);
+        let r = h.to_manager();
+        assert_eq!(error_name(&r[0]).as_deref(), Some(error::INVALID_ARGS));
+
+        let m = h.manager_call("StopDep").append1("x.service");
+        h.deliver(m);
+        assert_eq!(error_name(&h.to_manager()[0]), None);
+        assert_eq!(h.sd().members().last().unwrap(), "StopUnit");
+    }
+}

@@ -133,7 +133,7 @@ impl<S: Systemd> Core<S> {
             )));
         }
         self.jobs.check_room(&self.node)?;
-        let dir = exec_dir();
+        let dir = self.exec_dir.clone();
         prepare_dir(&dir)
             .map_err(|e| CallError::ActivationFailed(format!("{}: {e}", dir.display())))?;
         self.exec_seq += 1;
@@ -230,6 +230,7 @@ impl<S: Systemd> Core<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{error_name, job_removed, member, Harness};
 
     // [utest->req~agent.exec~1]
     #[test]
@@ -253,5 +254,89 @@ mod tests {
         std::fs::write(&p, vec![b'x'; EXEC_MAX_OUTPUT + 100]).unwrap();
         assert_eq!(take_output(&p).len(), EXEC_MAX_OUTPUT);
         assert!(!p.exists());
+    }
+
+    fn exec(h: &mut Harness, argv: &[&str]) -> Vec<Message> {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        let m = h.manager_call("Exec").append2(argv, 1_000_000u64);
+        h.deliver(m);
+        h.to_manager()
+    }
+
+    // [utest->req~agent.exec~1]
+    #[test]
+    fn a_command_runs_as_a_transient_unit_and_answers_when_it_ends() {
+        let mut h = Harness::new();
+        assert!(exec(&mut h, &["true"]).is_empty(), "answered later");
+        let calls = h.sd().calls.borrow();
+        let call = calls.last().unwrap();
+        assert_eq!(member(call), "StartTransientUnit");
+        let (unit, mode) = call.read2::<String, &str>().unwrap();
+        assert!(unit.starts_with("hirte-exec-") && mode == "fail");
+        drop(calls);
+        let job = h.sd().last_job_path();
+        h.core.on_bus_message(job_removed(&job, &unit, "done"));
+        let out = h.to_manager();
+        assert_eq!(out.len(), 1);
+        let (status, _, _) = out[0].read3::<i32, Vec<u8>, Vec<u8>>().unwrap();
+        assert_eq!(status, 0);
+        assert_eq!(h.sd().members().last().unwrap(), "ResetFailedUnit");
+    }
+
+    #[test]
+    fn a_failed_command_reports_its_exit_status() {
+        let mut h = Harness::new();
+        exec(&mut h, &["false"]);
+        h.sd().property("Result", "exit-code".to_string());
+        h.sd().property("ExecMainCode", 1i32);
+        h.sd().property("ExecMainStatus", 3i32);
+        let job = h.sd().last_job_path();
+        h.core.on_bus_message(job_removed(&job, "u", "failed"));
+        let out = h.to_manager();
+        assert_eq!(out[0].read3::<i32, Vec<u8>, Vec<u8>>().unwrap().0, 3);
+        // systemd's own timeout is a Timeout error, not an exit status.
+        exec(&mut h, &["sleep", "9"]);
+        h.sd().property("Result", "timeout".to_string());
+        let job = h.sd().last_job_path();
+        h.core.on_bus_message(job_removed(&job, "u", "failed"));
+        let out = h.to_manager();
+        assert_eq!(error_name(&out[0]).as_deref(), Some(error::TIMEOUT));
+    }
+
+    #[test]
+    fn commands_are_bounded_and_need_a_command() {
+        let mut h = Harness::new();
+        let r = exec(&mut h, &[]);
+        assert_eq!(error_name(&r[0]).as_deref(), Some(error::INVALID_ARGS));
+        for _ in 0..MAX_AGENT_EXECS {
+            assert!(exec(&mut h, &["sleep", "1"]).is_empty());
+        }
+        let r = exec(&mut h, &["sleep", "1"]);
+        assert_eq!(error_name(&r[0]).as_deref(), Some(error::BUSY));
+    }
+
+    #[test]
+    fn a_command_past_its_deadline_is_killed_and_answered() {
+        let mut h = Harness::new();
+        exec(&mut h, &["sleep", "100"]);
+        h.core.expire_execs(Instant::now());
+        assert!(h.to_manager().is_empty(), "still within timeout and grace");
+        h.core
+            .expire_execs(Instant::now() + Duration::from_secs(1) + EXEC_GRACE);
+        let out = h.to_manager();
+        assert_eq!(error_name(&out[0]).as_deref(), Some(error::TIMEOUT));
+        assert_eq!(
+            out[0].read1::<&str>().unwrap(),
+            "command did not finish within 1s"
+        );
+        let members = h.sd().members();
+        assert_eq!(
+            members[members.len() - 3..],
+            ["StopUnit", "KillUnit", "ResetFailedUnit"]
+        );
+        // The slot is free again.
+        h.core
+            .expire_execs(Instant::now() + Duration::from_secs(100));
+        assert!(h.to_manager().is_empty());
     }
 }

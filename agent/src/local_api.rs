@@ -163,3 +163,54 @@ impl<S: Systemd> Sender for BusSender<'_, S> {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::link::FromLink;
+    use crate::testing::{error_name, Harness};
+    use dbus::arg::Variant;
+    use dbus::Message;
+    use hirte_common::protocol::{self, NODE_OFFLINE, NODE_ONLINE};
+
+    fn get(h: &mut Harness, prop: &str) -> Message {
+        let mut m = Message::new_method_call(
+            protocol::AGENT_BUS_NAME,
+            protocol::MANAGER_PATH,
+            "org.freedesktop.DBus.Properties",
+            "Get",
+        )
+        .unwrap()
+        .append2(protocol::AGENT_IFACE, prop);
+        m.set_serial(3);
+        h.core.on_bus_message(m);
+        h.sd().sent.borrow_mut().pop().unwrap()
+    }
+
+    // [utest->req~agent.local-api~1]
+    #[test]
+    fn status_follows_the_link_and_changes_are_announced() {
+        let mut h = Harness::new();
+        let status = |m: Message| m.read1::<Variant<String>>().unwrap().0;
+        assert_eq!(status(get(&mut h, "Status")), NODE_OFFLINE);
+        h.core
+            .on_link_event(FromLink::Connected("tcp:host=b,port=1".into()));
+        let changed = h.sd().sent.borrow_mut().pop().unwrap();
+        assert_eq!(changed.member().unwrap().to_string(), "PropertiesChanged");
+        assert_eq!(status(get(&mut h, "Status")), NODE_ONLINE);
+        assert_eq!(status(get(&mut h, "ManagerAddress")), "tcp:host=b,port=1");
+        // The same state again is not announced.
+        h.core
+            .on_link_event(FromLink::Connected("tcp:host=b,port=1".into()));
+        assert!(h.sd().sent.borrow().is_empty());
+        h.core.on_link_event(FromLink::Disconnected);
+        assert_eq!(status(get(&mut h, "Status")).as_str(), NODE_OFFLINE);
+        let stamp = get(&mut h, "DisconnectTimestamp");
+        assert!(stamp.read1::<Variant<u64>>().unwrap().0 > 0);
+    }
+
+    #[test]
+    fn unknown_properties_are_errors() {
+        let mut h = Harness::new();
+        assert!(error_name(&get(&mut h, "NoSuchThing")).is_some());
+    }
+}

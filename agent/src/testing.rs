@@ -130,7 +130,9 @@ impl Harness {
             session: session.clone(),
         };
         let local = LocalApi::new("tcp:host=m,port=2020".into(), Arc::default());
-        let core = Core::new(FakeSystemd::default(), "n1".into(), ch, local);
+        let mut core = Core::new(FakeSystemd::default(), "n1".into(), ch, local);
+        core.exec_dir =
+            std::env::temp_dir().join(format!("hirte-agent-test-{}", std::process::id()));
         Harness {
             core,
             outbound,

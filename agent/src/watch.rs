@@ -198,6 +198,7 @@ impl<S: Systemd> Core<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{error_name, member, properties_changed, Harness};
 
     #[test]
     fn unit_names_come_back_from_paths() {
@@ -224,5 +225,111 @@ mod tests {
         }
         assert!(!w.add("one-more"));
         assert!(w.add("u0"));
+    }
+
+    fn subscribe(h: &mut Harness, unit: &str) -> Vec<Message> {
+        let m = h.manager_call("Subscribe").append1(unit);
+        h.deliver(m);
+        h.to_manager()
+    }
+
+    fn unit_path(unit: &str) -> String {
+        format!(
+            "/org/freedesktop/systemd1/unit/{}",
+            hirte_common::names::escape_path_element(unit)
+        )
+    }
+
+    // [utest->req~manager.monitors~1]
+    #[test]
+    fn a_new_subscriber_learns_the_current_state() {
+        let mut h = Harness::new();
+        h.sd().property("ActiveState", "active".to_string());
+        h.sd().property("SubState", "running".to_string());
+        let out = subscribe(&mut h, "a.service");
+        let members: Vec<String> = out.iter().map(member).collect();
+        assert_eq!(members, ["UnitNew", "UnitStateChanged", ""]);
+        assert_eq!(
+            out[1].read3::<&str, &str, &str>().unwrap(),
+            ("a.service", "active", "running")
+        );
+        // The same state from systemd is not news; a new one is, once.
+        let path = unit_path("a.service");
+        let same = properties_changed(
+            &path,
+            systemd::UNIT_IFACE,
+            &[("ActiveState", "active"), ("SubState", "running")],
+        );
+        h.core.on_bus_message(same);
+        let out = h.to_manager();
+        assert_eq!(
+            out.iter().map(member).collect::<Vec<_>>(),
+            ["UnitPropertiesChanged"]
+        );
+        let stopping = properties_changed(
+            &path,
+            systemd::UNIT_IFACE,
+            &[("ActiveState", "deactivating"), ("SubState", "stop")],
+        );
+        h.core.on_bus_message(stopping);
+        let out = h.to_manager();
+        assert_eq!(
+            out.iter().map(member).collect::<Vec<_>>(),
+            ["UnitStateChanged", "UnitPropertiesChanged"]
+        );
+        assert_eq!(out[0].get_items().len(), 4);
+    }
+
+    #[test]
+    fn only_watched_units_are_passed_on() {
+        let mut h = Harness::new();
+        let changed = |u: &str| {
+            properties_changed(
+                &unit_path(u),
+                systemd::UNIT_IFACE,
+                &[("ActiveState", "active")],
+            )
+        };
+        h.core.on_bus_message(changed("a.service"));
+        assert!(h.to_manager().is_empty());
+        let new = |u: &str| {
+            Message::new_signal(systemd::PATH, systemd::MANAGER_IFACE, "UnitNew")
+                .unwrap()
+                .append2(u, dbus::Path::from(unit_path(u)))
+        };
+        h.core.on_bus_message(new("a.service"));
+        assert!(h.to_manager().is_empty());
+        subscribe(&mut h, WILDCARD);
+        h.core.on_bus_message(new("b.service"));
+        let out = h.to_manager();
+        assert_eq!(out[0].read2::<&str, &str>().unwrap(), ("b.service", "real"));
+        // A new manager session starts with no watches.
+        h.core.on_link_event(crate::link::FromLink::Disconnected);
+        h.core.on_bus_message(changed("b.service"));
+        assert!(h.to_manager().is_empty());
+        let unsub = h.manager_call("Unsubscribe").append1("b.service");
+        h.deliver(unsub);
+        assert_eq!(error_name(&h.to_manager()[0]), None);
+    }
+
+    // [utest->req~bounds.monitors~1]
+    #[test]
+    fn watches_are_bounded() {
+        let mut h = Harness::new();
+        for i in 0..MAX_AGENT_SUBSCRIPTIONS {
+            subscribe(&mut h, &format!("u{i}.service"));
+        }
+        let out = subscribe(&mut h, "one-more.service");
+        assert_eq!(error_name(&out[0]).as_deref(), Some(protocol::error::BUSY));
+    }
+
+    #[test]
+    fn repeated_states_are_deduplicated_within_the_bound() {
+        let mut w = Watch::default();
+        assert!(w.state_is_new("a", "active", "running"));
+        assert!(!w.state_is_new("a", "active", "running"));
+        assert!(w.state_is_new("a", "failed", "failed"));
+        w.remove("a");
+        assert!(w.state_is_new("a", "failed", "failed"));
     }
 }
