@@ -6,6 +6,7 @@ use dbus::blocking::Connection;
 use hirte_common::bounds::PROXY_START_TIMEOUT;
 use hirte_common::names::split_proxy_instance;
 use hirte_common::protocol::{self, PROXY_TEMPLATE};
+use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,15 +36,42 @@ struct Cli {
     instance: String,
 }
 
+/// Why the proxy helper failed.
+enum ProxyError {
+    /// The node's bus cannot be reached.
+    Bus(String),
+    /// The agent refused or failed the call.
+    Call {
+        verb: &'static str,
+        unit: String,
+        node: String,
+        why: String,
+    },
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::Bus(e) => write!(f, "cannot reach the local bus: {e}"),
+            ProxyError::Call {
+                verb,
+                unit,
+                node,
+                why,
+            } => write!(f, "cannot {verb} {unit} on node '{node}': {why}"),
+        }
+    }
+}
+
 // [impl->req~proxy.helper~1]
-fn run(cli: &Cli, node: &str, unit: &str) -> Result<(), String> {
+fn run(cli: &Cli, node: &str, unit: &str) -> Result<(), ProxyError> {
     let local_service = format!("{PROXY_TEMPLATE}{}", cli.instance);
     let conn = if cli.user {
         Connection::new_session()
     } else {
         Connection::new_system()
     }
-    .map_err(|e| format!("cannot reach the local bus: {}", e.message().unwrap_or("")))?;
+    .map_err(|e| ProxyError::Bus(e.message().unwrap_or("").to_string()))?;
     let proxy = conn.with_proxy(
         protocol::AGENT_BUS_NAME,
         protocol::MANAGER_PATH,
@@ -59,15 +87,14 @@ fn run(cli: &Cli, node: &str, unit: &str) -> Result<(), String> {
             method,
             (local_service.as_str(), node, unit),
         )
-        .map_err(|e| {
-            let verb = match cli.operation {
+        .map_err(|e| ProxyError::Call {
+            verb: match cli.operation {
                 Operation::Create => "start",
                 Operation::Remove => "release",
-            };
-            format!(
-                "cannot {verb} {unit} on node '{node}': {}",
-                e.message().unwrap_or("no reason given")
-            )
+            },
+            unit: unit.to_string(),
+            node: node.to_string(),
+            why: e.message().unwrap_or("no reason given").to_string(),
         })
 }
 
