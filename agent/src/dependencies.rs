@@ -345,13 +345,19 @@ mod tests {
 
     const SERVICE: &str = "hirte-proxy@b_x.service";
 
-    // [utest->req~proxy.agent-api~1]
-    #[test]
-    fn a_proxy_is_announced_and_answered_when_its_target_is_ready() {
+    /// A core whose link to the manager is up (proxies are announced only then).
+    fn linked() -> Harness {
         let mut h = Harness::new();
         h.core
             .on_link_event(FromLink::Connected("tcp:host=m,port=1".into()));
         h.sd().sent.borrow_mut().clear();
+        h
+    }
+
+    // [utest->req~proxy.agent-api~1]
+    #[test]
+    fn a_proxy_is_announced_and_answered_when_its_target_is_ready() {
+        let mut h = linked();
         assert!(local_call(&mut h, "CreateProxy", (SERVICE, "b", "x.service")).is_none());
         let out = h.to_manager();
         assert_eq!(member(&out[0]), "ProxyNew");
@@ -387,10 +393,7 @@ mod tests {
 
     #[test]
     fn a_target_that_fails_fails_the_waiting_proxy() {
-        let mut h = Harness::new();
-        h.core
-            .on_link_event(FromLink::Connected("tcp:host=m,port=1".into()));
-        h.sd().sent.borrow_mut().clear();
+        let mut h = linked();
         local_call(&mut h, "CreateProxy", (SERVICE, "b", "x.service"));
         let path = AgentProxy::<Message>::path(h.core.proxies.find("b", "x.service").unwrap());
         h.to_manager();
