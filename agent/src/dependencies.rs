@@ -410,7 +410,6 @@ mod tests {
         assert!(h.core.proxies.find("b", "x.service").is_none());
     }
 
-    // [utest->req~proxy.dep~1]
     #[test]
     fn start_dep_holds_an_anchor_and_answers_when_it_is_up() {
         let mut h = Harness::new();

@@ -355,7 +355,6 @@ mod tests {
         h.to_manager().pop().unwrap()
     }
 
-    // [utest->req~agent.job-done~1]
     #[test]
     fn a_started_job_is_answered_and_its_end_reported() {
         let mut h = Harness::new();
@@ -483,7 +482,6 @@ mod tests {
         assert!(h.to_manager().is_empty());
     }
 
-    // [utest->req~agent.systemd-reconnect~1]
     #[test]
     fn losing_systemd_cancels_the_jobs() {
         let mut h = Harness::new();
@@ -493,7 +491,6 @@ mod tests {
         assert_eq!(done[0].read2::<u32, &str>().unwrap(), (4, "cancelled"));
     }
 
-    // [utest->req~manager.metrics~1]
     #[test]
     fn metrics_come_before_the_result() {
         let mut h = Harness::new();

@@ -186,7 +186,6 @@ mod tests {
         h.sd().sent.borrow_mut().pop().unwrap()
     }
 
-    // [utest->req~agent.local-api~1]
     #[test]
     fn status_follows_the_link_and_changes_are_announced() {
         let mut h = Harness::new();

@@ -177,7 +177,6 @@ mod tests {
         out.remove(0)
     }
 
-    // [utest->req~agent.relay~1]
     #[test]
     fn relayed_calls_carry_systemds_answer_and_errors() {
         let mut h = Harness::new();
