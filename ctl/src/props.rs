@@ -71,7 +71,7 @@ const KEYS: &[(&str, Kind)] = &[
 const INFINITY: u64 = u64::MAX;
 
 /// The supported keys, for error messages and docs.
-pub fn supported_keys() -> String {
+fn supported_keys() -> String {
     KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
 }
 

@@ -6,12 +6,12 @@ use super::toml_value::parse_value;
 use crate::names::validate_node_name;
 
 /// Prefix of a per-node section header (`[node NAME]`).
-pub const NODE_SECTION_PREFIX: &str = "node ";
+const NODE_SECTION_PREFIX: &str = "node ";
 
 /// Parses one file's text. Only `section` is allowed, and `[node NAME]` sections after it when
 /// `node_sections`; a key twice in one section of one file is an error.
 // [impl->req~config.syntax~1]
-pub fn parse_key_value(
+pub(super) fn parse_key_value(
     text: &str,
     file: &str,
     section: &str,

@@ -40,7 +40,7 @@ pub fn config_dir() -> PathBuf {
 
 /// Reads the layered files for `<dir>/<base>.conf` (see the module doc) in order.
 // [impl->req~config.layers~1]
-pub fn load_entries(
+fn load_entries(
     dir: &Path,
     base: &str,
     section: &str,

@@ -34,10 +34,8 @@ pub use address::{parse_socket_path, parse_tcp_address, AddressError, MAX_SOCKET
 pub use agent::AgentConfig;
 pub use entry::{cli_entry, Entry, RawValue};
 pub use error::{ConfigError, Origin};
-pub use key_value::NODE_SECTION_PREFIX;
 pub use layers::{
-    config_dir, load_entries, load_layers, reload_config, Settings, CONFIG_DIR_ENV,
-    DEFAULT_CONFIG_DIR, MAX_CONFIG_FILE_SIZE,
+    config_dir, reload_config, Settings, CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR, MAX_CONFIG_FILE_SIZE,
 };
 pub use log_settings::LogConfig;
 pub use manager::{ManagerConfig, NodeSection};
