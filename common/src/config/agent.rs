@@ -43,9 +43,6 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
-    pub const SECTION: &'static str = "hirte-agent";
-    pub const FILE_BASE: &'static str = "agent";
-
     /// Reads the layered files (see [`super::layers`]).
     pub fn load(dir: &Path, extra: Option<&Path>) -> Result<Self, ConfigError> {
         load_layers(dir, extra)
@@ -139,8 +136,8 @@ impl AgentConfig {
 }
 
 impl Settings for AgentConfig {
-    const SECTION: &'static str = Self::SECTION;
-    const FILE_BASE: &'static str = Self::FILE_BASE;
+    const SECTION: &'static str = "hirte-agent";
+    const FILE_BASE: &'static str = "agent";
 
     fn apply_entry(&mut self, e: &Entry) -> Result<(), ConfigError> {
         self.apply(e)

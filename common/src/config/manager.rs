@@ -60,9 +60,6 @@ impl Default for ManagerConfig {
 }
 
 impl ManagerConfig {
-    pub const SECTION: &'static str = "hirte";
-    pub const FILE_BASE: &'static str = "hirte";
-
     /// Reads the layered files (see [`super::layers`]).
     pub fn load(dir: &Path, extra: Option<&Path>) -> Result<Self, ConfigError> {
         load_layers(dir, extra)
@@ -172,8 +169,8 @@ impl ManagerConfig {
 }
 
 impl Settings for ManagerConfig {
-    const SECTION: &'static str = Self::SECTION;
-    const FILE_BASE: &'static str = Self::FILE_BASE;
+    const SECTION: &'static str = "hirte";
+    const FILE_BASE: &'static str = "hirte";
 
     fn apply_entry(&mut self, e: &Entry) -> Result<(), ConfigError> {
         self.apply(e)

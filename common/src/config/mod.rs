@@ -49,5 +49,6 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// Parses one file's text for the daemon whose section is `section`. Only the manager's file
 /// has per-node sections.
 pub fn parse_text(text: &str, file: &str, section: &str) -> Result<Vec<Entry>, ConfigError> {
-    key_value::parse_key_value(text, file, section, section == ManagerConfig::SECTION)
+    let node_sections = section == <ManagerConfig as Settings>::SECTION;
+    key_value::parse_key_value(text, file, section, node_sections)
 }
