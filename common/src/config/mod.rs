@@ -14,7 +14,7 @@
 //! BlueChi's does); they carry `AllowDependenciesOn=`.
 //!
 //! Modules: `key_value` and `toml_value` parse the two syntaxes, `layers` finds and orders the
-//! files, `entry` reads typed values out of one setting; `manager`, `agent` and `log_settings`
+//! files (and re-reads them on SIGHUP), `entry` reads typed values out of one setting; `manager`, `agent` and `log_settings`
 //! are the daemons' settings, `address` their address syntaxes.
 
 mod address;
