@@ -18,7 +18,7 @@ use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::{CORE_TICK, MAX_FRAME_SIZE};
 use hirte_common::bus::{BusWriter, WRITE_RETRY};
-use hirte_common::config::{config_dir, AgentConfig};
+use hirte_common::config::{self, AgentConfig};
 use hirte_common::frame::SharedSerials;
 use hirte_common::notify;
 use hirte_common::protocol::error;
@@ -145,18 +145,8 @@ impl<S: Systemd> Core<S> {
     }
 
     /// SIGHUP: re-reads the configuration; only the log level takes effect without a restart.
-    // [impl->req~ops.sighup~1]
     fn reload_config(&self) {
-        match AgentConfig::load(&config_dir(), self.extra_config.as_deref()) {
-            Ok(cfg) => {
-                log::set_level(cfg.log.level);
-                log_info!(
-                    "Configuration re-read: log level is now {}; other settings need a restart",
-                    cfg.log.level
-                );
-            }
-            Err(e) => log_error!("Configuration not re-read: {e}"),
-        }
+        config::reload_config::<AgentConfig>(self.extra_config.as_deref());
     }
 
     /// While detached from systemd: answers the manager's calls with an error for `wait`.

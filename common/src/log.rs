@@ -50,17 +50,44 @@ impl Level {
     }
 }
 
+/// A log level or target that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnknownLogSetting {
+    Level(String),
+    Target(String),
+}
+
+impl fmt::Display for UnknownLogSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnknownLogSetting::Level(s) => {
+                write!(f, "unknown log level '{s}' (debug, info, warn, error)")
+            }
+            UnknownLogSetting::Target(s) => {
+                write!(f, "unknown log target '{s}' (journald, syslog, stderr)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UnknownLogSetting {}
+
+// The D-Bus handlers take error text as `Into<String>`.
+impl From<UnknownLogSetting> for String {
+    fn from(e: UnknownLogSetting) -> String {
+        e.to_string()
+    }
+}
+
 impl FromStr for Level {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownLogSetting;
+    fn from_str(s: &str) -> Result<Self, UnknownLogSetting> {
         match s.to_ascii_lowercase().as_str() {
             "debug" => Ok(Level::Debug),
             "info" => Ok(Level::Info),
             "warn" | "warning" => Ok(Level::Warn),
             "error" => Ok(Level::Error),
-            _ => Err(format!(
-                "unknown log level '{s}' (debug, info, warn, error)"
-            )),
+            _ => Err(UnknownLogSetting::Level(s.to_string())),
         }
     }
 }
@@ -90,15 +117,13 @@ impl Target {
 }
 
 impl FromStr for Target {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownLogSetting;
+    fn from_str(s: &str) -> Result<Self, UnknownLogSetting> {
         match s.to_ascii_lowercase().as_str() {
             "journald" => Ok(Target::Journald),
             "syslog" => Ok(Target::Syslog),
             "stderr" => Ok(Target::Stderr),
-            _ => Err(format!(
-                "unknown log target '{s}' (journald, syslog, stderr)"
-            )),
+            _ => Err(UnknownLogSetting::Target(s.to_string())),
         }
     }
 }

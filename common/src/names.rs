@@ -49,6 +49,38 @@ pub fn validate_node_name(name: &str) -> Result<(), NameError> {
     }
 }
 
+/// Why a proxy's target unit or instance name was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyNameError {
+    NotService(String),
+    EmptyUnit,
+    UnitTooLong(String),
+    BadChar { unit: String, c: char },
+    NoSeparator(String),
+    BadNode { instance: String, reason: NameError },
+    NoUnit(String),
+}
+
+impl fmt::Display for ProxyNameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyNameError::NotService(unit) => write!(f, "'{unit}' is not a .service unit"),
+            ProxyNameError::EmptyUnit => write!(f, "the unit name is empty"),
+            ProxyNameError::UnitTooLong(unit) => write!(f, "unit name '{unit}' is too long"),
+            ProxyNameError::BadChar { unit, c } => write!(f, "unit name '{unit}' contains {c:?}"),
+            ProxyNameError::NoSeparator(instance) => {
+                write!(f, "no '_' between node and unit in '{instance}'")
+            }
+            ProxyNameError::BadNode { instance, reason } => write!(f, "'{instance}': {reason}"),
+            ProxyNameError::NoUnit(instance) => {
+                write!(f, "no unit after the node name in '{instance}'")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProxyNameError {}
+
 /// Longest unit name systemd accepts (`UNIT_NAME_MAX`).
 pub const MAX_UNIT_NAME_LEN: usize = 255;
 
@@ -56,22 +88,25 @@ pub const MAX_UNIT_NAME_LEN: usize = 255;
 /// name characters but no `@` (the anchor `hirte-dep@NAME.service` makes `NAME` an instance,
 /// and an instance cannot hold a template's `@`).
 // [impl->req~proxy.agent-api~1]
-pub fn validate_proxy_target(unit: &str) -> Result<(), String> {
+pub fn validate_proxy_target(unit: &str) -> Result<(), ProxyNameError> {
     let Some(name) = unit.strip_suffix(".service") else {
-        return Err(format!("'{unit}' is not a .service unit"));
+        return Err(ProxyNameError::NotService(unit.to_string()));
     };
     if name.is_empty() {
-        return Err("the unit name is empty".to_string());
+        return Err(ProxyNameError::EmptyUnit);
     }
     // Room for the longest template prefix plus the suffix.
     if unit.len() + "hirte-proxy@".len() + MAX_NODE_NAME_LEN + 1 > MAX_UNIT_NAME_LEN {
-        return Err(format!("unit name '{unit}' is too long"));
+        return Err(ProxyNameError::UnitTooLong(unit.to_string()));
     }
     match name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\')))
     {
-        Some(c) => Err(format!("unit name '{unit}' contains {c:?}")),
+        Some(c) => Err(ProxyNameError::BadChar {
+            unit: unit.to_string(),
+            c,
+        }),
         None => Ok(()),
     }
 }
@@ -79,13 +114,16 @@ pub fn validate_proxy_target(unit: &str) -> Result<(), String> {
 /// Splits a proxy instance `NODE_UNIT.service` (as `hirte-proxy@.service` passes it) at the
 /// first `_` into the target node and unit. Node names with `_` cannot be targets.
 // [impl->req~proxy.templates~1]
-pub fn split_proxy_instance(instance: &str) -> Result<(&str, &str), String> {
+pub fn split_proxy_instance(instance: &str) -> Result<(&str, &str), ProxyNameError> {
     let Some((node, unit)) = instance.split_once('_') else {
-        return Err(format!("no '_' between node and unit in '{instance}'"));
+        return Err(ProxyNameError::NoSeparator(instance.to_string()));
     };
-    validate_node_name(node).map_err(|e| format!("'{instance}': {e}"))?;
+    validate_node_name(node).map_err(|e| ProxyNameError::BadNode {
+        instance: instance.to_string(),
+        reason: e,
+    })?;
     if unit.is_empty() || unit == ".service" {
-        return Err(format!("no unit after the node name in '{instance}'"));
+        return Err(ProxyNameError::NoUnit(instance.to_string()));
     }
     validate_proxy_target(unit)?;
     Ok((node, unit))

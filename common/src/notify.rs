@@ -97,10 +97,6 @@ impl Notifier {
         self.notify("STOPPING=1");
     }
 
-    pub fn status(&self, status: &str) {
-        self.notify(&format!("STATUS={status}"));
-    }
-
     /// Called from the main loop on every turn: pings at half the watchdog interval, so a
     /// loop that hangs stops pinging and systemd restarts the daemon.
     pub fn watchdog_tick(&mut self) {

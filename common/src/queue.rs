@@ -68,10 +68,6 @@ impl<T> BoundedQueue<T> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub fn len(&self) -> usize {
         self.lock().items.len()
     }
@@ -141,10 +137,6 @@ impl<T> BoundedQueue<T> {
         self.lock().closed = true;
         self.not_full.notify_all();
         let _ = self.wake.write(1);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
     }
 }
 

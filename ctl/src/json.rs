@@ -1,107 +1,84 @@
-//! The JSON that `-o json` prints. Hand-written (a value type, a writer and RFC 8259 string
-//! escaping) so hirtectl needs no serializer crate; it only ever writes JSON, never reads it.
+//! The JSON that `-o json` prints, built as `serde_json` values and written on one line.
+//! Objects keep their fields in the order given (`preserve_order`), so output is stable.
+//!
+//! serde_json escapes `"`, `\` and control characters exactly as `docs/hirtectl.md` shows;
+//! [`LineFormatter`] adds DEL and U+2028/U+2029, so the output is also safe to embed in
+//! JavaScript, as hirtectl always printed it.
 
-use std::fmt::Write;
+use serde_json::ser::{CompactFormatter, Formatter};
+use std::io;
 
-/// A JSON value. Objects keep their fields in the order given, so output is stable.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Bool(bool),
-    U64(u64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// A JSON value.
+pub type Json = serde_json::Value;
+
+/// An object from `(field, value)` pairs, in that order.
+pub fn obj<const N: usize>(fields: [(&str, Json); N]) -> Json {
+    Json::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
-impl Json {
-    /// An object from `(field, value)` pairs.
-    pub fn obj<const N: usize>(fields: [(&str, Json); N]) -> Json {
-        Json::Obj(
-            fields
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        )
-    }
+/// An object from any `(field, value)` pairs, in that order.
+pub fn object(fields: Vec<(String, Json)>) -> Json {
+    Json::Object(fields.into_iter().collect())
+}
 
-    pub fn str(s: impl Into<String>) -> Json {
-        Json::Str(s.into())
-    }
+/// A JSON string.
+pub fn str(s: impl Into<String>) -> Json {
+    Json::String(s.into())
+}
 
-    /// One line, no insignificant whitespace: what scripts read line by line.
-    pub fn to_line(&self) -> String {
-        let mut out = String::new();
-        self.write(&mut out);
-        out
-    }
+/// One line, no insignificant whitespace: what scripts read line by line.
+pub trait ToLine {
+    fn to_line(&self) -> String;
+}
 
-    fn write(&self, out: &mut String) {
-        match self {
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::U64(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Json::Str(s) => escape_into(s, out),
-            Json::Arr(items) => {
-                out.push('[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    v.write(out);
-                }
-                out.push(']');
-            }
-            Json::Obj(fields) => {
-                out.push('{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    escape_into(k, out);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
+impl ToLine for Json {
+    fn to_line(&self) -> String {
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, LineFormatter);
+        // Writing a Value into a Vec fails only on a non-string map key, which Value cannot hold.
+        if serde::Serialize::serialize(self, &mut ser).is_err() {
+            return String::new();
         }
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
-/// Writes `s` as a JSON string literal: `"` and `\` escaped, control characters as short
-/// escapes or `\u00XX`. Everything else, including non-ASCII, is written as UTF-8 (valid JSON).
-/// U+2028/U+2029 are escaped too, so the output is also safe to embed in JavaScript.
-pub fn escape_into(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+/// serde_json's compact output, with DEL, U+2028 and U+2029 escaped as `\u....` as well.
+struct LineFormatter;
+
+impl Formatter for LineFormatter {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut rest = fragment;
+        while let Some(i) = rest.find(['\u{7f}', '\u{2028}', '\u{2029}']) {
+            let (plain, tail) = rest.split_at(i);
+            CompactFormatter.write_string_fragment(writer, plain)?;
+            let mut chars = tail.chars();
+            if let Some(c) = chars.next() {
+                write!(writer, "\\u{:04x}", u32::from(c))?;
             }
-            c => out.push(c),
+            rest = chars.as_str();
         }
+        CompactFormatter.write_string_fragment(writer, rest)
     }
-    out.push('"');
-}
-
-/// `s` as a JSON string literal.
-#[cfg(test)]
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    escape_into(s, &mut out);
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `s` as a JSON string literal.
+    fn escape(s: &str) -> String {
+        str(s).to_line()
+    }
 
     #[test]
     fn escapes_specials() {
@@ -111,6 +88,10 @@ mod tests {
         assert_eq!(escape("\u{0}\u{1f}\u{8}\u{c}"), r#""\u0000\u001f\b\f""#);
         assert_eq!(escape("\u{7f}"), r#""\u007f""#);
         assert_eq!(escape("x\u{2028}y"), r#""x\u2028y""#);
+        assert_eq!(
+            escape("\u{2029}\u{7f}a\u{2028}"),
+            r#""\u2029\u007fa\u2028""#
+        );
         assert_eq!(escape("ünïcode ✓"), "\"ünïcode ✓\"");
         assert_eq!(escape("/"), r#""/""#);
         assert_eq!(escape(""), r#""""#);
@@ -118,24 +99,25 @@ mod tests {
 
     #[test]
     fn writes_values() {
-        let v = Json::Arr(vec![
-            Json::obj([
-                ("node", Json::str("n1")),
-                ("n", Json::U64(u64::MAX)),
+        let v = Json::Array(vec![
+            obj([
+                ("node", str("n1")),
+                ("n", Json::from(u64::MAX)),
                 ("ok", Json::Bool(true)),
+                ("a", str("first")),
             ]),
-            Json::Arr(vec![]),
-            Json::Obj(vec![]),
+            Json::Array(vec![]),
+            object(vec![]),
         ]);
         assert_eq!(
             v.to_line(),
-            r#"[{"node":"n1","n":18446744073709551615,"ok":true},[],{}]"#
+            r#"[{"node":"n1","n":18446744073709551615,"ok":true,"a":"first"},[],{}]"#
         );
     }
 
     #[test]
     fn keys_are_escaped_too() {
-        let v = Json::Obj(vec![("a\"b".into(), Json::Bool(false))]);
-        assert_eq!(v.to_line(), r#"{"a\"b":false}"#);
+        let v = object(vec![("a\"b\u{2028}".to_string(), Json::Bool(false))]);
+        assert_eq!(v.to_line(), r#"{"a\"b\u2028":false}"#);
     }
 }

@@ -1,7 +1,7 @@
 //! Plain-text tables, shaped so that the guide's `awk`/`grep` scripts work on them, and the
 //! choice between them and JSON.
 
-use crate::json::Json;
+use crate::json::{Json, ToLine};
 use std::io::{ErrorKind, Write};
 use std::time::{Duration, SystemTime};
 

@@ -4,6 +4,7 @@
 //! anything is sent.
 
 use dbus::arg::{RefArg, Variant};
+use std::fmt;
 
 /// A typed property value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,23 +71,57 @@ const KEYS: &[(&str, Kind)] = &[
 const INFINITY: u64 = u64::MAX;
 
 /// The supported keys, for error messages and docs.
-pub fn supported_keys() -> String {
+fn supported_keys() -> String {
     KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
 }
 
+/// What is wrong with a `Key=Value` word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PropertyError {
+    NotAssignment(String),
+    UnknownKey(String),
+    BadValue {
+        key: String,
+        raw: String,
+        why: String,
+    },
+}
+
+impl fmt::Display for PropertyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropertyError::NotAssignment(word) => {
+                write!(f, "'{word}' is not of the form Key=Value")
+            }
+            PropertyError::UnknownKey(key) => write!(
+                f,
+                "unknown or unsupported property '{key}' (supported: {})",
+                supported_keys()
+            ),
+            PropertyError::BadValue { key, raw, why } => {
+                write!(f, "invalid value '{raw}' for {key}: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PropertyError {}
+
 /// Parses one `Key=Value` word into the D-Bus property name and typed value.
-pub fn parse_assignment(word: &str) -> Result<(String, Value), String> {
+pub fn parse_assignment(word: &str) -> Result<(String, Value), PropertyError> {
     let (key, raw) = word
         .split_once('=')
-        .ok_or_else(|| format!("'{word}' is not of the form Key=Value"))?;
+        .ok_or_else(|| PropertyError::NotAssignment(word.to_string()))?;
     let key = key.trim();
-    let (_, kind) = KEYS.iter().find(|(k, _)| *k == key).ok_or_else(|| {
-        format!(
-            "unknown or unsupported property '{key}' (supported: {})",
-            supported_keys()
-        )
-    })?;
-    let bad = |why: &str| format!("invalid value '{raw}' for {key}: {why}");
+    let (_, kind) = KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .ok_or_else(|| PropertyError::UnknownKey(key.to_string()))?;
+    let bad = |why: &str| PropertyError::BadValue {
+        key: key.to_string(),
+        raw: raw.to_string(),
+        why: why.to_string(),
+    };
     let value = raw.trim();
     match kind {
         Kind::Text => Ok((key.to_string(), Value::Str(raw.to_string()))),
@@ -183,7 +218,7 @@ mod tests {
     use super::*;
 
     fn p(w: &str) -> Result<(String, Value), String> {
-        parse_assignment(w)
+        parse_assignment(w).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -11,13 +11,13 @@ use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_TICK;
 use hirte_common::bus::{flush_within, BusWriter, WRITE_RETRY};
-use hirte_common::config::{config_dir, ManagerConfig};
+use hirte_common::config::{self, ManagerConfig};
 use hirte_common::notify;
 use hirte_common::protocol::{error, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
 use hirte_common::wait::poll_readable;
-use hirte_common::{log, log_error, log_info};
+use hirte_common::{log_error, log_info};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,18 +141,8 @@ impl Core {
     }
 
     /// SIGHUP: re-reads the configuration; only the log level takes effect without a restart.
-    // [impl->req~ops.sighup~1]
     fn reload_config(&mut self) {
-        match ManagerConfig::load(&config_dir(), self.extra_config.as_deref()) {
-            Ok(cfg) => {
-                log::set_level(cfg.log.level);
-                log_info!(
-                    "Configuration re-read: log level is now {}; other settings need a restart",
-                    cfg.log.level
-                );
-            }
-            Err(e) => log_error!("Configuration not re-read: {e}"),
-        }
+        config::reload_config::<ManagerConfig>(self.extra_config.as_deref());
     }
 
     /// An `InvalidArgs` answer when a call's arguments differ from the method's signature.

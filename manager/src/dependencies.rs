@@ -34,7 +34,7 @@ impl Manager {
                  (AllowDependenciesOn= of [node {requester}])"
             ))
         } else {
-            validate_proxy_target(unit).err()
+            validate_proxy_target(unit).err().map(|e| e.to_string())
         };
         let refusal = refusal.or_else(|| {
             self.proxies

@@ -23,7 +23,7 @@ pub fn kill(
     whom: KillWhom,
     signal: &str,
 ) -> Result<(), CtlError> {
-    let signo = parse_signal(signal).map_err(CtlError::Usage)?;
+    let signo = parse_signal(signal).map_err(|e| CtlError::Usage(e.to_string()))?;
     ctx.c.node(node, "KillUnit", (unit, whom.as_str(), signo))
 }
 
@@ -60,7 +60,8 @@ pub fn set_property(
 ) -> Result<(), CtlError> {
     let mut list: Vec<(String, Variant<Box<dyn RefArg>>)> = Vec::new();
     for a in assignments {
-        let (name, value) = props::parse_assignment(a).map_err(CtlError::Usage)?;
+        let (name, value) =
+            props::parse_assignment(a).map_err(|e| CtlError::Usage(e.to_string()))?;
         list.push((name, value.into_variant()));
     }
     ctx.c.node(node, "SetUnitProperties", (unit, true, list))

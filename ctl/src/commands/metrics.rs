@@ -4,7 +4,7 @@ use super::wait::{Next, Waiter};
 use super::Ctx;
 use crate::cli::MetricsAction;
 use crate::client::CtlError;
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::output;
 use dbus::Message;
 use hirte_common::protocol;
@@ -31,25 +31,25 @@ fn describe(msg: &Message) -> Option<(String, Json)> {
                 ms(job_us),
                 ms(prop_us)
             );
-            let json = Json::obj([
-                ("signal", Json::str("StartUnitJobMetrics")),
-                ("node", Json::str(node)),
-                ("job_id", Json::str(job)),
-                ("unit", Json::str(unit)),
-                ("job_measured_time_usec", Json::U64(job_us)),
-                ("unit_start_prop_time_usec", Json::U64(prop_us)),
+            let json = json::obj([
+                ("signal", json::str("StartUnitJobMetrics")),
+                ("node", json::str(node)),
+                ("job_id", json::str(job)),
+                ("unit", json::str(unit)),
+                ("job_measured_time_usec", Json::from(job_us)),
+                ("unit_start_prop_time_usec", Json::from(prop_us)),
             ]);
             Some((text, json))
         }
         "AgentJobMetrics" => {
             let (node, unit, method, us) = msg.read4::<&str, &str, &str, u64>().ok()?;
             let text = format!("{node} {unit}: {method} in systemd took {}", ms(us));
-            let json = Json::obj([
-                ("signal", Json::str("AgentJobMetrics")),
-                ("node", Json::str(node)),
-                ("unit", Json::str(unit)),
-                ("method", Json::str(method)),
-                ("systemd_job_time_usec", Json::U64(us)),
+            let json = json::obj([
+                ("signal", json::str("AgentJobMetrics")),
+                ("node", json::str(node)),
+                ("unit", json::str(unit)),
+                ("method", json::str(method)),
+                ("systemd_job_time_usec", Json::from(us)),
             ]);
             Some((text, json))
         }
@@ -98,6 +98,7 @@ pub fn metrics(ctx: &Ctx, action: &MetricsAction) -> Result<(), CtlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::ToLine;
 
     #[test]
     fn lines() {

@@ -4,7 +4,7 @@ use super::wait::{Next, Waiter};
 use super::Ctx;
 use crate::cli::Bounds;
 use crate::client::{Client, CtlError};
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::output;
 use dbus::arg::{PropMap, RefArg};
 use dbus::Message;
@@ -196,49 +196,49 @@ impl Event {
                 active,
                 sub,
                 reason,
-            } => Json::obj([
-                ("event", Json::str("state")),
-                ("node", Json::str(node)),
-                ("unit", Json::str(unit)),
-                ("active", Json::str(active)),
-                ("sub", Json::str(sub)),
-                ("reason", Json::str(reason)),
+            } => json::obj([
+                ("event", json::str("state")),
+                ("node", json::str(node)),
+                ("unit", json::str(unit)),
+                ("active", json::str(active)),
+                ("sub", json::str(sub)),
+                ("reason", json::str(reason)),
             ]),
-            Event::New { node, unit, reason } => Json::obj([
-                ("event", Json::str("new")),
-                ("node", Json::str(node)),
-                ("unit", Json::str(unit)),
-                ("reason", Json::str(reason)),
+            Event::New { node, unit, reason } => json::obj([
+                ("event", json::str("new")),
+                ("node", json::str(node)),
+                ("unit", json::str(unit)),
+                ("reason", json::str(reason)),
             ]),
-            Event::Removed { node, unit, reason } => Json::obj([
-                ("event", Json::str("removed")),
-                ("node", Json::str(node)),
-                ("unit", Json::str(unit)),
-                ("reason", Json::str(reason)),
+            Event::Removed { node, unit, reason } => json::obj([
+                ("event", json::str("removed")),
+                ("node", json::str(node)),
+                ("unit", json::str(unit)),
+                ("reason", json::str(reason)),
             ]),
             Event::Properties {
                 node,
                 unit,
                 interface,
                 props,
-            } => Json::obj([
-                ("event", Json::str("properties")),
-                ("node", Json::str(node)),
-                ("unit", Json::str(unit)),
-                ("interface", Json::str(interface)),
+            } => json::obj([
+                ("event", json::str("properties")),
+                ("node", json::str(node)),
+                ("unit", json::str(unit)),
+                ("interface", json::str(interface)),
                 (
                     "properties",
-                    Json::Obj(
+                    json::object(
                         props
                             .iter()
-                            .map(|(k, v)| (k.clone(), Json::str(v)))
+                            .map(|(k, v)| (k.clone(), json::str(v)))
                             .collect(),
                     ),
                 ),
             ]),
-            Event::PeerRemoved { reason } => Json::obj([
-                ("event", Json::str("closed")),
-                ("reason", Json::str(reason)),
+            Event::PeerRemoved { reason } => json::obj([
+                ("event", json::str("closed")),
+                ("reason", json::str(reason)),
             ]),
         }
     }
@@ -299,6 +299,7 @@ pub fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::ToLine;
 
     fn sig(member: &str) -> Message {
         Message::new_signal(

@@ -3,7 +3,7 @@
 use super::Ctx;
 use crate::client::{Client, CtlError};
 use crate::glob::{keep, Glob};
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::output;
 use hirte_common::protocol;
 use std::time::SystemTime;
@@ -37,14 +37,14 @@ pub fn fetch(c: &Client, filter: Option<&Glob>) -> Result<Vec<NodeRow>, CtlError
 
 /// `[{"node","state","ip","last_seen_usec"}]`, shared by list-nodes and status.
 pub fn json(rows: &[NodeRow]) -> Json {
-    Json::Arr(
+    Json::Array(
         rows.iter()
             .map(|r| {
-                Json::obj([
-                    ("node", Json::str(&r.name)),
-                    ("state", Json::str(&r.state)),
-                    ("ip", Json::str(&r.ip)),
-                    ("last_seen_usec", Json::U64(r.last_seen_usec)),
+                json::obj([
+                    ("node", json::str(&r.name)),
+                    ("state", json::str(&r.state)),
+                    ("ip", json::str(&r.ip)),
+                    ("last_seen_usec", Json::from(r.last_seen_usec)),
                 ])
             })
             .collect(),

@@ -22,7 +22,7 @@ fn check(
 ) -> Result<u8, CtlError> {
     let deadline = Instant::now() + Duration::from_millis(wait.wait.unwrap_or(0));
     let interrupt = match wait.wait {
-        Some(_) => Some(Interrupt::install().map_err(CtlError::failed)?),
+        Some(_) => Some(Interrupt::install().map_err(|e| CtlError::failed(e.to_string()))?),
         None => None,
     };
     let state = loop {

@@ -4,7 +4,7 @@ use super::wait::{Next, Waiter};
 use super::{nodes, units, Ctx};
 use crate::cli::Bounds;
 use crate::client::CtlError;
-use crate::json::Json;
+use crate::json::{self, Json, ToLine};
 use crate::output;
 use dbus::arg::{prop_cast, PropMap};
 use hirte_common::protocol;
@@ -98,7 +98,7 @@ fn render(ctx: &Ctx, what: &What) -> Result<String, CtlError> {
             Ok(if ctx.json() {
                 format!(
                     "{}\n",
-                    Json::Arr(list.iter().map(units::Unit::json).collect()).to_line()
+                    Json::Array(list.iter().map(units::Unit::json).collect()).to_line()
                 )
             } else {
                 units::units_table(&list, false, true)
@@ -110,19 +110,19 @@ fn render(ctx: &Ctx, what: &What) -> Result<String, CtlError> {
                 let items = list
                     .iter()
                     .map(|s| {
-                        Json::obj([
-                            ("node", Json::str(*node)),
-                            ("unit", Json::str(&s.unit)),
-                            ("load", Json::str(&s.load)),
-                            ("active", Json::str(&s.active)),
-                            ("sub", Json::str(&s.sub)),
-                            ("freezer", Json::str(&s.freezer)),
-                            ("unit_file_state", Json::str(&s.unit_file_state)),
-                            ("description", Json::str(&s.description)),
+                        json::obj([
+                            ("node", json::str(*node)),
+                            ("unit", json::str(&s.unit)),
+                            ("load", json::str(&s.load)),
+                            ("active", json::str(&s.active)),
+                            ("sub", json::str(&s.sub)),
+                            ("freezer", json::str(&s.freezer)),
+                            ("unit_file_state", json::str(&s.unit_file_state)),
+                            ("description", json::str(&s.description)),
                         ])
                     })
                     .collect();
-                return Ok(format!("{}\n", Json::Arr(items).to_line()));
+                return Ok(format!("{}\n", Json::Array(items).to_line()));
             }
             let rows: Vec<Vec<String>> = list
                 .into_iter()

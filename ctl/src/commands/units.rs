@@ -4,7 +4,7 @@ use super::Ctx;
 use crate::cli::{UnitFileOpts, UnitOp};
 use crate::client::{Client, CtlError};
 use crate::glob::{keep, Glob};
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::output;
 use hirte_common::protocol;
 use std::collections::HashMap;
@@ -35,13 +35,13 @@ impl Unit {
     }
 
     pub fn json(&self) -> Json {
-        Json::obj([
-            ("node", Json::str(&self.node)),
-            ("unit", Json::str(&self.name)),
-            ("load", Json::str(&self.load)),
-            ("active", Json::str(&self.active)),
-            ("sub", Json::str(&self.sub)),
-            ("description", Json::str(&self.description)),
+        json::obj([
+            ("node", json::str(&self.node)),
+            ("unit", json::str(&self.name)),
+            ("load", json::str(&self.load)),
+            ("active", json::str(&self.active)),
+            ("sub", json::str(&self.sub)),
+            ("description", json::str(&self.description)),
         ])
     }
 }
@@ -104,7 +104,7 @@ pub fn units_table(units: &[Unit], with_node: bool, with_load: bool) -> String {
 pub fn list_units(ctx: &Ctx, node: Option<&str>, filter: Option<&Glob>) -> Result<(), CtlError> {
     let units = fetch(ctx.c, node, filter)?;
     if ctx.json() {
-        output::print_json(&Json::Arr(units.iter().map(Unit::json).collect()));
+        output::print_json(&Json::Array(units.iter().map(Unit::json).collect()));
     } else {
         output::out(&units_table(&units, node.is_none(), false));
     }
@@ -149,15 +149,15 @@ pub fn list_unit_files(
         let items = rows
             .iter()
             .map(|(n, u, p, s)| {
-                Json::obj([
-                    ("node", Json::str(n)),
-                    ("unit", Json::str(u)),
-                    ("path", Json::str(p)),
-                    ("state", Json::str(s)),
+                json::obj([
+                    ("node", json::str(n)),
+                    ("unit", json::str(u)),
+                    ("path", json::str(p)),
+                    ("state", json::str(s)),
                 ])
             })
             .collect();
-        output::print_json(&Json::Arr(items));
+        output::print_json(&Json::Array(items));
         return Ok(());
     }
     let cells: Vec<Vec<String>> = rows
@@ -293,15 +293,15 @@ pub fn is_enabled(ctx: &Ctx, node: &str, units: &[String], quiet: bool) -> Resul
         let items = states
             .iter()
             .map(|(u, s)| {
-                Json::obj([
-                    ("node", Json::str(node)),
-                    ("unit", Json::str(u)),
-                    ("state", Json::str(s)),
+                json::obj([
+                    ("node", json::str(node)),
+                    ("unit", json::str(u)),
+                    ("state", json::str(s)),
                     ("enabled", Json::Bool(ENABLED_STATES.contains(&s.as_str()))),
                 ])
             })
             .collect();
-        output::print_json(&Json::Arr(items));
+        output::print_json(&Json::Array(items));
     } else if !quiet {
         for (_, s) in &states {
             output::line(s);

@@ -29,7 +29,7 @@ impl<'a> Waiter<'a> {
     /// Also watches the manager's name, so a stopped (or absent) manager ends the wait with an
     /// error.
     pub fn new(c: &'a Client, timeout_secs: Option<u64>) -> Result<Waiter<'a>, CtlError> {
-        let interrupt = Interrupt::install().map_err(CtlError::failed)?;
+        let interrupt = Interrupt::install().map_err(|e| CtlError::failed(e.to_string()))?;
         c.watch_manager_owner()?;
         // After the watch, so a manager stopping from now on is seen either way.
         c.require_manager()?;

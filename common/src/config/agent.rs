@@ -1,0 +1,149 @@
+//! The agent's settings: `[hirte-agent]` in `agent.conf`.
+
+use super::address::{parse_tcp_address, parse_unix_address};
+use super::entry::{bad, port, single, span, unknown_key, Entry};
+use super::error::ConfigError;
+use super::layers::{load_layers, Settings};
+use super::log_settings::LogConfig;
+use super::{MAX_INTERVAL, MIN_INTERVAL};
+use crate::names::validate_node_name;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Agent settings (`[hirte-agent]` in `agent.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub manager_host: String,
+    pub manager_port: u16,
+    pub log: LogConfig,
+    pub heartbeat_interval: Duration,
+    pub reconnect_interval: Duration,
+    /// Manager silent for this long: the link is considered dead and is re-established.
+    pub manager_timeout: Option<Duration>,
+    /// `ManagerAddress=unix:path=PATH`: connect to the manager's Unix socket instead of
+    /// `manager_host`:`manager_port`. The last of `ManagerAddress`, `ManagerHost` and
+    /// `ManagerPort` set decides between the two.
+    pub manager_socket: Option<PathBuf>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node_name: String::new(),
+            manager_host: "127.0.0.1".to_string(),
+            manager_port: 2020,
+            log: LogConfig::default(),
+            heartbeat_interval: Duration::from_secs(5),
+            reconnect_interval: Duration::from_secs(5),
+            manager_timeout: None,
+            manager_socket: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads the layered files (see [`super::layers`]).
+    pub fn load(dir: &Path, extra: Option<&Path>) -> Result<Self, ConfigError> {
+        load_layers(dir, extra)
+    }
+
+    // [impl->req~config.agent-keys~1]
+    pub fn apply(&mut self, e: &Entry) -> Result<(), ConfigError> {
+        if self.log.apply(e)? {
+            return Ok(());
+        }
+        match e.key.as_str() {
+            "NodeName" => {
+                let n = single(e)?;
+                validate_node_name(n).map_err(|err| bad(e, err.to_string()))?;
+                self.node_name = n.to_string();
+            }
+            "ManagerHost" => {
+                let h = single(e)?;
+                if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c == '/') {
+                    return Err(bad(e, "expected a host name or IP address"));
+                }
+                self.manager_host = h.to_string();
+                self.manager_socket = None;
+            }
+            "ManagerPort" => {
+                self.manager_port = port(e)?;
+                self.manager_socket = None;
+            }
+            // BlueChi's spelling: tcp:host=HOST,port=PORT or unix:path=PATH
+            // [impl->req~link.unix-socket~1]
+            "ManagerAddress" => {
+                let s = single(e)?;
+                if let Some(rest) = s.strip_prefix("unix:") {
+                    self.manager_socket = Some(parse_unix_address(rest).map_err(|r| bad(e, r))?);
+                } else {
+                    let (host, p) = parse_tcp_address(s).map_err(|r| bad(e, r))?;
+                    self.manager_host = host;
+                    self.manager_port = p;
+                    self.manager_socket = None;
+                }
+            }
+            "HeartbeatInterval" => {
+                self.heartbeat_interval = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
+            }
+            "ReconnectInterval" => {
+                self.reconnect_interval = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
+            }
+            "ManagerHeartbeatThreshold" => {
+                self.manager_timeout = Some(span(e, MIN_INTERVAL, MAX_INTERVAL)?);
+            }
+            _ => return Err(unknown_key(e)),
+        }
+        Ok(())
+    }
+
+    /// The manager's address in D-Bus syntax, as the local API's `ManagerAddress` shows it:
+    /// `tcp:host=HOST,port=PORT` or `unix:path=PATH`.
+    pub fn manager_address(&self) -> String {
+        match &self.manager_socket {
+            Some(p) => format!("unix:path={}", p.display()),
+            None => format!("tcp:host={},port={}", self.manager_host, self.manager_port),
+        }
+    }
+
+    /// The manager's address as log lines name it: `HOST:PORT` or `unix:path=PATH`.
+    pub fn manager_endpoint(&self) -> String {
+        match &self.manager_socket {
+            Some(p) => format!("unix:path={}", p.display()),
+            None => format!("{}:{}", self.manager_host, self.manager_port),
+        }
+    }
+
+    /// How long the manager may stay silent: three of its heartbeat echoes, unless set.
+    pub fn effective_manager_timeout(&self) -> Duration {
+        self.manager_timeout
+            .unwrap_or(self.heartbeat_interval.saturating_mul(3))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_node_name(&self.node_name).map_err(|e| ConfigError::Invalid {
+            reason: format!("NodeName: {e}"),
+        })?;
+        if self.effective_manager_timeout() <= self.heartbeat_interval {
+            return Err(ConfigError::Invalid {
+                reason: "ManagerHeartbeatThreshold must be longer than HeartbeatInterval"
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Settings for AgentConfig {
+    const SECTION: &'static str = "hirte-agent";
+    const FILE_BASE: &'static str = "agent";
+
+    fn apply_entry(&mut self, e: &Entry) -> Result<(), ConfigError> {
+        self.apply(e)
+    }
+
+    fn log_settings(&self) -> &LogConfig {
+        &self.log
+    }
+}
