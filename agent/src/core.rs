@@ -25,7 +25,7 @@ use hirte_common::protocol::error;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
 use hirte_common::wait::poll_readable;
-use hirte_common::{log, log_error, log_info, log_warn};
+use hirte_common::{log_error, log_info, log_warn};
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
