@@ -96,3 +96,48 @@ pub fn copy_answer(reply: dbus::Message, answer: &dbus::Message) -> dbus::Messag
     reply.append_items(&answer.get_items());
     reply
 }
+
+/// An error reply to `call` named `name` (or `Error.Protocol` when `name` is not a valid
+/// error name), unless the caller asked for no reply. A NUL in `text` becomes a space.
+pub fn error_reply(call: &dbus::Message, name: &str, text: &str) -> Option<dbus::Message> {
+    if call.get_no_reply() {
+        return None;
+    }
+    let name = dbus::strings::ErrorName::new(name.to_string())
+        .or_else(|_| dbus::strings::ErrorName::new(error::PROTOCOL.to_string()))
+        .ok()?;
+    let text = std::ffi::CString::new(text.replace('\0', " ")).ok()?;
+    Some(call.error(&name, &text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> dbus::Message {
+        let mut m = dbus::Message::new_method_call(LINK_PEER, MANAGER_PATH, MANAGER_IFACE, "X")
+            .expect("a valid call");
+        m.set_serial(3);
+        m
+    }
+
+    #[test]
+    fn error_reply_names_the_error_and_falls_back_to_protocol() {
+        let mut r = error_reply(&call(), error::BUSY, "full\0up").expect("a reply");
+        let e = r.as_result().expect_err("an error");
+        assert_eq!(e.name(), Some(error::BUSY));
+        assert_eq!(e.message(), Some("full up"));
+        let mut r = error_reply(&call(), "not a name", "x").expect("a reply");
+        assert_eq!(
+            r.as_result().expect_err("an error").name(),
+            Some(error::PROTOCOL)
+        );
+    }
+
+    #[test]
+    fn error_reply_respects_no_reply() {
+        let mut c = call();
+        c.set_no_reply(true);
+        assert!(error_reply(&c, error::BUSY, "x").is_none());
+    }
+}
