@@ -6,7 +6,8 @@
 
 use crate::api::{job_object_path, Tokens};
 use crate::events::LinkEvent;
-use crate::state::{lock, monitor_path, ObjectOp, Shared};
+use crate::objects::{monitor_path, ObjectOp};
+use crate::state::{lock, Shared};
 use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_TICK;
@@ -72,7 +73,7 @@ impl Core {
             if self.shutdown.load(Ordering::Relaxed) && drain_until.is_none() {
                 log_info!("Shutting down: refusing new calls, letting jobs in flight finish");
                 notify::stopping();
-                lock(&self.model).draining = true;
+                lock(&self.model).start_draining();
                 drain_until = Some(Instant::now() + SHUTDOWN_GRACE);
             }
             if let Some(until) = drain_until {
@@ -190,13 +191,7 @@ impl Core {
     /// Applies object-tree changes, then sends queued bus messages, in that order, so a job
     /// object exists before its `JobNew` and the reply naming it.
     fn apply_effects(&mut self) {
-        let (ops, outbox) = {
-            let mut m = lock(&self.model);
-            (
-                std::mem::take(&mut m.object_ops),
-                std::mem::take(&mut m.outbox),
-            )
-        };
+        let (ops, outbox) = lock(&self.model).take_effects();
         for op in ops {
             match op {
                 ObjectOp::AddJob(id) => {

@@ -1,23 +1,45 @@
 //! `hirte`: the Hirte-rs manager.
 //!
 //! Threads: the core (D-Bus API and all state), the listener, and one per agent connection.
+//!
+//! Modules, each using only those listed before it (no cycles):
+//! - `events`: what connection threads and the core exchange (link handles, link events);
+//! - `objects`: exported object paths, signal builders, the `Outbox` of a step's effects;
+//! - `agent_msg`: the agents' signals, decoded;
+//! - `nodes`: the node table (registry, sessions, cluster status);
+//! - `calls`: calls in flight to agents and their deadlines;
+//! - `jobs`: the job table;
+//! - `fanout`: calls spanning all nodes, their parts collected into one reply;
+//! - `monitor`: monitors, their subscriptions and signals;
+//! - `proxy`, `dependencies`: cross-node dependencies (bookkeeping, then decisions);
+//! - `state`: the `Manager`, where the parts above meet (and only there);
+//! - `api`: the public D-Bus interfaces, over `state`;
+//! - `link`, `listener`: connection threads; `core`: the core thread, over all of them.
 
+mod agent_msg;
+mod agents;
 mod api;
+mod calls;
 mod core;
 mod dependencies;
 mod events;
+mod fanout;
+mod jobs;
 mod link;
 mod listener;
 mod monitor;
+mod nodes;
+mod objects;
 mod proxy;
 mod state;
 
 use clap::Parser;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_QUEUE_DEPTH;
-use hirte_common::config::{cli_entry, config_dir, ManagerConfig};
+use hirte_common::config::{cli_entry, config_dir, ConfigError, ManagerConfig};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::{log, log_info, protocol};
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,19 +61,62 @@ struct Cli {
     port: Option<String>,
 }
 
-fn load_config(cli: &Cli) -> Result<ManagerConfig, String> {
-    let mut cfg =
-        ManagerConfig::load(&config_dir(), cli.config.as_deref()).map_err(|e| e.to_string())?;
-    if let Some(p) = &cli.port {
-        cfg.apply(&cli_entry("ManagerPort", p))
-            .map_err(|e| e.to_string())?;
+/// Why the manager could not start, or stopped.
+enum FatalError {
+    Config(ConfigError),
+    Signals(std::io::Error),
+    Bus(String),
+    BusName(String),
+    NameTaken,
+    OpenActivatedSocket,
+    Listen(IpAddr, u16, std::io::Error),
+    Socket(String),
+    Queue(nix::errno::Errno),
+    Thread(std::io::Error),
+    Core(core::CoreError),
+}
+
+impl fmt::Display for FatalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FatalError::Config(e) => write!(f, "{e}"),
+            FatalError::Signals(e) => write!(f, "cannot install signal handler: {e}"),
+            FatalError::Bus(e) => write!(f, "cannot connect to the system bus: {e}"),
+            FatalError::BusName(e) => write!(
+                f,
+                "cannot own {} on the system bus: {e} (is the D-Bus policy installed?)",
+                protocol::MANAGER_BUS_NAME
+            ),
+            FatalError::NameTaken => write!(
+                f,
+                "{} is already owned: is another manager running?",
+                protocol::MANAGER_BUS_NAME
+            ),
+            FatalError::OpenActivatedSocket => write!(
+                f,
+                "AllowedNodeNames is empty while the activated socket listens on all \
+                 interfaces; list the nodes that may connect"
+            ),
+            FatalError::Listen(addr, port, e) => write!(f, "cannot listen on {addr}:{port}: {e}"),
+            FatalError::Socket(e) => write!(f, "{e}"),
+            FatalError::Queue(e) => write!(f, "cannot create queue: {e}"),
+            FatalError::Thread(e) => write!(f, "cannot start listener thread: {e}"),
+            FatalError::Core(e) => write!(f, "{e}"),
+        }
     }
-    cfg.validate().map_err(|e| e.to_string())?;
+}
+
+fn load_config(cli: &Cli) -> Result<ManagerConfig, ConfigError> {
+    let mut cfg = ManagerConfig::load(&config_dir(), cli.config.as_deref())?;
+    if let Some(p) = &cli.port {
+        cfg.apply(&cli_entry("ManagerPort", p))?;
+    }
+    cfg.validate()?;
     Ok(cfg)
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let cfg = load_config(&cli)?;
+fn run(cli: Cli) -> Result<(), FatalError> {
+    let cfg = load_config(&cli).map_err(FatalError::Config)?;
     log::init("hirte", cfg.log.level, cfg.log.target, cfg.log.is_quiet);
     log_info!(
         "Starting hirte {} (port {}, {} allowed nodes)",
@@ -62,33 +127,20 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, shutdown.clone())
-            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        signal_hook::flag::register(sig, shutdown.clone()).map_err(FatalError::Signals)?;
     }
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        .map_err(FatalError::Signals)?;
 
-    let conn = hirte_common::sys::open_bus(dbus::channel::BusType::System).map_err(|e| {
-        format!(
-            "cannot connect to the system bus: {}",
-            e.message().unwrap_or("unknown error")
-        )
-    })?;
+    let text = |e: dbus::Error| e.message().unwrap_or("unknown error").to_string();
+    let conn = hirte_common::sys::open_bus(dbus::channel::BusType::System)
+        .map_err(|e| FatalError::Bus(text(e)))?;
     let owned = conn
         .request_name(protocol::MANAGER_BUS_NAME, false, false, true)
-        .map_err(|e| {
-            format!(
-                "cannot own {} on the system bus: {} (is the D-Bus policy installed?)",
-                protocol::MANAGER_BUS_NAME,
-                e.message().unwrap_or("unknown error")
-            )
-        })?;
+        .map_err(|e| FatalError::BusName(text(e)))?;
     if owned != dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner {
-        return Err(format!(
-            "{} is already owned: is another manager running?",
-            protocol::MANAGER_BUS_NAME
-        ));
+        return Err(FatalError::NameTaken);
     }
 
     let addr = cfg.address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -103,17 +155,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map(|a| a.ip().is_unspecified())
                 .unwrap_or(true);
             if open && allowed_empty {
-                return Err(
-                    "AllowedNodeNames is empty while the activated socket listens on all \
-                            interfaces; list the nodes that may connect"
-                        .to_string(),
-                );
+                return Err(FatalError::OpenActivatedSocket);
             }
             l
         }
         None => {
             let l = TcpListener::bind((addr, cfg.port))
-                .map_err(|e| format!("cannot listen on {addr}:{}: {e}", cfg.port))?;
+                .map_err(|e| FatalError::Listen(addr, cfg.port, e))?;
             log_info!("Listening on {addr}:{}", cfg.port);
             l
         }
@@ -122,20 +170,21 @@ fn run(cli: Cli) -> Result<(), String> {
     // Kept until `run` returns: dropping it removes the socket file.
     let (unix, _socket_file) = match &cfg.socket {
         Some(path) => {
-            let (l, f) = listener::SocketFile::bind(path)?;
+            let (l, f) = listener::SocketFile::bind(path).map_err(FatalError::Socket)?;
             log_info!("Listening on unix:path={}", path.display());
             (Some(l), Some(f))
         }
         None => (None, None),
     };
 
-    let events = Arc::new(
-        BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(|e| format!("cannot create queue: {e}"))?,
-    );
+    let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(FatalError::Queue)?);
     let model = Arc::new(Mutex::new(state::Manager::new(cfg)));
     let mut cr = Crossroads::new();
     let tokens = api::export(&mut cr, &model);
-    let first_node = state::lock(&model).nodes.first().map(|n| n.path.clone());
+    let first_node = state::lock(&model)
+        .nodes()
+        .get(0)
+        .map(|n| n.path().to_string());
     let signatures = api::input_signatures(&mut cr, &tokens, first_node);
 
     // Links outlive the SIGTERM by the drain time: jobs in flight must still be answered.
@@ -150,7 +199,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
         .spawn(move || listener.run())
-        .map_err(|e| format!("cannot start listener thread: {e}"))?;
+        .map_err(FatalError::Thread)?;
 
     hirte_common::notify::ready(&format!("listening on {addr}:{port}"));
     let mut core = core::Core {
@@ -165,7 +214,7 @@ fn run(cli: Cli) -> Result<(), String> {
         extra_config: cli.config.clone(),
         bus_writer: Default::default(),
     };
-    let result = core.run().map_err(|e| e.to_string());
+    let result = core.run().map_err(FatalError::Core);
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
     stop_links.store(true, std::sync::atomic::Ordering::Relaxed);
     events.close();
@@ -180,7 +229,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::report_fatal("hirte", &e);
+            log::report_fatal("hirte", &e.to_string());
             ExitCode::FAILURE
         }
     }

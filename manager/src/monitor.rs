@@ -1,10 +1,13 @@
-//! Monitors: who wants which unit events of which nodes. Pure bookkeeping; `state` turns its
-//! answers into signals and agent subscriptions.
+//! Monitors: who wants which unit events of which nodes, and the signals their owners and
+//! peers get. The manager turns `wanted_units` into agent subscriptions.
 
+use crate::objects::{monitor_path, signal, ObjectOp, Outbox};
+use dbus::arg::messageitem::MessageItem;
 use hirte_common::bounds::{
     MAX_MONITORS, MAX_MONITORS_PER_OWNER, MAX_PEERS_PER_MONITOR, MAX_SEEN_UNITS_PER_SUBSCRIPTION,
     MAX_SUBSCRIPTIONS_PER_MONITOR, MAX_UNITS_PER_SUBSCRIPTION,
 };
+use hirte_common::protocol;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -65,31 +68,31 @@ impl fmt::Display for MonitorError {
 }
 
 pub struct Subscription {
-    pub node: String,
-    pub units: Vec<String>,
+    node: String,
+    units: Vec<String>,
     /// Units a wildcard subscription saw, so they get virtual events when the node drops.
-    pub seen: BTreeSet<(String, String)>,
+    seen: BTreeSet<(String, String)>,
 }
 
 impl Subscription {
-    pub fn matches_node(&self, node: &str) -> bool {
+    fn matches_node(&self, node: &str) -> bool {
         self.node == WILDCARD || self.node == node
     }
 
-    pub fn matches(&self, node: &str, unit: &str) -> bool {
+    fn matches(&self, node: &str, unit: &str) -> bool {
         self.matches_node(node) && self.units.iter().any(|u| u == WILDCARD || u == unit)
     }
 }
 
-pub struct Monitor {
-    pub owner: String,
-    pub peers: BTreeMap<u32, String>,
-    pub subs: BTreeMap<u32, Subscription>,
+struct Monitor {
+    owner: String,
+    peers: BTreeMap<u32, String>,
+    subs: BTreeMap<u32, Subscription>,
 }
 
 impl Monitor {
     /// Bus names that receive this monitor's signals: the owner, then its peers.
-    pub fn recipients(&self) -> Vec<String> {
+    fn recipients(&self) -> Vec<String> {
         let mut r = vec![self.owner.clone()];
         r.extend(self.peers.values().cloned());
         r
@@ -98,7 +101,7 @@ impl Monitor {
 
 #[derive(Default)]
 pub struct Monitors {
-    pub monitors: BTreeMap<u32, Monitor>,
+    monitors: BTreeMap<u32, Monitor>,
     next_id: u32,
 }
 
@@ -109,7 +112,7 @@ fn next(counter: &mut u32) -> u32 {
 
 impl Monitors {
     // [impl->req~bounds.monitors~1]
-    pub fn create(&mut self, owner: &str) -> Result<u32, MonitorError> {
+    fn create(&mut self, owner: &str) -> Result<u32, MonitorError> {
         if self.monitors.len() >= MAX_MONITORS {
             return Err(MonitorError::TooManyMonitors);
         }
@@ -129,6 +132,13 @@ impl Monitors {
                 subs: BTreeMap::new(),
             },
         );
+        Ok(id)
+    }
+
+    /// A new monitor of `owner`, whose object is added.
+    pub fn open(&mut self, owner: &str, out: &mut Outbox) -> Result<u32, MonitorError> {
+        let id = self.create(owner)?;
+        out.object(ObjectOp::AddMonitor(id));
         Ok(id)
     }
 
@@ -202,8 +212,30 @@ impl Monitors {
             .ok_or(MonitorError::NoSuchPeer(peer))
     }
 
-    pub fn close(&mut self, id: u32) -> Option<Monitor> {
-        self.monitors.remove(&id)
+    /// Closes a monitor: its peers are told why, its object goes. False if there was none.
+    pub fn close(&mut self, id: u32, reason: &str, out: &mut Outbox) -> bool {
+        let Some(m) = self.monitors.remove(&id) else {
+            return false;
+        };
+        let peers: Vec<String> = m.peers.values().cloned().collect();
+        let items = [MessageItem::Str(reason.to_string())];
+        signals(id, &peers, "PeerRemoved", &items, out);
+        out.object(ObjectOp::RemoveMonitor(id));
+        true
+    }
+
+    /// Removes a peer on its owner's request; the peer is told why.
+    pub fn remove_peer_with_notice(
+        &mut self,
+        id: u32,
+        peer: u32,
+        reason: &str,
+        out: &mut Outbox,
+    ) -> Result<(), MonitorError> {
+        let name = self.remove_peer(id, peer)?;
+        let items = [MessageItem::Str(reason.to_string())];
+        signals(id, &[name], "PeerRemoved", &items, out);
+        Ok(())
     }
 
     /// Monitors owned by a bus name that left the bus.
@@ -261,8 +293,45 @@ impl Monitors {
         out
     }
 
+    /// A unit event from an agent, for the monitors that want it.
+    pub fn route_event(
+        &mut self,
+        node: &str,
+        unit: &str,
+        member: &str,
+        items: Vec<MessageItem>,
+        out: &mut Outbox,
+    ) {
+        let mut full = vec![MessageItem::Str(node.to_string())];
+        full.extend(items);
+        for (mid, recipients) in self.route(node, unit) {
+            signals(mid, &recipients, member, &full, out);
+        }
+    }
+
+    /// When a node drops, its subscribers learn that its units are gone for them.
+    // [impl->req~manager.monitor-virtual~1]
+    pub fn node_gone(&self, node: &str, out: &mut Outbox) {
+        for (mid, recipients, units) in self.units_of_node(node) {
+            for unit in units {
+                let n = MessageItem::Str(node.to_string());
+                let u = MessageItem::Str(unit);
+                let state = [
+                    n.clone(),
+                    u.clone(),
+                    MessageItem::Str("inactive".into()),
+                    MessageItem::Str("agent-offline".into()),
+                    MessageItem::Str("virtual".into()),
+                ];
+                signals(mid, &recipients, "UnitStateChanged", &state, out);
+                let removed = [n, u, MessageItem::Str("virtual".into())];
+                signals(mid, &recipients, "UnitRemoved", &removed, out);
+            }
+        }
+    }
+
     /// Units that get virtual "gone" events when `node` drops, per monitor.
-    pub fn units_of_node(&self, node: &str) -> Vec<(u32, Vec<String>, BTreeSet<String>)> {
+    fn units_of_node(&self, node: &str) -> Vec<(u32, Vec<String>, BTreeSet<String>)> {
         let mut out = Vec::new();
         for (id, m) in &self.monitors {
             let mut units = BTreeSet::new();
@@ -280,6 +349,28 @@ impl Monitors {
             }
         }
         out
+    }
+}
+
+/// A monitor signal to each recipient (unicast: only the owner and its peers get it).
+fn signals(
+    monitor: u32,
+    recipients: &[String],
+    member: &str,
+    items: &[MessageItem],
+    out: &mut Outbox,
+) {
+    let path = monitor_path(monitor);
+    for r in recipients {
+        let Some(mut m) = signal(&path, protocol::MONITOR_IFACE, member) else {
+            continue;
+        };
+        m.append_items(items);
+        let Ok(dest) = dbus::strings::BusName::new(r.clone()) else {
+            continue;
+        };
+        m.set_destination(Some(dest));
+        out.send(Some(m));
     }
 }
 
@@ -301,7 +392,7 @@ mod tests {
         assert_eq!(r[0].1, vec![":1.1".to_string(), ":1.9".to_string()]);
         assert_eq!(m.route("n2", "x.service").len(), 1);
         assert_eq!(m.wanted_units("n1"), BTreeSet::from(["*".to_string()]));
-        m.close(b);
+        assert!(m.close(b, "done", &mut Outbox::default()));
         assert_eq!(
             m.wanted_units("n1"),
             BTreeSet::from(["x.service".to_string()])
