@@ -250,8 +250,7 @@ impl<K> Agents<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hirte_common::bounds::{MAX_FRAME_SIZE, MAX_PENDING_CALLS_PER_NODE};
-    use hirte_common::frame::FrameDecoder;
+    use hirte_common::bounds::MAX_PENDING_CALLS_PER_NODE;
     use hirte_common::stream::Peer;
 
     fn online() -> (Agents<u32>, Arc<LinkHandle>) {
@@ -265,11 +264,7 @@ mod tests {
     }
 
     fn sent(h: &LinkHandle) -> Vec<Message> {
-        let mut d = FrameDecoder::new(MAX_FRAME_SIZE);
-        while let Some(bytes) = h.queue.try_pop() {
-            d.push(&bytes).unwrap();
-        }
-        std::iter::from_fn(|| d.next_message().unwrap()).collect()
+        h.take_queued()
     }
 
     fn member(m: &Message) -> String {

@@ -51,6 +51,16 @@ impl LinkHandle {
         })
     }
 
+    /// Test side of the connection thread: every message queued so far, decoded.
+    #[cfg(test)]
+    pub fn take_queued(&self) -> Vec<Message> {
+        let mut d = hirte_common::frame::FrameDecoder::new(MAX_FRAME_SIZE);
+        while let Some(bytes) = self.queue.try_pop() {
+            d.push(&bytes).unwrap();
+        }
+        std::iter::from_fn(|| d.next_message().unwrap()).collect()
+    }
+
     pub fn close_requested(&self) -> Option<String> {
         self.close
             .lock()

@@ -349,8 +349,6 @@ impl NodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hirte_common::bounds::MAX_FRAME_SIZE;
-    use hirte_common::frame::FrameDecoder;
     use hirte_common::stream::Peer;
 
     fn table() -> NodeTable {
@@ -364,11 +362,7 @@ mod tests {
     }
 
     fn queued(h: &LinkHandle) -> Vec<Message> {
-        let mut d = FrameDecoder::new(MAX_FRAME_SIZE);
-        while let Some(bytes) = h.queue.try_pop() {
-            d.push(&bytes).unwrap();
-        }
-        std::iter::from_fn(|| d.next_message().unwrap()).collect()
+        h.take_queued()
     }
 
     // [utest->req~manager.register~1]

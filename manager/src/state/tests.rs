@@ -4,8 +4,7 @@
 use super::*;
 use crate::events::LinkHandle;
 use crate::objects::context_messages;
-use hirte_common::bounds::{DEP_START_TIMEOUT, LINK_OUTBOUND_DEPTH, MAX_FRAME_SIZE, MAX_JOBS};
-use hirte_common::frame::FrameDecoder;
+use hirte_common::bounds::{DEP_START_TIMEOUT, LINK_OUTBOUND_DEPTH, MAX_JOBS};
 use hirte_common::handshake::register_call;
 use hirte_common::stream::Peer;
 
@@ -37,6 +36,19 @@ fn error_of(ctx: Option<Context>) -> String {
     reply.as_result().unwrap_err().name().unwrap().to_string()
 }
 
+/// `StartUnit(x.service)` on the node `n1`.
+fn start_x(m: &mut Manager) -> Option<Context> {
+    let fill = |_: &mut Message, _: u32| {};
+    m.start_job(
+        0,
+        "StartUnit",
+        "start",
+        "x.service".into(),
+        fill,
+        call("StartUnit"),
+    )
+}
+
 // [utest->req~bounds.jobs~1]
 #[test]
 fn job_table_is_bounded() {
@@ -44,14 +56,7 @@ fn job_table_is_bounded() {
     for _ in 1..=MAX_JOBS as u32 {
         m.jobs.create(0, "u".into(), "start").unwrap();
     }
-    let ctx = m.start_job(
-        0,
-        "StartUnit",
-        "start",
-        "x.service".into(),
-        |_, _| {},
-        call("StartUnit"),
-    );
+    let ctx = start_x(&mut m);
     assert_eq!(error_of(ctx), error::BUSY);
     assert_eq!(m.jobs.len(), MAX_JOBS);
 }
@@ -60,14 +65,7 @@ fn job_table_is_bounded() {
 #[test]
 fn calls_to_an_offline_node_fail_offline_and_leave_no_job() {
     let mut m = manager();
-    let ctx = m.start_job(
-        0,
-        "StartUnit",
-        "start",
-        "x.service".into(),
-        |_, _| {},
-        call("StartUnit"),
-    );
+    let ctx = start_x(&mut m);
     assert_eq!(error_of(ctx), error::OFFLINE);
     assert!(m.jobs.is_empty());
     let ctx = m.relay(0, "ListUnits", |_| {}, call("ListUnits"));
@@ -205,11 +203,7 @@ fn register(name: &str) -> Message {
 
 /// What the manager queued for one link since the last look.
 fn sent(h: &LinkHandle) -> Vec<Message> {
-    let mut d = FrameDecoder::new(MAX_FRAME_SIZE);
-    while let Some(bytes) = h.queue.try_pop() {
-        d.push(&bytes).unwrap();
-    }
-    std::iter::from_fn(|| d.next_message().unwrap()).collect()
+    h.take_queued()
 }
 
 fn member(m: &Message) -> String {
