@@ -8,6 +8,7 @@
 //! - `agent_msg`: the agents' signals, decoded;
 //! - `nodes`: the node table (registry, sessions, cluster status);
 //! - `calls`: calls in flight to agents and their deadlines;
+//! - `agents`: node table and call table together (a call is recorded only once queued);
 //! - `jobs`: the job table;
 //! - `fanout`: calls spanning all nodes, their parts collected into one reply;
 //! - `monitor`: monitors, their subscriptions and signals;
