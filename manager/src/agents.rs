@@ -285,7 +285,6 @@ mod tests {
         assert!(a.is_quiet());
     }
 
-    // [utest->req~bounds.pending-calls~1]
     #[test]
     fn a_full_window_refuses_calls_without_sending() {
         let (mut a, h) = online();
@@ -299,7 +298,6 @@ mod tests {
         assert!(sent(&h).is_empty());
     }
 
-    // [utest->req~manager.offline-cleanup~1]
     #[test]
     fn a_disconnected_node_takes_its_calls_along() {
         let (mut a, h) = online();
@@ -314,7 +312,6 @@ mod tests {
         assert!(!a.signal(0, signal("/a", "a.b", "C").unwrap()));
     }
 
-    // [utest->req~manager.call-timeout~1]
     #[test]
     fn expired_calls_say_who_did_not_answer_what() {
         let (mut a, _h) = online();

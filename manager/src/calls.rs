@@ -186,7 +186,6 @@ impl<K> CallTable<K> {
 mod tests {
     use super::*;
 
-    // [utest->req~bounds.pending-calls~1]
     #[test]
     fn the_window_per_node_is_bounded() {
         let mut t = CallTable::default();
@@ -201,7 +200,6 @@ mod tests {
         assert!(t.has_room(0));
     }
 
-    // [utest->req~manager.call-timeout~1]
     #[test]
     fn deadlines_expire_calls_and_give_the_next_timeout() {
         let mut t = CallTable::default();

@@ -319,7 +319,6 @@ mod tests {
         assert!(d.watched_units("t").is_empty());
     }
 
-    // [utest->req~proxy.target-stopped~1]
     #[test]
     fn a_target_that_really_stops_ends_started_proxies_only() {
         let mut d = Dependencies::default();

@@ -172,7 +172,6 @@ mod tests {
         call.method_return().append1(files)
     }
 
-    // [utest->req~manager.list-units~1]
     #[test]
     fn parts_are_combined_once_all_are_in() {
         let mut f = FanOuts::default();
@@ -205,7 +204,6 @@ mod tests {
         assert!(f.is_empty());
     }
 
-    // [utest->req~manager.list-units~1]
     #[test]
     fn the_first_failure_fails_the_call() {
         let mut f = FanOuts::default();

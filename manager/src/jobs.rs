@@ -294,7 +294,6 @@ mod tests {
         assert_eq!(t.allocate_id(), 2);
     }
 
-    // [utest->req~manager.jobs~1]
     #[test]
     fn a_result_before_acceptance_waits_for_it() {
         let mut t = JobTable::default();

@@ -276,7 +276,7 @@ impl Monitors {
 
     /// Monitors (with their recipients) interested in an event; wildcard subscriptions
     /// remember the unit for later virtual events.
-    pub fn route(&mut self, node: &str, unit: &str) -> Vec<(u32, Vec<String>)> {
+    fn route(&mut self, node: &str, unit: &str) -> Vec<(u32, Vec<String>)> {
         let mut out = Vec::new();
         for (id, m) in &mut self.monitors {
             let mut hit = false;
@@ -422,6 +422,69 @@ mod tests {
         }
         let v = m.units_of_node("n1");
         assert_eq!(v[0].2.len(), MAX_SEEN_UNITS_PER_SUBSCRIPTION);
+    }
+
+    fn destinations_and_members(out: &mut Outbox) -> Vec<(String, String)> {
+        out.take()
+            .1
+            .iter()
+            .map(|m| {
+                let dest = m.destination().map(|d| d.to_string()).unwrap_or_default();
+                (dest, m.member().map(|s| s.to_string()).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    // [utest->req~manager.monitors~1]
+    #[test]
+    fn events_go_to_the_owner_and_its_peers_only() {
+        let mut m = Monitors::default();
+        let mut out = Outbox::default();
+        let a = m.open(":1.1", &mut out).unwrap();
+        assert_eq!(out.take().0, vec![ObjectOp::AddMonitor(a)]);
+        m.subscribe(a, "n1", vec!["x.service".into()]).unwrap();
+        m.add_peer(a, ":1.9").unwrap();
+        let items = vec![MessageItem::Str("x.service".into())];
+        m.route_event("n1", "x.service", "UnitRemoved", items.clone(), &mut out);
+        m.route_event("n1", "y.service", "UnitRemoved", items, &mut out);
+        let sent = destinations_and_members(&mut out);
+        assert_eq!(
+            sent,
+            [(":1.1", "UnitRemoved"), (":1.9", "UnitRemoved")]
+                .map(|(d, m)| (d.to_string(), m.to_string()))
+        );
+    }
+
+    #[test]
+    fn a_dropped_node_gives_virtual_events_and_closing_tells_the_peers() {
+        let mut m = Monitors::default();
+        let mut out = Outbox::default();
+        let a = m.open(":1.1", &mut out).unwrap();
+        m.subscribe(a, "n1", vec!["x.service".into()]).unwrap();
+        let peer = m.add_peer(a, ":1.9").unwrap();
+        out.take();
+        m.node_gone("n1", &mut out);
+        let members: Vec<String> = destinations_and_members(&mut out)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(
+            members,
+            [
+                "UnitStateChanged",
+                "UnitStateChanged",
+                "UnitRemoved",
+                "UnitRemoved"
+            ]
+        );
+        m.remove_peer_with_notice(a, peer, "bye", &mut out).unwrap();
+        assert_eq!(
+            destinations_and_members(&mut out),
+            vec![(":1.9".to_string(), "PeerRemoved".to_string())]
+        );
+        assert!(m.close(a, "done", &mut out));
+        assert!(!m.close(a, "done", &mut out));
+        assert_eq!(out.take().0, vec![ObjectOp::RemoveMonitor(a)]);
     }
 
     // [utest->req~bounds.monitors~1]

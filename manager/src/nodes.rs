@@ -365,7 +365,6 @@ mod tests {
         h.take_queued()
     }
 
-    // [utest->req~manager.register~1]
     #[test]
     fn register_answers_and_brings_the_node_online() {
         let mut t = table();
@@ -383,8 +382,6 @@ mod tests {
         assert_eq!(h.close_requested().as_deref(), Some("bye"));
     }
 
-    // [utest->req~manager.register-refused~1]
-    // [utest->req~manager.register-duplicate~1]
     #[test]
     fn unknown_and_duplicate_names_are_refused_and_closed() {
         let mut t = table();

@@ -1,5 +1,5 @@
 //! Cross-node dependencies: which proxies the requesting nodes hold, and how many of them
-//! need each (target node, unit). Pure bookkeeping; `state.rs` sends what it decides.
+//! need each (target node, unit). Pure bookkeeping; `dependencies.rs` decides what follows.
 
 use hirte_common::bounds::MAX_PROXIES_PER_NODE;
 use std::collections::{BTreeMap, BTreeSet};

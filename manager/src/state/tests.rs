@@ -109,7 +109,6 @@ fn status_without_nodes_online_is_down() {
     assert!(m.is_idle());
 }
 
-// [utest->req~manager.offline-cleanup~1]
 #[test]
 fn a_node_going_offline_fails_its_calls_and_cancels_its_jobs() {
     let mut m = manager();
@@ -152,7 +151,6 @@ fn a_node_going_offline_fails_its_calls_and_cancels_its_jobs() {
     assert_eq!(h.close_requested().as_deref(), Some("gone"));
 }
 
-// [utest->req~manager.call-timeout~1]
 #[test]
 fn an_unanswered_call_times_out() {
     let (mut m, _links) = cluster();
