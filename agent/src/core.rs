@@ -19,9 +19,9 @@ use dbus::Message;
 use hirte_common::bounds::{CORE_TICK, MAX_FRAME_SIZE};
 use hirte_common::bus::{BusWriter, WRITE_RETRY};
 use hirte_common::config::{self, AgentConfig};
-use hirte_common::frame::SharedSerials;
+use hirte_common::frame::SerialCounter;
 use hirte_common::notify;
-use hirte_common::protocol::error;
+use hirte_common::protocol::{error, error_reply};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
 use hirte_common::wait::poll_readable;
@@ -39,7 +39,7 @@ pub struct Channels {
     pub events: Arc<BoundedQueue<FromLink>>,
     pub outbound: Arc<BoundedQueue<Vec<u8>>>,
     pub shutdown: Arc<AtomicBool>,
-    pub serials: Arc<SharedSerials>,
+    pub serials: Arc<SerialCounter>,
     pub session: Arc<AtomicU64>,
 }
 
@@ -61,7 +61,7 @@ pub struct Core<S> {
     events: Arc<BoundedQueue<FromLink>>,
     pub(crate) outbound: Arc<BoundedQueue<Vec<u8>>>,
     shutdown: Arc<AtomicBool>,
-    pub(crate) serials: Arc<SharedSerials>,
+    pub(crate) serials: Arc<SerialCounter>,
     pub(crate) session: Arc<AtomicU64>,
     /// Job results that found the send queue full; retried first on every turn so no
     /// `JobDone` is lost while the link lives (bounded: one per job).
@@ -98,15 +98,6 @@ impl fmt::Display for PollError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "poll failed: {}", self.0)
     }
-}
-
-/// The D-Bus error `name` (or `Protocol` if that is not a valid name) answering `call`.
-pub(crate) fn error_reply(call: &Message, name: &str, text: &str) -> Option<Message> {
-    let name = dbus::strings::ErrorName::new(name.to_string())
-        .or_else(|_| dbus::strings::ErrorName::new(error::PROTOCOL.to_string()))
-        .ok()?;
-    let text = std::ffi::CString::new(text.replace('\0', " ")).ok()?;
-    Some(call.error(&name, &text))
 }
 
 /// A call to answer later (`Exec`, `StartDep`, `CreateProxy`). A copy loses its serial;
@@ -283,7 +274,7 @@ impl Core<SystemdBus> {
             self.on_tick();
             // [impl->req~bounds.bus-write~1]
             if let Err(e) = self.bus_writer.pump(self.sd.conn()) {
-                return Ok(Exit::BusLost(e));
+                return Ok(Exit::BusLost(e.to_string()));
             }
         }
         log_info!("Shutting down");

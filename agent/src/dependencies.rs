@@ -2,7 +2,7 @@
 //! calls of `hirte-proxy@` units, the manager's news about their targets, and the
 //! `hirte-dep@` anchors the manager asks this node to hold for proxies elsewhere.
 
-use crate::core::{error_reply, keep_call, Core};
+use crate::core::{keep_call, Core};
 use crate::jobs::JobKind;
 use crate::manager_calls::expect_signature;
 use crate::proxy::AgentProxy;
@@ -12,6 +12,7 @@ use dbus::Message;
 use hirte_common::names::{
     split_proxy_instance, validate_node_name, validate_proxy_target, MAX_UNIT_NAME_LEN,
 };
+use hirte_common::protocol::error_reply;
 use hirte_common::protocol::{error, UnitRow, DEP_TEMPLATE, PROXY_TEMPLATE};
 use hirte_common::timespan::format_timespan;
 use hirte_common::{log_debug, log_info, log_warn};

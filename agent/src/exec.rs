@@ -1,7 +1,7 @@
 //! `Exec`: runs a command as a transient oneshot unit, so systemd supervises it like any other
 //! service (cgroup, timeout, kill), and returns its exit status with bounded output.
 
-use crate::core::{error_reply, keep_call, Core};
+use crate::core::{keep_call, Core};
 use crate::jobs::JobKind;
 use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::arg::{RefArg, Variant};
@@ -9,6 +9,7 @@ use dbus::Message;
 use hirte_common::bounds::EXEC_MAX_OUTPUT;
 use hirte_common::log_info;
 use hirte_common::protocol::error;
+use hirte_common::protocol::error_reply;
 use hirte_common::timespan::format_timespan;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,12 +1,13 @@
 //! Jobs the agent started in systemd and waits for: the manager's jobs (answered with
 //! `JobDone`), `Exec` commands and `StartDep` anchors (answered when their job ends).
 
-use crate::core::{error_reply, Core};
+use crate::core::Core;
 use crate::exec::PendingExec;
 use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::arg::messageitem::MessageItem;
 use dbus::Message;
 use hirte_common::bounds::{MAX_AGENT_JOBS, MAX_FRAME_SIZE};
+use hirte_common::protocol::error_reply;
 use hirte_common::protocol::{self, error};
 use hirte_common::queue::PushError;
 use hirte_common::{log_debug, log_error, log_fields};

@@ -10,7 +10,7 @@ use hirte_common::bounds::{
     CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, LINK_WRITE_TIMEOUT, MAX_FRAME_SIZE, READ_CHUNK,
 };
 use hirte_common::config::AgentConfig;
-use hirte_common::frame::{FrameDecoder, SharedSerials};
+use hirte_common::frame::{FrameDecoder, SerialCounter};
 use hirte_common::handshake::register_call;
 use hirte_common::protocol;
 use hirte_common::queue::{BoundedQueue, PushError};
@@ -82,7 +82,7 @@ pub struct Link {
     pub events: Arc<BoundedQueue<FromLink>>,
     pub shutdown: Arc<AtomicBool>,
     /// Serials shared with the core, which frames its own messages.
-    pub serials: Arc<SharedSerials>,
+    pub serials: Arc<SerialCounter>,
     /// Incremented for every new manager session, so the core can drop stale job results.
     pub session: Arc<AtomicU64>,
     /// Wall-clock time (µs) of the last frame from the manager, for the local status API.

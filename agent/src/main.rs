@@ -23,7 +23,7 @@ use clap::Parser;
 use dbus::channel::BusType;
 use hirte_common::bounds::{CORE_QUEUE_DEPTH, LINK_OUTBOUND_DEPTH};
 use hirte_common::config::{cli_entry, config_dir, AgentConfig};
-use hirte_common::frame::SharedSerials;
+use hirte_common::frame::SerialCounter;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::open_bus;
 use hirte_common::{log, log_debug, log_info, log_warn};
@@ -136,7 +136,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         outbound: outbound.clone(),
         events: events.clone(),
         shutdown: shutdown.clone(),
-        serials: Arc::new(SharedSerials::default()),
+        serials: Arc::new(SerialCounter::default()),
         session: Arc::new(AtomicU64::new(0)),
         last_seen_us: last_seen_us.clone(),
     };

@@ -1,11 +1,12 @@
 //! The manager's calls to this node (`org.containers.hirte.internal.Agent`): checks each
 //! call's arguments and executes it against systemd, or hands it to the module that owns it.
 
-use crate::core::{error_reply, Core};
+use crate::core::Core;
 use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::MAX_FRAME_SIZE;
+use hirte_common::protocol::error_reply;
 use hirte_common::protocol::{self, error, signature_of};
 use hirte_common::{log, log_debug, log_info, log_warn};
 

@@ -7,7 +7,7 @@ use crate::local_api::LocalApi;
 use crate::systemd::{CallError, Systemd};
 use dbus::arg::{RefArg, Variant};
 use dbus::Message;
-use hirte_common::frame::{FrameDecoder, SharedSerials};
+use hirte_common::frame::{FrameDecoder, SerialCounter};
 use hirte_common::protocol;
 use hirte_common::queue::BoundedQueue;
 use std::cell::{Cell, RefCell};
@@ -126,7 +126,7 @@ impl Harness {
             events: Arc::new(BoundedQueue::new(8).unwrap()),
             outbound: outbound.clone(),
             shutdown: Arc::new(AtomicBool::new(false)),
-            serials: Arc::new(SharedSerials::default()),
+            serials: Arc::new(SerialCounter::default()),
             session: session.clone(),
         };
         let local = LocalApi::new("tcp:host=m,port=2020".into(), Arc::default());

@@ -14,6 +14,32 @@ const WRITE_ROUNDS: usize = 16;
 /// How soon a loop with unsent messages should come back to write more.
 pub const WRITE_RETRY: Duration = Duration::from_millis(10);
 
+/// Why the bus can no longer be written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusError {
+    /// libdbus reports the connection closed.
+    Closed,
+    /// The bus took nothing for this long.
+    Stalled(Duration),
+}
+
+impl std::fmt::Display for BusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusError::Closed => f.write_str("connection to the bus closed"),
+            BusError::Stalled(d) => {
+                write!(
+                    f,
+                    "the bus has not taken our messages for {}",
+                    format_timespan(*d)
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for BusError {}
+
 /// Tracks how long messages have been waiting for the bus.
 #[derive(Default)]
 pub struct BusWriter {
@@ -25,7 +51,7 @@ impl BusWriter {
     /// within `WRITE_RETRY`); `Err`: the connection closed or the bus took nothing for
     /// `BUS_WRITE_TIMEOUT`.
     // [impl->req~bounds.bus-write~1]
-    pub fn pump(&mut self, conn: &Connection) -> Result<bool, String> {
+    pub fn pump(&mut self, conn: &Connection) -> Result<bool, BusError> {
         let channel = conn.channel();
         for _ in 0..WRITE_ROUNDS {
             if !channel.has_messages_to_send() {
@@ -33,7 +59,7 @@ impl BusWriter {
             }
             channel
                 .read_write(Some(Duration::ZERO))
-                .map_err(|()| "connection to the bus closed".to_string())?;
+                .map_err(|()| BusError::Closed)?;
         }
         let waiting = channel.has_messages_to_send();
         self.check(waiting, Instant::now())?;
@@ -41,17 +67,14 @@ impl BusWriter {
     }
 
     /// The timing decision alone, so that it can be tested without a bus.
-    fn check(&mut self, waiting: bool, now: Instant) -> Result<(), String> {
+    fn check(&mut self, waiting: bool, now: Instant) -> Result<(), BusError> {
         if !waiting {
             self.stalled_since = None;
             return Ok(());
         }
         let since = *self.stalled_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= BUS_WRITE_TIMEOUT {
-            return Err(format!(
-                "the bus has not taken our messages for {}",
-                format_timespan(BUS_WRITE_TIMEOUT)
-            ));
+            return Err(BusError::Stalled(BUS_WRITE_TIMEOUT));
         }
         Ok(())
     }
@@ -85,6 +108,6 @@ mod tests {
         assert!(w.check(false, t0 + BUS_WRITE_TIMEOUT / 2).is_ok());
         assert!(w.check(true, t0 + BUS_WRITE_TIMEOUT).is_ok());
         let e = w.check(true, t0 + BUS_WRITE_TIMEOUT * 2).unwrap_err();
-        assert_eq!(e, "the bus has not taken our messages for 10s");
+        assert_eq!(e.to_string(), "the bus has not taken our messages for 10s");
     }
 }

@@ -177,22 +177,12 @@ pub fn encode_message(msg: &Message, max_frame: usize) -> Result<Vec<u8>, FrameE
     Ok(out)
 }
 
-/// Hands out the non-zero serials a sender must stamp on each message before marshalling.
+/// Hands out the non-zero serials a sender must stamp on each message before marshalling;
+/// shared by the threads that send on one link (a core and its link thread).
 #[derive(Debug, Default)]
-pub struct SerialCounter(u32);
+pub struct SerialCounter(std::sync::atomic::AtomicU32);
 
 impl SerialCounter {
-    pub fn next_serial(&mut self) -> u32 {
-        self.0 = self.0.checked_add(1).unwrap_or(1);
-        self.0
-    }
-}
-
-/// Serials shared by the threads that send on one link (a core and its link thread).
-#[derive(Debug, Default)]
-pub struct SharedSerials(std::sync::atomic::AtomicU32);
-
-impl SharedSerials {
     pub fn next_serial(&self) -> u32 {
         loop {
             let s = self
@@ -315,7 +305,7 @@ mod tests {
 
     #[test]
     fn serials_are_never_zero() {
-        let mut c = SerialCounter(u32::MAX - 1);
+        let c = SerialCounter(std::sync::atomic::AtomicU32::new(u32::MAX - 1));
         assert_eq!(c.next_serial(), u32::MAX);
         assert_eq!(c.next_serial(), 1);
     }

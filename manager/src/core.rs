@@ -128,7 +128,9 @@ impl Core {
             self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
             self.apply_effects();
             // [impl->req~bounds.bus-write~1]
-            self.bus_writer.pump(&self.conn).map_err(CoreError::Bus)?;
+            self.bus_writer
+                .pump(&self.conn)
+                .map_err(|e| CoreError::Bus(e.to_string()))?;
         }
     }
 

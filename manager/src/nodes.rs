@@ -224,7 +224,7 @@ impl NodeTable {
                 return Err(e);
             }
         };
-        let mut serials = SerialCounter::default();
+        let serials = SerialCounter::default();
         if handle
             .send(call.method_return(), serials.next_serial())
             .is_err()
