@@ -213,19 +213,22 @@ impl Fleet {
         reason: &str,
         now_usec: u64,
     ) {
+        let mut changed = true;
         if let Some(u) = self
             .units
             .iter_mut()
             .find(|u| u.node == node && u.unit == unit)
         {
-            if u.active != active || u.sub != sub {
+            changed = u.active != active || u.sub != sub;
+            if changed {
                 u.active = active.to_string();
                 u.sub = sub.to_string();
                 self.units_version += 1;
             }
         }
-        // Virtual states are the agent's report of what already was, except a node's drop.
-        if reason == "real" || sub == "agent-offline" {
+        // Virtual states are the agent's report of what already was, except a node's drop;
+        // a report of the state the unit already had is not news either.
+        if changed && (reason == "real" || sub == "agent-offline") {
             self.push_event(now_usec, "unit", node, unit, format!("{active} ({sub})"));
         }
     }
@@ -356,6 +359,7 @@ mod tests {
         }
     }
 
+    // [utest->req~web.live~1]
     #[test]
     fn listing_is_sorted_and_versioned() {
         let mut f = Fleet::default();
@@ -379,9 +383,11 @@ mod tests {
         assert_eq!(f.units_version, 2);
         assert_eq!(f.units[1].active, "inactive");
         assert!(f.events.back().is_some_and(|e| e.text == "inactive (dead)"));
-        // A virtual report is not news.
+        // A virtual report is not news, nor is the same state again.
         let seq = f.last_seq();
-        f.unit_state("b", "z.service", "inactive", "dead", "virtual", 4);
+        f.unit_state("b", "z.service", "active", "x", "virtual", 4);
+        assert_eq!(f.units[1].active, "active");
+        f.unit_state("b", "z.service", "active", "x", "real", 4);
         assert_eq!(f.last_seq(), seq);
         f.node_state("b", "offline", 5);
         assert!(f.units.iter().all(|u| u.node != "b"));
@@ -436,6 +442,42 @@ mod tests {
         }
         assert_eq!(f.jobs_total.len(), WEB_MAX_JOB_SERIES);
         assert_eq!(f.dropped_series, 3);
+    }
+
+    #[test]
+    fn jobs_and_timings_are_bounded() {
+        let mut f = Fleet::default();
+        let job = |id| Job {
+            id,
+            node: "n".into(),
+            unit: "u".into(),
+            job_type: "start".into(),
+            state: "waiting".into(),
+            started_usec: 0,
+            started_mono_usec: 0,
+        };
+        for id in 0..=u32::try_from(WEB_MAX_JOBS).unwrap() {
+            f.job_new(job(id));
+        }
+        assert_eq!(f.jobs.len(), WEB_MAX_JOBS);
+        // The untracked job still counts when it ends.
+        f.job_removed(u32::try_from(WEB_MAX_JOBS).unwrap(), "n", "u", "done", 0, 0);
+        assert_eq!(
+            f.jobs_total[&("n".into(), "unknown".into(), "done".into())],
+            1
+        );
+        for i in 0..WEB_MAX_JOB_TIMINGS + 5 {
+            f.job_timing(JobTiming {
+                time_usec: i as u64,
+                node: "n".into(),
+                unit: "u".into(),
+                job_id: i.to_string(),
+                job_usec: 1,
+                unit_start_usec: 1,
+            });
+        }
+        assert_eq!(f.timings.len(), WEB_MAX_JOB_TIMINGS);
+        assert_eq!(f.timings.front().map(|t| t.time_usec), Some(5));
     }
 
     #[test]

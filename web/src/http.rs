@@ -235,6 +235,8 @@ mod tests {
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost"), Parsed::Partial);
     }
 
+    // [utest->req~web.bad-input~1]
+    // [utest->req~web.read-only~1]
     #[test]
     fn rejects_what_it_does_not_serve() {
         for m in [

@@ -49,6 +49,7 @@ pub fn to_line<T: Serialize + ?Sized>(value: &T) -> String {
 mod tests {
     use super::*;
 
+    // [utest->req~web.api~1]
     #[test]
     fn escapes_like_hirtectl() {
         // The cases of ctl/src/json.rs's escaping test, same expected bytes.

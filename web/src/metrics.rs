@@ -149,6 +149,7 @@ mod tests {
     use super::*;
     use crate::fleet::{NodeRow, UnitRow};
 
+    // [utest->req~web.metrics~1]
     #[test]
     fn renders_every_family() {
         let mut f = Fleet::default();

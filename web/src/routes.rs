@@ -6,6 +6,7 @@ use crate::http::{query_pairs, Request, Response, JSON, TEXT};
 use crate::{json, metrics};
 use serde::Serialize;
 
+// [impl->req~web.page~1]
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -197,6 +198,7 @@ mod tests {
         String::from_utf8(r.body.clone()).unwrap()
     }
 
+    // [utest->req~web.api~1]
     #[test]
     fn api_documents_are_hirtectls() {
         let f = fleet();

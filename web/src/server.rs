@@ -143,6 +143,7 @@ fn refuse(stream: TcpStream) {
 }
 
 /// Serves `listener` until `shutdown` is set.
+// [impl->req~web.bounds~1]
 pub fn run(listener: TcpListener, fleet: Shared, shutdown: Arc<AtomicBool>) -> Result<(), String> {
     let (tx, rx) = sync_channel::<TcpStream>(WEB_ACCEPT_QUEUE_DEPTH);
     let rx = Arc::new(Mutex::new(rx));

@@ -99,6 +99,7 @@ mod tests {
         Ok(s)
     }
 
+    // [utest->req~web.config~1]
     #[test]
     fn defaults_and_keys() {
         assert_eq!(WebSettings::default().listen.to_string(), "127.0.0.1:8080");

@@ -69,9 +69,27 @@ pub fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<Resp> {
     s.set_read_timeout(Some(HTTP_TIMEOUT))?;
     s.set_write_timeout(Some(HTTP_TIMEOUT))?;
     s.write_all(request)?;
+    // Until the server closes, or the body its Content-Length announces is complete
+    // (chromedriver keeps connections open whatever the request says).
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    Ok(parse_response(&raw))
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let r = parse_response(&raw);
+            if let Some(len) = r
+                .header("Content-Length")
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                if raw.len() >= end + 4 + len {
+                    return Ok(r);
+                }
+            }
+        }
+        match s.read(&mut chunk)? {
+            0 => return Ok(parse_response(&raw)),
+            n => raw.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// `METHOD path` with an optional JSON body, HTTP/1.1, `Connection: close`.

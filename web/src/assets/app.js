@@ -120,8 +120,8 @@ function renderEvents(events) {
   for (const e of events) {
     const li = el("li", "new event-" + e.kind);
     li.appendChild(el("span", "when", clock(e.time_usec)));
-    const what = e.unit ? e.node + "/" + e.unit : (e.node || "manager");
-    li.appendChild(el("span", "what", what));
+    const what = e.unit ? e.node + "/" + e.unit : e.node;
+    if (what) li.appendChild(el("span", "what", what));
     li.appendChild(el("span", "text", e.text));
     list.prepend(li);
   }
