@@ -45,6 +45,9 @@ struct Cli {
     log_target: Option<String>,
 }
 
+/// The packaged unit (packaging/systemd/hirte-web.service) starts this with no arguments:
+/// /etc/hirte/web.conf and its drop-ins give the settings.
+// [impl->req~install.web~1]
 fn load_settings(cli: &Cli) -> Result<WebSettings, String> {
     let mut s =
         WebSettings::load(&config_dir(), cli.config.as_deref()).map_err(|e| e.to_string())?;
