@@ -2,8 +2,8 @@
 //!
 //! Its own process (never the manager's): it reads the manager's public D-Bus API as a
 //! member of `hirte-operators` (the read-only policy) and serves what it read over HTTP.
-//! Threads: the collector (the only one that talks to the manager), the accepting thread
-//! and a fixed pool of HTTP workers.
+//! Threads: the watcher and the lister (the only ones that talk to the manager, see
+//! collector.rs), the accepting thread and a fixed pool of HTTP workers.
 
 mod collector;
 mod fleet;
@@ -80,14 +80,28 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
     let fleet = Arc::new(Mutex::new(fleet::Fleet::default()));
-    let collector = collector::Collector::new(fleet.clone(), shutdown.clone());
-    let collector = std::thread::Builder::new()
-        .name("collector".into())
-        .spawn(move || collector.run())
-        .map_err(|e| format!("cannot start the collector thread: {e}"))?;
+    let refresh = Arc::new(collector::RefreshRequest::default());
+    let watcher = collector::Watcher::new(fleet.clone(), shutdown.clone(), refresh.clone());
+    let lister = collector::Lister::new(fleet.clone(), shutdown.clone(), refresh);
+    let mut readers = Vec::new();
+    for (name, body) in [
+        (
+            "watcher",
+            Box::new(move || watcher.run()) as Box<dyn FnOnce() + Send>,
+        ),
+        ("lister", Box::new(move || lister.run())),
+    ] {
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(body)
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+        readers.push(handle);
+    }
     let served = server::run(listener, fleet, shutdown.clone());
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = collector.join();
+    for r in readers {
+        let _ = r.join();
+    }
     log_info!("hirte-web stopped");
     served
 }
