@@ -11,6 +11,7 @@
 )] // test code
 
 mod ctl_common;
+mod install_support;
 mod web_common;
 
 use std::io::{Read, Write};
@@ -418,4 +419,52 @@ fn web_reads_its_config_and_refuses_bad_settings() {
     let out = run(&[], &etc).wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("web.conf:2: unknown key 'Port'"), "{err}");
+}
+
+// [itest->req~web.read-only~1]
+// [itest->req~web.live~1]
+#[test]
+fn web_works_as_a_member_of_hirte_operators() {
+    if !hirte_tests::require_root("web_works_as_a_member_of_hirte_operators") {
+        return;
+    }
+    // The shipped policy on the cluster's bus; the group must exist before the bus starts.
+    let op = install_support::Operator::create();
+    std::env::set_var(
+        "HIRTE_DBUS_POLICY",
+        install_support::repo_file(install_support::MANAGER_POLICY),
+    );
+    let c = cluster_with_failed_unit();
+    let bin = c.bin_dir().join("hirte-web").display().to_string();
+    let web = Web::start_command(&c, op.command(&bin, &[]));
+
+    // Listings, properties, the monitor and job properties all pass the operators' policy.
+    let mut body = String::new();
+    let same = c.wait_for("/api/units as the operator", SOON, || {
+        body = web.get("/api/units").body;
+        body == stdout(&c.hirtectl(&["-o", "json", "list-units"]))
+    });
+    assert!(same.is_ok(), "{body}\n{}", web.log_text());
+    let since = json(&web.get("/api/state").body).u("last_seq");
+    ctl_ok(&c, &["restart", "n2", "web-a.service"]);
+    let seen = c.wait_for("the restart, typed, as the operator", SOON, || {
+        let s = web.get(&format!("/api/state?since={since}")).body;
+        s.contains("restart job") && s.contains("\"text\":\"active (running)\"")
+    });
+    assert!(seen.is_ok(), "{}", web.log_text());
+    let m = web.get("/metrics").body;
+    assert_eq!(
+        sample(
+            &m,
+            "hirte_jobs_total{node=\"n2\",type=\"restart\",result=\"done\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let log = web.log_text();
+    assert!(!log.contains("AccessDenied"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
+    drop(web);
+    drop(c);
+    drop(op);
 }

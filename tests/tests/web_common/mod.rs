@@ -159,6 +159,15 @@ impl Web {
     }
 
     pub fn start_args(c: &Cluster, extra: &[&str]) -> Web {
+        let bin = c.bin_dir().join("hirte-web");
+        let mut cmd = Command::new(bin);
+        cmd.args(extra);
+        Web::start_command(c, cmd)
+    }
+
+    /// [`Web::start`] with `cmd` as the program (e.g. hirte-web wrapped to run as another
+    /// user); the listen, log and bus settings are added.
+    pub fn start_command(c: &Cluster, mut cmd: Command) -> Web {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let etc = c.dir().join("web-etc");
         std::fs::create_dir_all(&etc).unwrap();
@@ -169,9 +178,8 @@ impl Web {
             .open(&log)
             .unwrap();
         let err = out.try_clone().unwrap();
-        let mut child = Command::new(c.bin_dir().join("hirte-web"))
+        let mut child = cmd
             .args(["--listen", &addr.to_string(), "--log-target", "stderr"])
-            .args(extra)
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address())
             .env("HIRTE_CONFIG_DIR", &etc)
