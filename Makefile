@@ -1,7 +1,7 @@
 # Hirte-rs: build, install and package.
 # [impl->req~install.make-install~1]
 #
-#   make                       release build of hirte, hirte-agent (+ hirte-proxy), hirtectl
+#   make                       release build of hirte, hirte-agent (+ hirte-proxy), hirtectl, hirte-web
 #   make install               install into $(DESTDIR)$(PREFIX) and $(DESTDIR)$(SYSCONFDIR)
 #   make uninstall             remove what `make install` put there (keeps edited configs)
 #   make deb                   Debian package via cargo-deb (target/debian/*.deb)
@@ -42,15 +42,17 @@ ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 CONFDIR ?= $(SYSCONFDIR)/hirte
 
-BINARIES := hirte hirte-agent hirtectl
+BINARIES := hirte hirte-agent hirtectl hirte-web
 # Run only by hirte-proxy@.service (cross-node dependencies), not by users.
 LIBEXEC_BINARIES := hirte-proxy
 SYSTEM_UNITS := packaging/systemd/hirte.service packaging/systemd/hirte.socket packaging/systemd/hirte-agent.service \
-        packaging/systemd/hirte-proxy@.service packaging/systemd/hirte-dep@.service
+        packaging/systemd/hirte-proxy@.service packaging/systemd/hirte-dep@.service \
+        packaging/systemd/hirte-web.service
 USER_UNITS := packaging/systemd/user/hirte-agent.service \
         packaging/systemd/user/hirte-proxy@.service packaging/systemd/user/hirte-dep@.service
 POLICIES := manager/dbus/org.containers.hirte.conf manager/dbus/org.containers.hirte.Agent.conf
-CONFIGS := packaging/config/hirte.conf packaging/config/agent.conf
+CONFIGS := packaging/config/hirte.conf packaging/config/agent.conf packaging/config/web.conf
+SYSUSERS := packaging/sysusers.d/hirte.conf packaging/sysusers.d/hirte-web.conf
 DOCS := docs/operations.md docs/stunnel.md README.md
 EXAMPLES := packaging/stunnel/hirte-server.conf packaging/stunnel/hirte-client.conf
 
@@ -67,7 +69,7 @@ help:
 	@sed -n '2,20p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build:
-	$(CARGO) build --profile $(CARGO_PROFILE) -p hirte -p hirte-agent -p hirtectl
+	$(CARGO) build --profile $(CARGO_PROFILE) -p hirte -p hirte-agent -p hirtectl -p hirte-web
 
 # Man pages and completions from the built hirtectl, when it can make them.
 # Layout of $(GENDIR)/share (also what cargo-deb packages): man/manN/*.N,
@@ -130,14 +132,15 @@ install-data:
 	  chmod 0644 $(DESTDIR)$(USERUNITDIR)/$$(basename $$u); \
 	done
 	for p in $(POLICIES); do $(INSTALL_DATA) $$p $(DESTDIR)$(DBUSPOLICYDIR)/; done
-	$(INSTALL_DATA) packaging/sysusers.d/hirte.conf $(DESTDIR)$(SYSUSERSDIR)/hirte.conf
+	for u in $(SYSUSERS); do $(INSTALL_DATA) $$u $(DESTDIR)$(SYSUSERSDIR)/; done
 	for d in $(DOCS); do $(INSTALL_DATA) $$d $(DESTDIR)$(DOCDIR)/; done
 	for e in $(EXAMPLES); do $(INSTALL_DATA) $$e $(DESTDIR)$(DOCDIR)/examples/; done
 
 # Configuration files are never overwritten: an existing one is left alone and
 # the shipped version is installed next to it as *.conf.dist.
 install-config:
-	$(INSTALL) -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/hirte.conf.d $(DESTDIR)$(CONFDIR)/agent.conf.d
+	$(INSTALL) -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/hirte.conf.d $(DESTDIR)$(CONFDIR)/agent.conf.d \
+	  $(DESTDIR)$(CONFDIR)/web.conf.d
 	@for c in $(CONFIGS); do \
 	  dest=$(DESTDIR)$(CONFDIR)/$$(basename $$c); \
 	  if [ -e $$dest ] && ! cmp -s $$c $$dest; then \
@@ -169,7 +172,7 @@ uninstall:
 	for u in $(SYSTEM_UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
 	for u in $(USER_UNITS); do rm -f $(DESTDIR)$(USERUNITDIR)/$$(basename $$u); done
 	for p in $(POLICIES); do rm -f $(DESTDIR)$(DBUSPOLICYDIR)/$$(basename $$p); done
-	rm -f $(DESTDIR)$(SYSUSERSDIR)/hirte.conf
+	for u in $(SYSUSERS); do rm -f $(DESTDIR)$(SYSUSERSDIR)/$$(basename $$u); done
 	rm -rf $(DESTDIR)$(DOCDIR)
 	rm -f $(DESTDIR)$(MANDIR)/man1/hirte*.1 $(DESTDIR)$(MANDIR)/man5/hirte*.5 $(DESTDIR)$(MANDIR)/man8/hirte*.8
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/hirtectl $(DESTDIR)$(ZSHCOMPDIR)/_hirtectl $(DESTDIR)$(FISHCOMPDIR)/hirtectl.fish
@@ -178,7 +181,8 @@ uninstall:
 	  rm -f $$dest.dist; \
 	  if [ -e $$dest ] && ! cmp -s $$c $$dest; then echo "keeping edited $$dest"; else rm -f $$dest; fi; \
 	done
-	-rmdir $(DESTDIR)$(CONFDIR)/hirte.conf.d $(DESTDIR)$(CONFDIR)/agent.conf.d $(DESTDIR)$(CONFDIR) 2>/dev/null || true
+	-rmdir $(DESTDIR)$(CONFDIR)/hirte.conf.d $(DESTDIR)$(CONFDIR)/agent.conf.d $(DESTDIR)$(CONFDIR)/web.conf.d \
+	  $(DESTDIR)$(CONFDIR) 2>/dev/null || true
 
 # Debian package: cargo-deb reads [package.metadata.deb] in manager/Cargo.toml.
 # [impl->req~install.deb~1]

@@ -99,3 +99,44 @@ pub const PROXY_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long the manager waits for a node's answer to `StartDep` (the anchor's start job).
 pub const DEP_START_TIMEOUT: Duration = Duration::from_secs(110);
+
+// ----- hirte-web (the read-only dashboard; its own process) -----
+
+/// Worker threads of hirte-web's HTTP server: requests served at once. Fixed at start-up.
+pub const WEB_WORKERS: usize = 4;
+
+/// Accepted connections waiting for a worker; beyond it a new connection gets `503` at once.
+pub const WEB_ACCEPT_QUEUE_DEPTH: usize = 64;
+
+/// Largest HTTP request head (request line and headers) hirte-web reads; larger: `431`.
+pub const WEB_MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Headers one request may carry; more: `431`.
+pub const WEB_MAX_HEADERS: usize = 32;
+
+/// Time a client has to send its whole request head after being served by a worker;
+/// later: `408` and the connection is closed.
+pub const WEB_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A response write that cannot make progress for this long: the connection is dropped.
+pub const WEB_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Events (unit state changes, nodes going on/offline, jobs ending) hirte-web keeps for the page.
+pub const WEB_MAX_EVENTS: usize = 256;
+
+/// Jobs in flight hirte-web tracks (the manager allows `MAX_JOBS`; the page shows these).
+pub const WEB_MAX_JOBS: usize = MAX_JOBS;
+
+/// `StartUnitJobMetrics` results hirte-web keeps for the page's job timing table.
+pub const WEB_MAX_JOB_TIMINGS: usize = 64;
+
+/// Distinct `hirte_jobs_total{node,type,result}` series; a job beyond it is still counted in
+/// `hirte_job_duration_seconds`, and the overflow is logged.
+pub const WEB_MAX_JOB_SERIES: usize = 4096;
+
+/// How often hirte-web re-reads nodes and units from the manager (events update it between).
+pub const WEB_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Timeout of one D-Bus call from hirte-web to the manager: the manager's own longest answer
+/// (`AgentCallTimeout`, 30 s by default) plus slack.
+pub const WEB_CALL_TIMEOUT: Duration = Duration::from_secs(35);

@@ -500,7 +500,7 @@ impl Cluster {
                     ),
                 )?;
             }
-            for d in ["config", "data", "state", "cache"] {
+            for d in ["config", "data", "state", "cache", "xdg-config", "xdg-data"] {
                 mkdir(&n.dir.join(d))?;
             }
             let etc = n.etc_dir();
@@ -691,12 +691,20 @@ exec "$sd" --user"#,
     /// Environment of every process of a node (systemd, agent, systemctl, shells).
     fn node_env(&self, cmd: &mut Command, n: &Node) {
         let run = n.run_dir();
-        let vars: [(&str, OsString); 8] = [
+        let vars: [(&str, OsString); 10] = [
             ("XDG_RUNTIME_DIR", run.clone().into()),
             ("XDG_CONFIG_HOME", n.dir.join("config").into()),
             ("XDG_DATA_HOME", n.dir.join("data").into()),
             ("XDG_STATE_HOME", n.dir.join("state").into()),
             ("XDG_CACHE_HOME", n.dir.join("cache").into()),
+            // The node's own (empty) dirs instead of the host's /etc/xdg and
+            // /usr/local/share:/usr/share: systemd --user would otherwise load the host's
+            // user units there and turn /etc/xdg/autostart/*.desktop into
+            // app-*@autostart.service units (desktop packages, e.g. chromium's recommends,
+            // install some). The system's unit dirs (/usr/lib/systemd/user, /etc/systemd/user)
+            // are searched regardless, so dbus.socket and the like stay.
+            ("XDG_CONFIG_DIRS", n.dir.join("xdg-config").into()),
+            ("XDG_DATA_DIRS", n.dir.join("xdg-data").into()),
             ("DBUS_SESSION_BUS_ADDRESS", n.bus_address().into()),
             ("HIRTE_CONFIG_DIR", n.etc_dir().into()),
             ("SYSTEMD_PAGER", OsString::new()),

@@ -223,3 +223,44 @@ fn failed_start_reports_the_log_and_cleans_up() {
         assert!(!cg.exists(), "{cg:?}");
     }
 }
+
+/// A node's systemd --user sees its own unit dirs and the system's, never the host's
+/// XDG dirs: no `/etc/xdg` (its autostart entries would become `app-*@autostart.service`),
+/// the node's own `XDG_CONFIG_DIRS`/`XDG_DATA_DIRS` instead; so what a desktop package
+/// installs on the host cannot change what the tests see.
+#[test]
+fn nodes_do_not_see_the_hosts_xdg_dirs() {
+    if !hirte_tests::require_root("nodes_do_not_see_the_hosts_xdg_dirs") {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::systemd_only(&["n1"])).unwrap();
+    let path = stdout(&c.systemctl("n1", &["show", "-p", "UnitPath", "--value"]));
+    let dirs: Vec<&str> = path.split_whitespace().collect();
+    assert!(!dirs.is_empty(), "UnitPath empty");
+    for d in &dirs {
+        assert!(
+            !d.starts_with("/etc/xdg"),
+            "host desktop dir {d} in the node's UnitPath: {path}"
+        );
+    }
+    let node_dir = c.node_dir("n1").unwrap();
+    for own in ["xdg-config", "xdg-data"] {
+        let own = node_dir
+            .join(own)
+            .join("systemd/user")
+            .display()
+            .to_string();
+        assert!(dirs.contains(&own.as_str()), "{own} not searched: {path}");
+    }
+    let autostart = stdout(&c.systemctl(
+        "n1",
+        &[
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "app-*@autostart.service",
+        ],
+    ));
+    assert_eq!(autostart, "", "autostart units from the host");
+}

@@ -80,7 +80,14 @@ fn deb_metadata_ships_what_make_install_installs() {
         }
         if let Some(bin) = src.strip_prefix("target/release/") {
             assert!(
-                ["hirte", "hirte-agent", "hirtectl", "hirte-proxy"].contains(&bin),
+                [
+                    "hirte",
+                    "hirte-agent",
+                    "hirtectl",
+                    "hirte-proxy",
+                    "hirte-web"
+                ]
+                .contains(&bin),
                 "{src}"
             );
             assert_eq!(mode, "755", "{src}");
@@ -123,7 +130,9 @@ fn deb_metadata_ships_what_make_install_installs() {
 
     // Conffiles, maintainer scripts.
     let toml = read(&repo_file(DEB_METADATA));
-    assert!(toml.contains("conf-files = [\"/etc/hirte/hirte.conf\", \"/etc/hirte/agent.conf\"]"));
+    assert!(toml.contains(
+        "conf-files = [\"/etc/hirte/hirte.conf\", \"/etc/hirte/agent.conf\", \"/etc/hirte/web.conf\"]"
+    ));
     assert!(toml.contains("maintainer-scripts = \"../packaging/debian/\""));
     for script in DEB_SCRIPTS {
         let p = repo_file(script);
@@ -225,19 +234,24 @@ fn deb_builds_and_lists_the_expected_files() {
         "./usr/bin/hirte",
         "./usr/bin/hirte-agent",
         "./usr/bin/hirtectl",
+        "./usr/bin/hirte-web",
         "./usr/libexec/hirte-proxy",
         "./usr/lib/systemd/system/hirte.service",
         "./usr/lib/systemd/system/hirte-agent.service",
         "./usr/lib/systemd/system/hirte-proxy@.service",
         "./usr/lib/systemd/system/hirte-dep@.service",
+        "./usr/lib/systemd/system/hirte-web.service",
         "./usr/lib/systemd/user/hirte-agent.service",
         "./usr/lib/systemd/user/hirte-proxy@.service",
         "./usr/lib/systemd/user/hirte-dep@.service",
         "./usr/share/dbus-1/system.d/org.containers.hirte.conf",
         "./usr/share/dbus-1/system.d/org.containers.hirte.Agent.conf",
         "./usr/lib/sysusers.d/hirte.conf",
+        "./usr/lib/sysusers.d/hirte-web.conf",
         "./etc/hirte/hirte.conf",
         "./etc/hirte/agent.conf",
+        "./etc/hirte/web.conf",
+        "./etc/hirte/web.conf.d/README",
         "./etc/hirte/hirte.conf.d/README",
         "./etc/hirte/agent.conf.d/README",
         "./usr/share/doc/hirte/operations.md",
@@ -281,7 +295,11 @@ fn deb_builds_and_lists_the_expected_files() {
         .arg(&deb);
     let out = run(&mut ctrl, Duration::from_secs(30));
     let conffiles = stdout(&out);
-    for c in ["/etc/hirte/hirte.conf", "/etc/hirte/agent.conf"] {
+    for c in [
+        "/etc/hirte/hirte.conf",
+        "/etc/hirte/agent.conf",
+        "/etc/hirte/web.conf",
+    ] {
         assert!(
             conffiles.lines().any(|l| l == c),
             "{c} not a conffile: {conffiles}"

@@ -23,27 +23,31 @@ use install_support::policy::check_manager_policy;
 use install_support::*;
 
 /// Files `make install` always installs (PREFIX=/usr).
-const ALWAYS: [&str; 21] = [
+const ALWAYS: [&str; 25] = [
     "/usr/bin/hirte",
     "/usr/bin/hirte-agent",
     "/usr/bin/hirtectl",
+    "/usr/bin/hirte-web",
     "/usr/libexec/hirte-proxy",
     "/usr/lib/systemd/system/hirte.service",
     "/usr/lib/systemd/system/hirte.socket",
     "/usr/lib/systemd/system/hirte-agent.service",
     "/usr/lib/systemd/system/hirte-proxy@.service",
     "/usr/lib/systemd/system/hirte-dep@.service",
+    "/usr/lib/systemd/system/hirte-web.service",
     "/usr/lib/systemd/user/hirte-agent.service",
     "/usr/lib/systemd/user/hirte-proxy@.service",
     "/usr/lib/systemd/user/hirte-dep@.service",
     "/usr/share/dbus-1/system.d/org.containers.hirte.conf",
     "/usr/share/dbus-1/system.d/org.containers.hirte.Agent.conf",
     "/usr/lib/sysusers.d/hirte.conf",
+    "/usr/lib/sysusers.d/hirte-web.conf",
     "/usr/share/doc/hirte/operations.md",
     "/usr/share/doc/hirte/stunnel.md",
     "/usr/share/doc/hirte/README.md",
     "/etc/hirte/hirte.conf",
     "/etc/hirte/agent.conf",
+    "/etc/hirte/web.conf",
     "/usr/share/man/man1/hirtectl.1",
 ];
 
@@ -79,10 +83,12 @@ fn verify_units(s: &Staged) -> std::process::Output {
 mount -t overlay overlay -o "lowerdir=$1/usr/bin:/usr/bin" /usr/bin
 mount -t overlay overlay -o "lowerdir=$1/usr/libexec:/usr/libexec" /usr/libexec
 test -x /usr/bin/hirte && test -x /usr/bin/hirte-agent && test -x /usr/libexec/hirte-proxy
+test -x /usr/bin/hirte-web
 sys="$1/usr/lib/systemd/system"
 user="$1/usr/lib/systemd/user"
 systemd-analyze verify "$sys/hirte.service" "$sys/hirte.socket" "$sys/hirte-agent.service" \
-  "$sys/hirte-proxy@n2_probe.service" "$sys/hirte-dep@probe.service" "$3/probe.service"
+  "$sys/hirte-proxy@n2_probe.service" "$sys/hirte-dep@probe.service" "$3/probe.service" \
+  "$sys/hirte-web.service"
 XDG_RUNTIME_DIR="$2" systemd-analyze --user verify "$user/hirte-agent.service" \
   "$user/hirte-proxy@n2_probe.service" "$user/hirte-dep@probe.service" "$3/probe.service"
 "#;
@@ -143,7 +149,11 @@ fn make_install_stages_everything_and_uninstall_removes_it() {
         assert!(known.iter().any(|k| f.starts_with(k)), "unexpected {f}");
     }
     // Empty drop-in directories.
-    for d in ["/etc/hirte/hirte.conf.d", "/etc/hirte/agent.conf.d"] {
+    for d in [
+        "/etc/hirte/hirte.conf.d",
+        "/etc/hirte/agent.conf.d",
+        "/etc/hirte/web.conf.d",
+    ] {
         let p = s.path(d);
         assert!(p.is_dir(), "{d}");
         assert_eq!(std::fs::read_dir(&p).unwrap().count(), 0, "{d} not empty");
@@ -272,7 +282,7 @@ fn make_install_honours_prefix_and_skips_missing_generators() {
     // Stand-in binaries: a hirtectl without the man and completions commands, as before
     // they existed.
     let fake = Scratch::new("fakebins");
-    for b in ["hirte", "hirte-agent", "hirte-proxy"] {
+    for b in ["hirte", "hirte-agent", "hirte-proxy", "hirte-web"] {
         std::fs::write(fake.path.join(b), "#!/bin/sh\nexit 0\n").unwrap();
     }
     std::fs::write(
@@ -280,7 +290,13 @@ fn make_install_honours_prefix_and_skips_missing_generators() {
         "#!/bin/sh\necho \"error: unrecognized subcommand '$1'\" >&2\nexit 2\n",
     )
     .unwrap();
-    for b in ["hirte", "hirte-agent", "hirtectl", "hirte-proxy"] {
+    for b in [
+        "hirte",
+        "hirte-agent",
+        "hirtectl",
+        "hirte-proxy",
+        "hirte-web",
+    ] {
         std::fs::set_permissions(
             fake.path.join(b),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -354,6 +370,7 @@ fn make_install_honours_prefix_and_skips_missing_generators() {
 
 // [itest->req~install.units~1]
 // [itest->req~install.policy-operators~1]
+// [itest->req~install.web~1]
 #[test]
 fn installed_units_verify_and_installed_policy_guards_the_bus() {
     if !hirte_tests::require_root("installed_units_verify_and_installed_policy_guards_the_bus") {
@@ -392,6 +409,27 @@ fn installed_units_verify_and_installed_policy_guards_the_bus() {
     }
     let a = read(&s.path("/usr/lib/systemd/user/hirte-agent.service"));
     assert!(a.contains("ExecStart=/usr/bin/hirte-agent --user\n"), "{a}");
+    // hirte-web: a dedicated user in hirte-operators, no privileges, read-only file system.
+    let w = read(&s.path("/usr/lib/systemd/system/hirte-web.service"));
+    assert_eq!(w, read(&repo_file("packaging/systemd/hirte-web.service")));
+    for line in [
+        "\nExecStart=/usr/bin/hirte-web\n",
+        "\nUser=hirte-web\n",
+        "\nSupplementaryGroups=hirte-operators\n",
+        "\nNoNewPrivileges=yes\n",
+        "\nCapabilityBoundingSet=\n",
+        "\nProtectSystem=strict\n",
+        "\nProtectHome=yes\n",
+        "\nPrivateTmp=yes\n",
+    ] {
+        assert!(w.contains(line), "hirte-web.service lacks {line:?}");
+    }
+    assert!(!w.contains("\nUser=root"), "{w}");
+    let sysusers = read(&s.path("/usr/lib/sysusers.d/hirte-web.conf"));
+    assert!(
+        sysusers.contains("\nm hirte-web hirte-operators\n"),
+        "{sysusers}"
+    );
     // The templates as requirements/proxy.md describes them.
     for (dir, user) in [("system", ""), ("user", "--user ")] {
         let p = read(&s.path(&format!("/usr/lib/systemd/{dir}/hirte-proxy@.service")));

@@ -35,7 +35,8 @@ pub use agent::AgentConfig;
 pub use entry::{cli_entry, Entry, RawValue};
 pub use error::{ConfigError, Origin};
 pub use layers::{
-    config_dir, reload_config, Settings, CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR, MAX_CONFIG_FILE_SIZE,
+    config_dir, load_layers, reload_config, Settings, CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR,
+    MAX_CONFIG_FILE_SIZE,
 };
 pub use log_settings::LogConfig;
 pub use manager::{ManagerConfig, NodeSection};
