@@ -10,6 +10,7 @@ pub mod bus;
 pub mod config;
 pub mod frame;
 pub mod handshake;
+pub mod json;
 pub mod log;
 pub mod names;
 pub mod notify;

@@ -1,12 +1,7 @@
 //! The JSON that `-o json` prints, built as `serde_json` values and written on one line.
 //! Objects keep their fields in the order given (`preserve_order`), so output is stable.
 //!
-//! serde_json escapes `"`, `\` and control characters exactly as `docs/hirtectl.md` shows;
-//! [`LineFormatter`] adds DEL and U+2028/U+2029, so the output is also safe to embed in
-//! JavaScript, as hirtectl always printed it.
-
-use serde_json::ser::{CompactFormatter, Formatter};
-use std::io;
+//! The bytes come from `hirte_common::json::to_line`, which hirte-web's `/api/*` shares.
 
 /// A JSON value.
 pub type Json = serde_json::Value;
@@ -38,36 +33,7 @@ pub trait ToLine {
 
 impl ToLine for Json {
     fn to_line(&self) -> String {
-        let mut out = Vec::new();
-        let mut ser = serde_json::Serializer::with_formatter(&mut out, LineFormatter);
-        // Writing a Value into a Vec fails only on a non-string map key, which Value cannot hold.
-        if serde::Serialize::serialize(self, &mut ser).is_err() {
-            return String::new();
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-}
-
-/// serde_json's compact output, with DEL, U+2028 and U+2029 escaped as `\u....` as well.
-struct LineFormatter;
-
-impl Formatter for LineFormatter {
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
-        let mut rest = fragment;
-        while let Some(i) = rest.find(['\u{7f}', '\u{2028}', '\u{2029}']) {
-            let (plain, tail) = rest.split_at(i);
-            CompactFormatter.write_string_fragment(writer, plain)?;
-            let mut chars = tail.chars();
-            if let Some(c) = chars.next() {
-                write!(writer, "\\u{:04x}", u32::from(c))?;
-            }
-            rest = chars.as_str();
-        }
-        CompactFormatter.write_string_fragment(writer, rest)
+        hirte_common::json::to_line(self)
     }
 }
 

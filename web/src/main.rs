@@ -8,7 +8,6 @@
 mod collector;
 mod fleet;
 mod http;
-mod json;
 mod metrics;
 mod routes;
 mod server;

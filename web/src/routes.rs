@@ -3,7 +3,7 @@
 
 use crate::fleet::{Event, Fleet, Job, JobTiming, NodeRow, UnitRow};
 use crate::http::{query_pairs, Request, Response, JSON, TEXT};
-use crate::{json, metrics};
+use crate::metrics;
 use serde::Serialize;
 
 // [impl->req~web.page~1]
@@ -44,7 +44,7 @@ struct ErrorDoc<'a> {
 
 fn json_response<T: Serialize + ?Sized>(status: u16, doc: &T) -> Response {
     // hirtectl prints one document per line, newline included.
-    let mut body = json::to_line(doc);
+    let mut body = hirte_common::json::to_line(doc);
     body.push('\n');
     Response::new(status, JSON, body)
 }
