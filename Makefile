@@ -61,7 +61,7 @@ INSTALL_PROGRAM ?= $(INSTALL) -m 0755
 INSTALL_DATA ?= $(INSTALL) -m 0644
 
 .PHONY: all build generate install install-bin install-data install-config install-generated \
-        uninstall deb rpm-sources clean-generated help
+        uninstall deb rpm-sources architecture-svg clean-generated help
 
 all: build
 
@@ -199,6 +199,10 @@ rpm-sources:
 	git ls-files -z --cached --others --exclude-standard | \
 	  tar --null -T - --transform 's|^|hirte-$(VERSION)/|' -czf $(TARGET_DIR)/rpm/hirte-$(VERSION).tar.gz
 	@echo "$(TARGET_DIR)/rpm/hirte-$(VERSION).tar.gz (rpmbuild -ta it, or copy it to SOURCES/ and rpmbuild -ba packaging/rpm/hirte.spec)"
+
+# The architecture picture from its text source (needs Graphviz).
+architecture-svg:
+	dot -Tsvg docs/architecture.dot -o docs/architecture.svg
 
 clean-generated:
 	rm -rf $(GENDIR)
