@@ -3,6 +3,7 @@
 use crate::core::PollError;
 use crate::systemd::SubscribeError;
 use hirte_common::config::ConfigError;
+use hirte_common::tls::TlsError;
 use std::fmt;
 
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub enum AgentError {
     Queue(nix::Error),
     Thread(std::io::Error),
     Poll(PollError),
+    /// The TLS settings or files (`CertificateFile=` ...) are unusable.
+    Tls(TlsError),
 }
 
 impl fmt::Display for AgentError {
@@ -43,6 +46,7 @@ impl fmt::Display for AgentError {
             AgentError::Queue(e) => write!(f, "{e}"),
             AgentError::Thread(e) => write!(f, "cannot start link thread: {e}"),
             AgentError::Poll(e) => write!(f, "{e}"),
+            AgentError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -50,6 +54,12 @@ impl fmt::Display for AgentError {
 impl From<ConfigError> for AgentError {
     fn from(e: ConfigError) -> Self {
         AgentError::Config(e)
+    }
+}
+
+impl From<TlsError> for AgentError {
+    fn from(e: TlsError) -> Self {
+        AgentError::Tls(e)
     }
 }
 

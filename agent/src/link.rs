@@ -6,20 +6,18 @@
 
 use dbus::message::MessageType;
 use dbus::Message;
-use hirte_common::bounds::{
-    CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, LINK_WRITE_TIMEOUT, MAX_FRAME_SIZE, READ_CHUNK,
-};
+use hirte_common::bounds::{CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE};
 use hirte_common::config::AgentConfig;
-use hirte_common::frame::{FrameDecoder, SerialCounter};
+use hirte_common::frame::SerialCounter;
 use hirte_common::handshake::register_call;
+use hirte_common::linkio::{prepare, FrameLink, LinkIoError};
 use hirte_common::protocol;
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::LinkStream;
-use hirte_common::wait::{now_realtime_us, poll_readable};
+use hirte_common::tls::{ClientPolicy, PeerIdentity};
+use hirte_common::wait::now_realtime_us;
 use hirte_common::{log_debug, log_error, log_info, log_warn};
-use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,9 +42,23 @@ enum LinkError {
     Io(std::io::Error),
     Protocol(String),
     Refused(String),
+    /// TLS refused the manager, or the manager refused us at the TLS layer.
+    Tls(String),
     ManagerSilent(Duration),
     CoreStuck,
     Shutdown,
+}
+
+impl From<LinkIoError> for LinkError {
+    fn from(e: LinkIoError) -> Self {
+        match e {
+            LinkIoError::Closed => LinkError::Protocol("manager closed the connection".to_string()),
+            LinkIoError::Io(e) => LinkError::Io(e),
+            LinkIoError::Frame(e) => LinkError::Protocol(e.to_string()),
+            LinkIoError::Tls(e) => LinkError::Tls(e.to_string()),
+            e @ LinkIoError::HandshakeTimeout(_) => LinkError::Tls(e.to_string()),
+        }
+    }
 }
 
 impl std::fmt::Display for LinkError {
@@ -57,6 +69,7 @@ impl std::fmt::Display for LinkError {
             LinkError::Io(e) => write!(f, "I/O error: {e}"),
             LinkError::Protocol(e) => write!(f, "protocol error: {e}"),
             LinkError::Refused(e) => write!(f, "manager refused registration: {e}"),
+            LinkError::Tls(e) => write!(f, "TLS: {e}"),
             LinkError::ManagerSilent(d) => write!(
                 f,
                 "no message from the manager for {}",
@@ -87,6 +100,18 @@ pub struct Link {
     pub session: Arc<AtomicU64>,
     /// Wall-clock time (µs) of the last frame from the manager, for the local status API.
     pub last_seen_us: Arc<AtomicU64>,
+    /// The TLS policy when the TCP link is TLS; re-read from `cfg.tls` on SIGHUP.
+    pub tls: Option<ClientPolicy>,
+    /// Set by SIGHUP.
+    pub tls_reload: Arc<AtomicBool>,
+    /// Counts TLS reloads, so a session knows to check its manager again.
+    pub tls_generation: u64,
+}
+
+/// The manager's verified certificate (TLS only), to check again after SIGHUP.
+struct Verified {
+    identity: PeerIdentity,
+    generation: u64,
 }
 
 impl Link {
@@ -116,11 +141,12 @@ impl Link {
 
     /// One connection attempt and, if it registers, the whole session.
     fn attempt(&mut self, last_error: &mut String) -> Step {
+        self.reload_tls();
         match self.connect() {
-            Ok((stream, decoder)) => {
+            Ok((mut link, verified)) => {
                 last_error.clear();
-                let end = self.session(&stream, decoder);
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                let end = self.session(&mut link, verified);
+                link.close();
                 let _ = self
                     .events
                     .push_timeout(FromLink::Disconnected, CORE_PUSH_TIMEOUT);
@@ -135,7 +161,7 @@ impl Link {
                 let text = e.to_string();
                 if text != *last_error {
                     match e {
-                        LinkError::Refused(_) => log_error!("{text}"),
+                        LinkError::Refused(_) | LinkError::Tls(_) => log_error!("{text}"),
                         _ => log_warn!(
                             "Cannot reach manager at {}: {text}; retrying every {}",
                             self.cfg.manager_endpoint(),
@@ -165,17 +191,16 @@ impl Link {
     /// Resolves the host anew on each attempt (its address may have moved), connects, registers.
     /// With `ManagerAddress=unix:path=P` it connects to that socket instead (a missing socket
     /// fails at once and is retried like an unreachable host).
-    fn connect(&mut self) -> Result<(LinkStream, FrameDecoder), LinkError> {
+    fn connect(&mut self) -> Result<(FrameLink, Option<Verified>), LinkError> {
         // [impl->req~link.unix-socket~1]
         if let Some(path) = self.cfg.manager_socket.clone() {
             let stream = UnixStream::connect(&path)
                 .map(LinkStream::Unix)
                 .map_err(|e| LinkError::Connect(format!("{}: {e}", path.display())))?;
-            stream
-                .set_write_timeout(Some(LINK_WRITE_TIMEOUT))
-                .map_err(LinkError::Io)?;
-            let decoder = self.register(&stream)?;
-            return Ok((stream, decoder));
+            prepare(&stream).map_err(LinkError::Io)?;
+            let mut link = FrameLink::plain(stream, MAX_FRAME_SIZE);
+            self.register(&mut link, Instant::now() + HANDSHAKE_TIMEOUT)?;
+            return Ok((link, None));
         }
         let addrs: Vec<SocketAddr> = (self.cfg.manager_host.as_str(), self.cfg.manager_port)
             .to_socket_addrs()
@@ -186,12 +211,11 @@ impl Link {
             match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
                 Ok(stream) => {
                     let stream = LinkStream::Tcp(stream);
-                    stream.set_nodelay().map_err(LinkError::Io)?;
-                    stream
-                        .set_write_timeout(Some(LINK_WRITE_TIMEOUT))
-                        .map_err(LinkError::Io)?;
-                    let decoder = self.register(&stream)?;
-                    return Ok((stream, decoder));
+                    prepare(&stream).map_err(LinkError::Io)?;
+                    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+                    let (mut link, verified) = self.secure(stream, addr, deadline)?;
+                    self.register(&mut link, deadline)?;
+                    return Ok((link, verified));
                 }
                 Err(e) => last = LinkError::Connect(format!("{addr}: {e}")),
             }
@@ -199,39 +223,116 @@ impl Link {
         Err(last)
     }
 
-    fn send(&mut self, stream: &LinkStream, mut msg: Message) -> Result<(), LinkError> {
+    /// With TLS, the handshake (within the handshake timeout): the manager must show a
+    /// certificate from the trusted CAs for `ManagerName`, else the agent goes no further.
+    // [impl->req~tls.link~1]
+    // [impl->req~tls.refusal-log~1]
+    fn secure(
+        &self,
+        stream: LinkStream,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(FrameLink, Option<Verified>), LinkError> {
+        let Some(tls) = &self.tls else {
+            return Ok((FrameLink::plain(stream, MAX_FRAME_SIZE), None));
+        };
+        let (session, seen) = tls.session().map_err(|e| LinkError::Tls(e.to_string()))?;
+        let mut link = FrameLink::tls(stream, session, MAX_FRAME_SIZE);
+        let verified = link
+            .handshake(deadline, HANDSHAKE_TIMEOUT)
+            .map_err(|e| e.to_string())
+            .and_then(|()| PeerIdentity::from_chain(link.peer_certificates().unwrap_or_default()));
+        match verified {
+            Ok(identity) => {
+                log_info!(
+                    "Manager at {addr} verified as '{}': certificate {} (SHA-256 fingerprint {})",
+                    self.cfg.effective_manager_name(),
+                    identity.subject,
+                    identity.fingerprint
+                );
+                Ok((
+                    link,
+                    Some(Verified {
+                        identity,
+                        generation: self.tls_generation,
+                    }),
+                ))
+            }
+            Err(e) => Err(LinkError::Tls(format!(
+                "refused the manager at {addr} (expected name '{}', certificate subject {}): {e}",
+                self.cfg.effective_manager_name(),
+                seen.subject()
+            ))),
+        }
+    }
+
+    /// SIGHUP: the next connections use the re-read certificates and CRL, and the session
+    /// checks the manager's certificate against them.
+    // [impl->req~tls.reload~1]
+    fn reload_tls(&mut self) {
+        if self.tls.is_none() || !self.tls_reload.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let name = self.cfg.effective_manager_name().to_string();
+        match ClientPolicy::load(&self.cfg.tls, &name, &self.cfg.node_name) {
+            Ok(p) => {
+                self.tls = Some(p);
+                self.tls_generation = self.tls_generation.wrapping_add(1);
+                log_info!("Reloaded the TLS certificates and revocation list");
+            }
+            Err(e) => log_error!("Keeping the TLS settings in force: {e}"),
+        }
+    }
+
+    /// A session whose manager certificate expired, or fails the policy SIGHUP loaded, ends.
+    // [impl->req~tls.reload~1]
+    fn recheck(&mut self, verified: &mut Option<Verified>) -> Result<(), LinkError> {
+        self.reload_tls();
+        let Some(v) = verified.as_mut() else {
+            return Ok(());
+        };
+        if v.identity.expired() {
+            return Err(LinkError::Tls(
+                "the manager's certificate has expired".to_string(),
+            ));
+        }
+        if v.generation != self.tls_generation {
+            v.generation = self.tls_generation;
+            if let Some(tls) = &self.tls {
+                tls.recheck(&v.identity.chain).map_err(|e| {
+                    LinkError::Tls(format!("the manager's certificate is no longer valid: {e}"))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, link: &mut FrameLink, mut msg: Message) -> Result<(), LinkError> {
         let bytes = self
             .serials
             .encode(&mut msg, MAX_FRAME_SIZE)
             .map_err(|e| LinkError::Protocol(e.to_string()))?;
-        Self::write(stream, &bytes)
-    }
-
-    fn write(stream: &LinkStream, bytes: &[u8]) -> Result<(), LinkError> {
-        let mut s = stream;
-        s.write_all(bytes).map_err(LinkError::Io)
+        link.write_frame(&bytes).map_err(LinkError::from)
     }
 
     // [impl->req~agent.register~1]
-    /// Registers and waits for the manager's answer to that call. Returns the decoder, which
-    /// may already hold the manager's next frames (they can arrive in the same read).
-    fn register(&mut self, stream: &LinkStream) -> Result<FrameDecoder, LinkError> {
+    /// Registers and waits for the manager's answer to that call. The manager's next frames
+    /// may already be in the link's decoder (they can arrive in the same read).
+    fn register(&mut self, link: &mut FrameLink, deadline: Instant) -> Result<(), LinkError> {
         // Frames queued for an earlier connection belong to calls the manager has given up;
         // the new session number makes the core drop results of jobs from earlier ones.
         self.session.fetch_add(1, Ordering::SeqCst);
         while self.outbound.try_pop().is_some() {}
         let mut call = register_call(&self.cfg.node_name)
             .ok_or_else(|| LinkError::Protocol("cannot build Register".to_string()))?;
-        let bytes = self
-            .serials
-            .encode(&mut call, MAX_FRAME_SIZE)
-            .map_err(|e| LinkError::Protocol(e.to_string()))?;
-        let serial = call.get_serial();
-        Self::write(stream, &bytes)?;
-        let mut decoder = FrameDecoder::new(MAX_FRAME_SIZE);
-        let mut buf = vec![0u8; READ_CHUNK];
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        let mut s = stream;
+        let serial = {
+            let bytes = self
+                .serials
+                .encode(&mut call, MAX_FRAME_SIZE)
+                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            link.write_frame(&bytes)?;
+            call.get_serial()
+        };
         let no_answer = || {
             LinkError::Protocol(format!(
                 "no answer to Register within {}",
@@ -239,47 +340,36 @@ impl Link {
             ))
         };
         loop {
-            // Each read waits only for what is left of the handshake's time.
+            // Each wait is only for what is left of the handshake's time.
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(no_answer());
             }
-            stream.set_read_timeout(Some(left)).map_err(LinkError::Io)?;
-            let n = match s.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(no_answer())
-                }
-                Err(e) => return Err(LinkError::Io(e)),
+            link.read_within(left.min(CORE_TICK))?;
+            let Some(mut reply) = link.next_message()? else {
+                continue;
             };
-            Self::take(&mut decoder, buf.get(..n).unwrap_or_default())?;
-            if let Some(mut reply) = decoder
-                .next_message()
-                .map_err(|e| LinkError::Protocol(e.to_string()))?
-            {
-                stream.set_read_timeout(None).map_err(LinkError::Io)?;
-                // [impl->req~agent.register~1]
-                let answers_us = matches!(
-                    reply.msg_type(),
-                    MessageType::MethodReturn | MessageType::Error
-                ) && reply.get_reply_serial() == serial;
-                if !answers_us {
-                    return Err(LinkError::Protocol(
-                        "the manager's first message is not the answer to Register".to_string(),
-                    ));
-                }
-                if let Err(e) = reply.as_result() {
-                    return Err(LinkError::Refused(
-                        e.message().unwrap_or("no reason given").to_string(),
-                    ));
-                }
-                log_info!(
-                    "Connected to manager at {} as node '{}'",
-                    self.cfg.manager_endpoint(),
-                    self.cfg.node_name
-                );
-                return Ok(decoder);
+            // [impl->req~agent.register~1]
+            let answers_us = matches!(
+                reply.msg_type(),
+                MessageType::MethodReturn | MessageType::Error
+            ) && reply.get_reply_serial() == serial;
+            if !answers_us {
+                return Err(LinkError::Protocol(
+                    "the manager's first message is not the answer to Register".to_string(),
+                ));
             }
+            if let Err(e) = reply.as_result() {
+                return Err(LinkError::Refused(
+                    e.message().unwrap_or("no reason given").to_string(),
+                ));
+            }
+            log_info!(
+                "Connected to manager at {} as node '{}'",
+                self.cfg.manager_endpoint(),
+                self.cfg.node_name
+            );
+            return Ok(());
         }
     }
 
@@ -293,7 +383,11 @@ impl Link {
     }
 
     // [impl->req~link.heartbeat~1]
-    fn session(&mut self, stream: &LinkStream, mut decoder: FrameDecoder) -> Result<(), LinkError> {
+    fn session(
+        &mut self,
+        link: &mut FrameLink,
+        mut verified: Option<Verified>,
+    ) -> Result<(), LinkError> {
         let address = self.cfg.manager_address();
         self.last_seen_us
             .store(now_realtime_us(), Ordering::Relaxed);
@@ -307,20 +401,20 @@ impl Link {
         }
         let mut last_rx = Instant::now();
         // Frames that came in the same read as the Register answer.
-        self.deliver(&mut decoder, &mut last_rx)?;
+        self.deliver(link, &mut last_rx)?;
         let interval = self.cfg.heartbeat_interval;
         let silence = self.cfg.effective_manager_timeout();
 
-        let mut buf = vec![0u8; READ_CHUNK];
         let mut next_beat = Instant::now();
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Err(LinkError::Shutdown);
             }
+            self.recheck(&mut verified)?;
             let now = Instant::now();
             if now >= next_beat {
                 if let Some(hb) = Self::heartbeat() {
-                    self.send(stream, hb)?;
+                    self.send(link, hb)?;
                 }
                 next_beat = now + interval;
             }
@@ -331,43 +425,14 @@ impl Link {
                 .saturating_duration_since(now)
                 .min(CORE_TICK)
                 .max(Duration::from_millis(1));
-            let [sock_ready, wake_ready] =
-                poll_readable([stream.as_fd(), self.outbound.wake_fd()], wait)
-                    .map_err(|e| LinkError::Io(e.into()))?;
-            if wake_ready {
-                self.outbound.clear_wake();
-            }
-            while let Some(bytes) = self.outbound.try_pop() {
-                Self::write(stream, &bytes)?;
-            }
-            if !sock_ready {
-                continue;
-            }
-            let mut s = stream;
-            let n = s.read(&mut buf).map_err(LinkError::Io)?;
-            Self::take(&mut decoder, buf.get(..n).unwrap_or_default())?;
-            self.deliver(&mut decoder, &mut last_rx)?;
+            link.turn(&self.outbound, wait)?;
+            self.deliver(link, &mut last_rx)?;
         }
-    }
-
-    /// Feeds what one read returned to the decoder; nothing read means the manager closed.
-    fn take(decoder: &mut FrameDecoder, bytes: &[u8]) -> Result<(), LinkError> {
-        if bytes.is_empty() {
-            return Err(LinkError::Protocol(
-                "manager closed the connection".to_string(),
-            ));
-        }
-        decoder
-            .push(bytes)
-            .map_err(|e| LinkError::Protocol(e.to_string()))
     }
 
     /// Hands every complete frame to the core (heartbeat echoes only count as liveness).
-    fn deliver(&self, decoder: &mut FrameDecoder, last_rx: &mut Instant) -> Result<(), LinkError> {
-        while let Some(msg) = decoder
-            .next_message()
-            .map_err(|e| LinkError::Protocol(e.to_string()))?
-        {
+    fn deliver(&self, link: &mut FrameLink, last_rx: &mut Instant) -> Result<(), LinkError> {
+        while let Some(msg) = link.next_message()? {
             *last_rx = Instant::now();
             self.last_seen_us
                 .store(now_realtime_us(), Ordering::Relaxed);

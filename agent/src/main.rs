@@ -26,6 +26,7 @@ use hirte_common::config::{cli_entry, config_dir, AgentConfig};
 use hirte_common::frame::SerialCounter;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::open_bus;
+use hirte_common::tls::{ClientPolicy, TlsError};
 use hirte_common::{log, log_debug, log_info, log_warn};
 use local_api::LocalApi;
 use std::path::PathBuf;
@@ -102,8 +103,19 @@ fn local_api(sd: &SystemdBus, address: &str, last_seen_us: &Arc<AtomicU64>) -> L
     local
 }
 
+/// With all three TLS files set, the TCP link is mutual TLS; with none, plaintext, said once.
+// [impl->req~tls.config~1]
+fn tls_policy(cfg: &AgentConfig) -> Result<Option<ClientPolicy>, TlsError> {
+    if !cfg.tls.enabled()? {
+        return Ok(None);
+    }
+    ClientPolicy::load(&cfg.tls, cfg.effective_manager_name(), &cfg.node_name).map(Some)
+}
+
 fn run(cli: Cli) -> Result<(), AgentError> {
     let cfg = load_config(&cli)?;
+    // Before anything else: TLS files that do not load stop the daemon at once.
+    let tls = tls_policy(&cfg)?;
     log::init(
         "hirte-agent",
         cfg.log.level,
@@ -116,6 +128,19 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         cfg.node_name,
         cfg.manager_endpoint()
     );
+    if tls.is_some() {
+        log_info!(
+            "The link to the manager is mutual TLS (TLS 1.3); the manager must be '{}'",
+            cfg.effective_manager_name()
+        );
+    } else if cfg.manager_socket.is_none() {
+        log_warn!(
+            "The link to the manager is not authenticated: whoever answers at {} is taken \
+             for the manager (set CertificateFile=, KeyFile= and TrustedCertificateFile= \
+             for mutual TLS)",
+            cfg.manager_endpoint()
+        );
+    }
     // [impl->req~agent.sigterm~1]
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -123,6 +148,9 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     }
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(AgentError::Signal)?;
+    let tls_reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, tls_reload.clone())
         .map_err(AgentError::Signal)?;
     let sd = connect_systemd(cli.user)?;
 
@@ -139,6 +167,9 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         serials: Arc::new(SerialCounter::default()),
         session: Arc::new(AtomicU64::new(0)),
         last_seen_us: last_seen_us.clone(),
+        tls,
+        tls_reload,
+        tls_generation: 0,
     };
     let channels = core::Channels::of(&link);
     let mut core = core::Core::new(sd, cfg.node_name.clone(), channels, local);
@@ -149,6 +180,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         .map_err(AgentError::Thread)?;
     core.reload = reload;
     core.extra_config = cli.config.clone();
+    core.allow_exec = cfg.allow_exec;
     hirte_common::notify::ready(&format!("node '{}'", cfg.node_name));
     let result = loop {
         match core.run() {

@@ -140,3 +140,27 @@ pub const WEB_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 /// Timeout of one D-Bus call from hirte-web to the manager: the manager's own longest answer
 /// (`AgentCallTimeout`, 30 s by default) plus slack.
 pub const WEB_CALL_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// Certificates in a TLS peer's chain (its own plus intermediates); a longer chain is refused
+/// before any signature is checked.
+pub const MAX_CERT_CHAIN_LEN: usize = 4;
+
+/// Bytes of a TLS peer's certificate chain; a larger one is refused before any signature is
+/// checked (rustls itself caps one handshake message at 64 KiB).
+pub const MAX_CERT_CHAIN_BYTES: usize = 16 * 1024;
+
+/// Bytes of one PEM file named by `CertificateFile=`, `KeyFile=`, `TrustedCertificateFile=`
+/// or `RevocationListFile=`; a larger file is refused at start or SIGHUP.
+pub const MAX_PEM_FILE_SIZE: usize = 1024 * 1024;
+
+/// Clients whose bus credentials the manager's audit keeps (UID, PID, command name); when
+/// full, the cache starts over (a client's credentials are then asked for again).
+pub const MAX_AUDIT_CALLERS: usize = 1024;
+
+/// Calls that change something and await their answer, for the audit record; beyond it a
+/// call is recorded at once with `answer not tracked` (never without a record).
+pub const MAX_AUDIT_OPEN: usize = 4096;
+
+/// Longest the manager's core waits for the bus daemon's credentials of a new client (once
+/// per client connection); without an answer the record says `?`.
+pub const AUDIT_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(1);

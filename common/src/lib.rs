@@ -8,9 +8,11 @@
 pub mod bounds;
 pub mod bus;
 pub mod config;
+pub mod exec_guard;
 pub mod frame;
 pub mod handshake;
 pub mod json;
+pub mod linkio;
 pub mod log;
 pub mod names;
 pub mod notify;
@@ -19,4 +21,5 @@ pub mod queue;
 pub mod stream;
 pub mod sys;
 pub mod timespan;
+pub mod tls;
 pub mod wait;

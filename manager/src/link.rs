@@ -7,18 +7,16 @@
 
 use crate::events::{LinkEvent, LinkHandle};
 use hirte_common::bounds::{
-    CORE_TICK, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME_SIZE, READ_CHUNK,
+    CORE_TICK, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME_SIZE,
 };
-use hirte_common::frame::{encode_message, FrameDecoder};
+use hirte_common::frame::encode_message;
 use hirte_common::handshake::check_register;
+use hirte_common::linkio::{FrameLink, LinkIoError};
 use hirte_common::protocol::error;
 use hirte_common::queue::{BoundedQueue, PushError};
-use hirte_common::stream::LinkStream;
-use hirte_common::wait::poll_readable;
+use hirte_common::stream::{LinkStream, Peer};
+use hirte_common::tls::{check_node_name, PeerIdentity, Reloadable, ServerPolicy};
 use hirte_common::{log_info, log_warn};
-use std::io::{Read, Write};
-use std::net::Shutdown;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,10 +26,11 @@ const CORE_PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a link ended.
 enum End {
-    PeerClosed,
-    Io(std::io::Error),
     Protocol(String),
     Requested(String),
+    /// Refused at the TLS handshake, already logged.
+    Refused,
+    Link(LinkIoError),
     CoreGone,
     Shutdown,
 }
@@ -39,10 +38,10 @@ enum End {
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            End::PeerClosed => write!(f, "connection closed by peer"),
-            End::Io(e) => write!(f, "I/O error: {e}"),
             End::Protocol(e) => write!(f, "protocol error: {e}"),
             End::Requested(r) => write!(f, "{r}"),
+            End::Refused => write!(f, "refused at the TLS handshake"),
+            End::Link(e) => write!(f, "{e}"),
             End::CoreGone => write!(f, "manager core not accepting events"),
             End::Shutdown => write!(f, "manager shutting down"),
         }
@@ -67,23 +66,42 @@ impl Drop for HandshakeSlot {
 }
 
 pub struct LinkThread {
-    pub stream: LinkStream,
+    /// Taken by the thread when it starts.
+    pub stream: Option<LinkStream>,
     pub handle: Arc<LinkHandle>,
     pub events: Arc<BoundedQueue<LinkEvent>>,
     pub handshakes: Arc<AtomicUsize>,
     pub shutdown: Arc<AtomicBool>,
+    /// The TLS policy when the TCP link is TLS (never for the Unix socket).
+    pub tls: Option<Arc<Reloadable<ServerPolicy>>>,
+}
+
+/// A TLS peer's verified certificate, and the policy generation it was last checked against.
+struct Verified {
+    identity: PeerIdentity,
+    generation: u64,
 }
 
 impl LinkThread {
-    pub fn run(self) {
+    pub fn run(mut self) {
         // Gives the handshake slot back however this thread ends, a panic included.
         let mut slot = HandshakeSlot(Some(self.handshakes.clone()));
         let mut registered = false;
-        let end = self
-            .serve(&mut registered, &mut slot)
-            .err()
-            .unwrap_or(End::Shutdown);
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        let (end, mut link) = match self.open(stream) {
+            Ok((mut link, verified)) => (
+                self.serve(&mut link, verified, &mut registered, &mut slot)
+                    .err()
+                    .unwrap_or(End::Shutdown),
+                Some(link),
+            ),
+            Err(end) => (end, None),
+        };
+        if let Some(l) = link.as_mut() {
+            l.close();
+        }
         self.handle.queue.close();
         let reason = end.to_string();
         if registered {
@@ -101,7 +119,7 @@ impl LinkThread {
                     self.handle.peer
                 );
             }
-        } else {
+        } else if !matches!(end, End::Refused) {
             // [impl->req~log.events~1]
             log_info!(
                 "Connection from {} closed before registering: {}",
@@ -119,10 +137,53 @@ impl LinkThread {
         }
     }
 
-    fn serve(&self, registered: &mut bool, slot: &mut HandshakeSlot) -> Result<(), End> {
-        let mut decoder = FrameDecoder::new(MAX_HANDSHAKE_FRAME_SIZE);
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut stream = &self.stream;
+    /// The connection's byte pump; for TLS, after a handshake within the handshake timeout.
+    // [impl->req~tls.link~1]
+    fn open(&self, stream: LinkStream) -> Result<(FrameLink, Option<Verified>), End> {
+        let tls = match (&self.tls, self.handle.peer) {
+            (Some(tls), Peer::Ip(_)) => tls,
+            _ => return Ok((FrameLink::plain(stream, MAX_HANDSHAKE_FRAME_SIZE), None)),
+        };
+        let (generation, policy) = tls.get();
+        let (session, seen) = policy.session().map_err(|e| End::Protocol(e.to_string()))?;
+        let mut link = FrameLink::tls(stream, session, MAX_HANDSHAKE_FRAME_SIZE);
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let shown = link.handshake(deadline, HANDSHAKE_TIMEOUT).and_then(|()| {
+            link.peer_certificates()
+                .ok_or(LinkIoError::Closed)
+                .map(<[_]>::to_vec)
+        });
+        let identity = shown
+            .map_err(|e| e.to_string())
+            .and_then(|chain| PeerIdentity::from_chain(&chain));
+        match identity {
+            Ok(identity) => Ok((
+                link,
+                Some(Verified {
+                    identity,
+                    generation,
+                }),
+            )),
+            Err(reason) => {
+                // [impl->req~tls.refusal-log~1]
+                log_warn!(
+                    "Refused connection from {}: claimed name (none yet), certificate subject {}: \
+                     TLS handshake failed: {reason}",
+                    self.handle.peer,
+                    seen.subject()
+                );
+                Err(End::Refused)
+            }
+        }
+    }
+
+    fn serve(
+        &self,
+        link: &mut FrameLink,
+        mut verified: Option<Verified>,
+        registered: &mut bool,
+        slot: &mut HandshakeSlot,
+    ) -> Result<(), End> {
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
@@ -130,6 +191,9 @@ impl LinkThread {
             }
             // [impl->req~link.register-timeout~1]
             let timeout = if *registered {
+                if let Some(v) = verified.as_mut() {
+                    self.recheck(v)?;
+                }
                 CORE_TICK
             } else {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -141,34 +205,13 @@ impl LinkThread {
                 }
                 left.min(CORE_TICK)
             };
-            let [sock_ready, wake_ready] =
-                poll_readable([self.stream.as_fd(), self.handle.queue.wake_fd()], timeout)
-                    .map_err(|e| End::Io(e.into()))?;
-            if wake_ready {
-                self.handle.queue.clear_wake();
-            }
             // Queued frames go out before a requested close, so a refusal reaches the peer.
-            while let Some(bytes) = self.handle.queue.try_pop() {
-                stream.write_all(&bytes).map_err(End::Io)?;
-            }
+            link.turn(&self.handle.queue, timeout).map_err(End::Link)?;
             if let Some(reason) = self.handle.close_requested() {
                 return Err(End::Requested(reason));
             }
-            if !sock_ready {
-                continue;
-            }
-            let n = stream.read(&mut buf).map_err(End::Io)?;
-            if n == 0 {
-                return Err(End::PeerClosed);
-            }
             // [impl->req~link.bad-frame~1]
-            decoder
-                .push(buf.get(..n).unwrap_or_default())
-                .map_err(|e| End::Protocol(e.to_string()))?;
-            while let Some(msg) = decoder
-                .next_message()
-                .map_err(|e| End::Protocol(e.to_string()))?
-            {
+            while let Some(msg) = link.next_message().map_err(End::Link)? {
                 if *registered {
                     self.push_event(LinkEvent::Frame {
                         link: self.handle.id,
@@ -177,11 +220,14 @@ impl LinkThread {
                     continue;
                 }
                 // [impl->req~link.register-first~1]
-                match check_register(&msg) {
+                let checked = check_register(&msg).map_err(|e| e.to_string());
+                let name =
+                    checked.and_then(|name| self.check_identity(&name, &verified).map(|()| name));
+                match name {
                     Ok(name) => {
                         *registered = true;
                         slot.release();
-                        decoder.set_max_frame(MAX_FRAME_SIZE);
+                        link.set_max_frame(MAX_FRAME_SIZE);
                         self.push_event(LinkEvent::Register {
                             handle: self.handle.clone(),
                             name,
@@ -189,17 +235,82 @@ impl LinkThread {
                         })?;
                     }
                     Err(e) => {
-                        log_warn!("Refused connection from {}: {}", self.handle.peer, e);
-                        self.refuse(&msg, &e.to_string());
-                        return Err(End::Protocol(e.to_string()));
+                        if verified.is_none() {
+                            log_warn!("Refused connection from {}: {}", self.handle.peer, e);
+                        }
+                        Self::refuse(link, &msg, &e);
+                        return Err(End::Protocol(e));
                     }
                 }
             }
         }
     }
 
+    /// On TLS, the name registered must be one the certificate carries; every refusal and
+    /// every accepted identity is one log line.
+    // [impl->req~tls.identity~1]
+    // [impl->req~tls.refusal-log~1]
+    fn check_identity(&self, name: &str, verified: &Option<Verified>) -> Result<(), String> {
+        let Some(v) = verified else {
+            return Ok(());
+        };
+        let id = &v.identity;
+        match check_node_name(&id.names, name) {
+            Ok(()) => {
+                log_info!(
+                    "Connection from {}: certificate {} verified for node '{name}' \
+                     (SHA-256 fingerprint {})",
+                    self.handle.peer,
+                    id.subject,
+                    id.fingerprint
+                );
+                Ok(())
+            }
+            Err(why) => {
+                let reason = format!("the certificate does not carry the name '{name}': {why}");
+                log_warn!(
+                    "Refused connection from {}: claimed name '{name}', certificate subject {}: \
+                     {reason}",
+                    self.handle.peer,
+                    id.subject
+                );
+                Err(reason)
+            }
+        }
+    }
+
+    /// A session whose certificate has expired, or is no longer valid under the policy that
+    /// SIGHUP loaded (a new CRL), is closed.
+    // [impl->req~tls.reload~1]
+    fn recheck(&self, v: &mut Verified) -> Result<(), End> {
+        if v.identity.expired() {
+            return Err(self.revoked(v, "the certificate has expired".to_string()));
+        }
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let (generation, policy) = tls.get();
+        if generation != v.generation {
+            v.generation = generation;
+            policy
+                .recheck(&v.identity.chain)
+                .map_err(|e| self.revoked(v, e))?;
+        }
+        Ok(())
+    }
+
+    fn revoked(&self, v: &Verified, reason: String) -> End {
+        log_warn!(
+            "Closing connection {} from {}: certificate subject {} is no longer valid: {reason}",
+            self.handle.id,
+            self.handle.peer,
+            v.identity.subject
+        );
+        End::Requested(format!("certificate no longer valid: {reason}"))
+    }
+
     /// Answers a bad first message with an error when it was a call, so the peer learns why.
-    fn refuse(&self, msg: &dbus::Message, reason: &str) {
+    fn refuse(link: &mut FrameLink, msg: &dbus::Message, reason: &str) {
         if msg.msg_type() != dbus::message::MessageType::MethodCall {
             return;
         }
@@ -212,8 +323,7 @@ impl LinkThread {
         let mut reply = msg.error(&name, &text);
         reply.set_serial(1);
         if let Ok(bytes) = encode_message(&reply, MAX_HANDSHAKE_FRAME_SIZE) {
-            let mut stream = &self.stream;
-            let _ = stream.write_all(&bytes);
+            let _ = link.write_frame(&bytes);
         }
     }
 }

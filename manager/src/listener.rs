@@ -2,18 +2,19 @@
 
 use crate::events::{LinkEvent, LinkHandle};
 use crate::link::LinkThread;
-use hirte_common::bounds::{
-    CONNECTION_THREAD_STACK, CORE_TICK, LINK_WRITE_TIMEOUT, MAX_NODES, MAX_PENDING_HANDSHAKES,
-};
+use hirte_common::bounds::{CONNECTION_THREAD_STACK, CORE_TICK, MAX_NODES, MAX_PENDING_HANDSHAKES};
+use hirte_common::linkio::prepare;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::stream::{LinkStream, Peer};
-use hirte_common::{log_debug, log_error, log_warn};
+use hirte_common::tls::{Reloadable, ServerPolicy, TlsFiles};
+use hirte_common::{log_debug, log_error, log_info, log_warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{umask, Mode};
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,6 +33,13 @@ pub struct Listener {
     pub shutdown: Arc<AtomicBool>,
     /// Ends the connections (set once the core has finished its shutdown).
     pub stop_links: Arc<AtomicBool>,
+    /// TLS on the TCP link: the policy, and the files it is re-read from on SIGHUP.
+    pub tls: Option<Arc<Reloadable<ServerPolicy>>>,
+    pub tls_files: TlsFiles,
+    /// Set by SIGHUP: re-read the TLS files.
+    pub tls_reload: Arc<AtomicBool>,
+    /// UIDs that may connect to the Unix socket (SO_PEERCRED).
+    pub socket_uids: Vec<u32>,
 }
 
 impl Listener {
@@ -66,9 +74,14 @@ impl Listener {
                 .is_some_and(|r| !r.is_empty())
         };
         let accepted = match (&self.unix, ready(0), ready(1)) {
-            (Some(u), tcp, true) if unix_first || !tcp => {
-                u.accept().map(|(s, _)| (LinkStream::Unix(s), Peer::Unix))
-            }
+            (Some(u), tcp, true) if unix_first || !tcp => match u.accept() {
+                Ok((s, _)) => {
+                    return self
+                        .peer_allowed(&s)
+                        .then_some((LinkStream::Unix(s), Peer::Unix))
+                }
+                Err(e) => Err(e),
+            },
             (_, true, _) => self
                 .listener
                 .accept()
@@ -78,6 +91,46 @@ impl Listener {
         accepted.map_err(|e| log_warn!("accept failed: {e}")).ok()
     }
 
+    /// The Unix socket is plaintext: only the users configured (root by default) may use it.
+    // [impl->req~link.unix-peercred~1]
+    fn peer_allowed(&self, s: &UnixStream) -> bool {
+        match getsockopt(s, PeerCredentials) {
+            Ok(c) if c.uid() == 0 || self.socket_uids.contains(&c.uid()) => true,
+            Ok(c) => {
+                log_warn!(
+                    "Refused connection on the Unix socket from uid {} (pid {}): not root and \
+                     not in ManagerSocketAllowedUsers",
+                    c.uid(),
+                    c.pid()
+                );
+                false
+            }
+            Err(e) => {
+                log_warn!("Refused connection on the Unix socket: cannot read its peer: {e}");
+                false
+            }
+        }
+    }
+
+    /// SIGHUP: new connections use the re-read certificates and CRL; the link threads check
+    /// their sessions against them. A file that no longer loads keeps the old policy.
+    // [impl->req~tls.reload~1]
+    fn reload_tls(&self) {
+        if !self.tls_reload.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let Some(tls) = &self.tls else {
+            return;
+        };
+        match ServerPolicy::load(&self.tls_files) {
+            Ok(p) => {
+                tls.replace(p);
+                log_info!("Reloaded the TLS certificates and revocation list");
+            }
+            Err(e) => log_error!("Keeping the TLS settings in force: {e}"),
+        }
+    }
+
     pub fn run(self) {
         let handshakes = Arc::new(AtomicUsize::new(0));
         let live = Arc::new(AtomicUsize::new(0));
@@ -85,6 +138,7 @@ impl Listener {
         let mut unix_first = false;
         while !self.shutdown.load(Ordering::Relaxed) {
             unix_first = !unix_first;
+            self.reload_tls();
             let Some((stream, peer)) = self.accept(unix_first) else {
                 continue;
             };
@@ -99,9 +153,8 @@ impl Listener {
                 );
                 continue;
             }
-            let _ = stream.set_nodelay();
-            if let Err(e) = stream.set_write_timeout(Some(LINK_WRITE_TIMEOUT)) {
-                log_warn!("Connection from {peer}: cannot set write timeout: {e}");
+            if let Err(e) = prepare(&stream) {
+                log_warn!("Connection from {peer}: cannot set socket options: {e}");
                 continue;
             }
             next_id += 1;
@@ -116,7 +169,8 @@ impl Listener {
             handshakes.fetch_add(1, Ordering::SeqCst);
             live.fetch_add(1, Ordering::SeqCst);
             let link = LinkThread {
-                stream,
+                stream: Some(stream),
+                tls: self.tls.clone(),
                 handle,
                 events: self.events.clone(),
                 handshakes: handshakes.clone(),

@@ -20,6 +20,7 @@
 mod agent_msg;
 mod agents;
 mod api;
+mod audit;
 mod calls;
 mod core;
 mod dependencies;
@@ -39,7 +40,8 @@ use dbus_crossroads::Crossroads;
 use hirte_common::bounds::CORE_QUEUE_DEPTH;
 use hirte_common::config::{cli_entry, config_dir, ConfigError, ManagerConfig};
 use hirte_common::queue::BoundedQueue;
-use hirte_common::{log, log_info, protocol};
+use hirte_common::tls::{Reloadable, ServerPolicy, TlsError};
+use hirte_common::{log, log_info, log_warn, protocol};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
@@ -75,6 +77,10 @@ enum FatalError {
     Queue(nix::errno::Errno),
     Thread(std::io::Error),
     Core(core::CoreError),
+    /// The TLS settings or files (`CertificateFile=` ...) are unusable.
+    Tls(TlsError),
+    /// A user of `ManagerSocketAllowedUsers=` does not exist.
+    User(String),
 }
 
 impl fmt::Display for FatalError {
@@ -103,6 +109,8 @@ impl fmt::Display for FatalError {
             FatalError::Queue(e) => write!(f, "cannot create queue: {e}"),
             FatalError::Thread(e) => write!(f, "cannot start listener thread: {e}"),
             FatalError::Core(e) => write!(f, "{e}"),
+            FatalError::Tls(e) => write!(f, "{e}"),
+            FatalError::User(e) => write!(f, "ManagerSocketAllowedUsers: {e}"),
         }
     }
 }
@@ -116,8 +124,37 @@ fn load_config(cli: &Cli) -> Result<ManagerConfig, ConfigError> {
     Ok(cfg)
 }
 
+/// With all three TLS files set, the TCP link is mutual TLS; with none, it is plaintext.
+// [impl->req~tls.config~1]
+fn tls_policy(cfg: &ManagerConfig) -> Result<Option<Arc<Reloadable<ServerPolicy>>>, TlsError> {
+    if !cfg.tls.enabled()? {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Reloadable::new(ServerPolicy::load(
+        &cfg.tls,
+    )?))))
+}
+
+/// `ManagerSocketAllowedUsers=`: names or UIDs to UIDs.
+// [impl->req~link.unix-peercred~1]
+fn resolve_users(users: &[String]) -> Result<Vec<u32>, FatalError> {
+    users
+        .iter()
+        .map(|u| match u.parse::<u32>() {
+            Ok(uid) => Ok(uid),
+            Err(_) => match nix::unistd::User::from_name(u) {
+                Ok(Some(user)) => Ok(user.uid.as_raw()),
+                Ok(None) => Err(FatalError::User(format!("no user '{u}'"))),
+                Err(e) => Err(FatalError::User(format!("cannot look up '{u}': {e}"))),
+            },
+        })
+        .collect()
+}
+
 fn run(cli: Cli) -> Result<(), FatalError> {
     let cfg = load_config(&cli).map_err(FatalError::Config)?;
+    // Before anything else: TLS files that do not load stop the daemon at once.
+    let tls = tls_policy(&cfg).map_err(FatalError::Tls)?;
     log::init("hirte", cfg.log.level, cfg.log.target, cfg.log.is_quiet);
     log_info!(
         "Starting hirte {} (port {}, {} allowed nodes)",
@@ -125,6 +162,17 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         cfg.port,
         cfg.allowed_node_names.len()
     );
+
+    if tls.is_some() {
+        log_info!("The agent link on TCP is mutual TLS (TLS 1.3)");
+    } else {
+        log_warn!(
+            "The agent link on TCP is not authenticated: any host that reaches port {} may \
+             register as an allowed node (set CertificateFile=, KeyFile= and \
+             TrustedCertificateFile= for mutual TLS)",
+            cfg.port
+        );
+    }
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -178,6 +226,13 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         None => (None, None),
     };
 
+    let tls_files = cfg.tls.clone();
+    let socket_uids = resolve_users(&cfg.socket_allowed_users)?;
+    let allow_exec = cfg.allow_exec;
+    let tls_reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, tls_reload.clone())
+        .map_err(FatalError::Signals)?;
+
     let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(FatalError::Queue)?);
     let model = Arc::new(Mutex::new(state::Manager::new(cfg)));
     let mut cr = Crossroads::new();
@@ -196,6 +251,10 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         events: events.clone(),
         shutdown: shutdown.clone(),
         stop_links: stop_links.clone(),
+        tls,
+        tls_files,
+        tls_reload,
+        socket_uids,
     };
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
@@ -214,6 +273,8 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         signatures,
         extra_config: cli.config.clone(),
         bus_writer: Default::default(),
+        audit: Default::default(),
+        allow_exec,
     };
     let result = core.run().map_err(FatalError::Core);
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);

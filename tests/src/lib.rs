@@ -32,6 +32,7 @@ mod error;
 pub mod guide;
 mod net;
 pub mod output;
+pub mod pki;
 mod process;
 mod state;
 

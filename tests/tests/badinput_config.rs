@@ -14,10 +14,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::Output;
 
-use common::{run_timeout, show, stderr};
+use common::{show, stderr};
 
 struct TempDir(PathBuf);
 
@@ -46,23 +45,7 @@ impl Drop for TempDir {
 }
 
 fn run(bin: &str, dir: &Path) -> Output {
-    let path = hirte_tests::binary(bin).unwrap_or_else(|e| panic!("{e}"));
-    let mut cmd = Command::new(path);
-    if bin == "hirte-agent" {
-        cmd.arg("--user");
-    }
-    cmd.env("HIRTE_CONFIG_DIR", dir)
-        .env(
-            "DBUS_SYSTEM_BUS_ADDRESS",
-            "unix:path=/nonexistent/hirte-badcfg-bus",
-        )
-        .env(
-            "DBUS_SESSION_BUS_ADDRESS",
-            "unix:path=/nonexistent/hirte-badcfg-bus",
-        )
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("RUST_BACKTRACE");
-    run_timeout(&mut cmd, Duration::from_secs(20))
+    common::run_daemon_without_bus(bin, dir)
 }
 
 /// One daemon: its binary, file, section and a valid minimal head (two lines).
@@ -124,6 +107,14 @@ fn manager_cases() -> Vec<(&'static str, Vec<&'static str>)> {
             vec!["soon", "0", "99ms", "1h 1s", "[\"5s\"]"],
         ),
         ("AllowExec", vec!["perhaps", "3", "[\"yes\"]"]),
+        ("CertificateFile", vec!["relative.pem", "[\"/a\", \"/b\"]"]),
+        ("KeyFile", vec!["key.pem", "[\"/k\"]"]),
+        ("TrustedCertificateFile", vec!["ca.pem", "[\"/ca\"]"]),
+        ("RevocationListFile", vec!["ca.crl", "[\"/crl\"]"]),
+        (
+            "ManagerSocketAllowedUsers",
+            vec!["a b", "bad!user", "{ a = 1 }"],
+        ),
     ]
 }
 
@@ -166,6 +157,12 @@ fn agent_cases() -> Vec<(&'static str, Vec<&'static str>)> {
         ("LogLevel", vec!["loud", "[\"debug\"]"]),
         ("LogTarget", vec!["paper", "[\"stderr\"]"]),
         ("LogIsQuiet", vec!["maybe", "[false]"]),
+        ("CertificateFile", vec!["relative.pem", "[\"/a\"]"]),
+        ("KeyFile", vec!["key.pem"]),
+        ("TrustedCertificateFile", vec!["ca.pem"]),
+        ("RevocationListFile", vec!["ca.crl"]),
+        ("ManagerName", vec!["has space", "a/b", "[\"m\"]"]),
+        ("AllowExec", vec!["perhaps", "[\"no\"]"]),
     ]
 }
 
@@ -309,7 +306,7 @@ fn badinput_config_every_key_wrong_type_range_duplicate_refused_naming_file_line
         (&MANAGER, "managerport"),
         (&AGENT, "Bogus"),
         (&AGENT, "AllowedNodeNames"),
-        (&AGENT, "AllowExec"),
+        (&AGENT, "NodeHeartbeatThreshold"),
         (&AGENT, "nodename"),
     ] {
         let t = TempDir::new("unknown");

@@ -1,12 +1,14 @@
 //! The agent's settings: `[hirte-agent]` in `agent.conf`.
 
 use super::address::{parse_tcp_address, parse_unix_address};
-use super::entry::{bad, port, single, span, unknown_key, Entry};
+use super::entry::{bad, boolean, port, single, span, unknown_key, Entry};
 use super::error::ConfigError;
 use super::layers::{load_layers, Settings};
 use super::log_settings::LogConfig;
+use super::tls_settings::{apply_tls, validate_tls};
 use super::{MAX_INTERVAL, MIN_INTERVAL};
 use crate::names::validate_node_name;
+use crate::tls::TlsFiles;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +27,13 @@ pub struct AgentConfig {
     /// `manager_host`:`manager_port`. The last of `ManagerAddress`, `ManagerHost` and
     /// `ManagerPort` set decides between the two.
     pub manager_socket: Option<PathBuf>,
+    /// `CertificateFile=` and friends: all three set, the link to the manager is mutual TLS.
+    pub tls: TlsFiles,
+    /// `ManagerName=`: the name the manager's certificate must carry; `None`: `ManagerHost`.
+    pub manager_name: Option<String>,
+    /// `AllowExec=`: whether this node runs `Exec` (and transient units with `Exec*`
+    /// properties, and unit files from outside the unit directories) for the manager.
+    pub allow_exec: bool,
 }
 
 impl Default for AgentConfig {
@@ -38,6 +47,9 @@ impl Default for AgentConfig {
             reconnect_interval: Duration::from_secs(5),
             manager_timeout: None,
             manager_socket: None,
+            tls: TlsFiles::default(),
+            manager_name: None,
+            allow_exec: true,
         }
     }
 }
@@ -50,7 +62,7 @@ impl AgentConfig {
 
     // [impl->req~config.agent-keys~1]
     pub fn apply(&mut self, e: &Entry) -> Result<(), ConfigError> {
-        if self.log.apply(e)? {
+        if self.log.apply(e)? || apply_tls(&mut self.tls, e)? {
             return Ok(());
         }
         match e.key.as_str() {
@@ -93,6 +105,16 @@ impl AgentConfig {
             "ManagerHeartbeatThreshold" => {
                 self.manager_timeout = Some(span(e, MIN_INTERVAL, MAX_INTERVAL)?);
             }
+            // [impl->req~agent.allow-exec~1]
+            "AllowExec" => self.allow_exec = boolean(e)?,
+            // [impl->req~tls.identity~1]
+            "ManagerName" => {
+                let n = single(e)?;
+                if n.chars().any(|c| c.is_whitespace() || c == '/') {
+                    return Err(bad(e, "expected a host name or IP address"));
+                }
+                self.manager_name = (!n.is_empty()).then(|| n.to_string());
+            }
             _ => return Err(unknown_key(e)),
         }
         Ok(())
@@ -121,7 +143,13 @@ impl AgentConfig {
             .unwrap_or(self.heartbeat_interval.saturating_mul(3))
     }
 
+    /// The name the manager's certificate must carry: `ManagerName`, else `ManagerHost`.
+    pub fn effective_manager_name(&self) -> &str {
+        self.manager_name.as_deref().unwrap_or(&self.manager_host)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_tls(&self.tls)?;
         validate_node_name(&self.node_name).map_err(|e| ConfigError::Invalid {
             reason: format!("NodeName: {e}"),
         })?;

@@ -70,7 +70,7 @@ pub(super) fn single(e: &Entry) -> Result<&str, ConfigError> {
     }
 }
 
-fn list(e: &Entry) -> Vec<String> {
+pub(super) fn list(e: &Entry) -> Vec<String> {
     match &e.value {
         RawValue::Str(s) => s
             .split(',')

@@ -2,11 +2,14 @@
 //! after it (as BlueChi's file has) that carry `AllowDependenciesOn=`.
 
 use super::address::parse_socket_path;
-use super::entry::{bad, boolean, node_names, port, single, span, unknown_key, Entry};
+use super::entry::{bad, boolean, list, node_names, port, single, span, unknown_key, Entry};
 use super::error::{ConfigError, Origin};
 use super::layers::{load_layers, Settings};
 use super::log_settings::LogConfig;
+use super::tls_settings::{apply_tls, validate_tls};
 use super::{MAX_INTERVAL, MIN_INTERVAL};
+use crate::bounds::MAX_NODES;
+use crate::tls::TlsFiles;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,11 @@ pub struct ManagerConfig {
     pub node_sections: BTreeMap<String, NodeSection>,
     /// `ManagerSocket=`: a Unix socket for the local agent, besides TCP; `None`: none.
     pub socket: Option<PathBuf>,
+    /// `ManagerSocketAllowedUsers=`: users (names or UIDs) whose processes may use the
+    /// Unix socket, checked with SO_PEERCRED; empty: root only.
+    pub socket_allowed_users: Vec<String>,
+    /// `CertificateFile=` and friends: all three set, the TCP link is mutual TLS.
+    pub tls: TlsFiles,
 }
 
 /// Settings of one node (`[node NAME]` in `hirte.conf`).
@@ -55,6 +63,8 @@ impl Default for ManagerConfig {
             allow_exec: true,
             node_sections: BTreeMap::new(),
             socket: None,
+            socket_allowed_users: Vec::new(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -70,7 +80,7 @@ impl ManagerConfig {
         if let Some(node) = &e.node {
             return self.apply_node(node, e);
         }
-        if self.log.apply(e)? {
+        if self.log.apply(e)? || apply_tls(&mut self.tls, e)? {
             return Ok(());
         }
         match e.key.as_str() {
@@ -99,6 +109,17 @@ impl ManagerConfig {
                 } else {
                     Some(parse_socket_path(s).map_err(|r| bad(e, r))?)
                 };
+            }
+            // [impl->req~link.unix-peercred~1]
+            "ManagerSocketAllowedUsers" => {
+                let users = list(e);
+                if users.len() > MAX_NODES {
+                    return Err(bad(e, format!("more than {MAX_NODES} users")));
+                }
+                if let Some(u) = users.iter().find(|u| !valid_user(u)) {
+                    return Err(bad(e, format!("'{u}' is not a user name or UID")));
+                }
+                self.socket_allowed_users = users;
             }
             _ => return Err(unknown_key(e)),
         }
@@ -134,6 +155,7 @@ impl ManagerConfig {
     /// Checks that need all settings together.
     // [impl->req~config.manager-open-refused~1]
     pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_tls(&self.tls)?;
         let everywhere = self.address.is_none_or(|a| a.is_unspecified());
         if self.allowed_node_names.is_empty() && everywhere {
             return Err(ConfigError::Invalid {
@@ -179,4 +201,12 @@ impl Settings for ManagerConfig {
     fn log_settings(&self) -> &LogConfig {
         &self.log
     }
+}
+
+/// A user name (as useradd takes them) or a numeric UID.
+fn valid_user(u: &str) -> bool {
+    !u.is_empty()
+        && u.len() <= 32
+        && u.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }

@@ -14,8 +14,8 @@
 //! BlueChi's does); they carry `AllowDependenciesOn=`.
 //!
 //! Modules: `key_value` and `toml_value` parse the two syntaxes, `layers` finds and orders the
-//! files (and re-reads them on SIGHUP), `entry` reads typed values out of one setting; `manager`, `agent` and `log_settings`
-//! are the daemons' settings, `address` their address syntaxes.
+//! files (and re-reads them on SIGHUP), `entry` reads typed values out of one setting; `manager`, `agent`, `log_settings` and
+//! `tls_settings` are the daemons' settings, `address` their address syntaxes.
 
 mod address;
 mod agent;
@@ -25,6 +25,7 @@ mod key_value;
 mod layers;
 mod log_settings;
 mod manager;
+mod tls_settings;
 mod toml_value;
 
 #[cfg(test)]

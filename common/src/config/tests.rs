@@ -3,6 +3,7 @@
 use super::*;
 use crate::bounds::MAX_NODES;
 use crate::log::{Level, Target};
+use crate::tls::TlsFiles;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -300,4 +301,49 @@ fn layers_override_in_order() {
     assert_eq!(ManagerConfig::load(&dir, Some(&extra)).unwrap().port, 4);
     assert!(ManagerConfig::load(&dir, Some(&dir.join("missing.conf"))).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// [utest->req~tls.config~1]
+// [utest->req~link.unix-peercred~1]
+// [utest->req~agent.allow-exec~1]
+#[test]
+fn tls_keys_manager_name_and_socket_users() {
+    let m = manager(
+        "[hirte]\nCertificateFile=/etc/hirte/m.pem\nKeyFile=/etc/hirte/m.key\n\
+         TrustedCertificateFile=/etc/hirte/ca.pem\nRevocationListFile=/etc/hirte/ca.crl\n\
+         ManagerSocketAllowedUsers=hirte, 1000\n",
+    )
+    .unwrap();
+    assert_eq!(m.tls.enabled(), Ok(true));
+    assert_eq!(
+        m.tls.revocation_list,
+        Some(PathBuf::from("/etc/hirte/ca.crl"))
+    );
+    assert_eq!(m.socket_allowed_users, ["hirte", "1000"]);
+    let e = manager("[hirte]\nCertificateFile=m.pem\n").unwrap_err();
+    assert!(e.to_string().contains("expected an absolute path"), "{e}");
+    let e = manager("[hirte]\nManagerSocketAllowedUsers=a b\n").unwrap_err();
+    assert!(e.to_string().contains("not a user name or UID"), "{e}");
+    let mut partial = manager("[hirte]\nAllowedNodeNames=a\nKeyFile=/k\n").unwrap();
+    let e = partial.validate().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("missing: CertificateFile=, TrustedCertificateFile="),
+        "{e}"
+    );
+    partial.tls = TlsFiles::default();
+    assert!(partial.validate().is_ok());
+
+    let a = agent("[hirte-agent]\nNodeName=n\nManagerHost=10.0.0.1\n").unwrap();
+    assert_eq!(a.effective_manager_name(), "10.0.0.1");
+    let a = agent("[hirte-agent]\nNodeName=n\nManagerName=hirte.example\nKeyFile=/k\n").unwrap();
+    assert_eq!(a.effective_manager_name(), "hirte.example");
+    assert!(a
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("missing: CertificateFile="));
+    assert!(agent("[hirte-agent]\nManagerName=has space\n").is_err());
+    assert!(!agent("[hirte-agent]\nAllowExec=no\n").unwrap().allow_exec);
+    assert!(AgentConfig::default().allow_exec);
 }

@@ -431,3 +431,38 @@ pub fn run_timeout(cmd: &mut std::process::Command, timeout: Duration) -> Output
         stderr: err_t.join().unwrap(),
     }
 }
+
+/// Runs `hirte` or `hirte-agent` (`--user`) with `HIRTE_CONFIG_DIR=dir` and no reachable bus:
+/// for configurations that must stop the daemon before it needs one.
+pub fn run_daemon_without_bus(bin: &str, dir: &Path) -> Output {
+    let path = hirte_tests::binary(bin).unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = std::process::Command::new(path);
+    if bin == "hirte-agent" {
+        cmd.arg("--user");
+    }
+    cmd.env("HIRTE_CONFIG_DIR", dir)
+        .env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "unix:path=/nonexistent/hirte-badcfg-bus",
+        )
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/nonexistent/hirte-badcfg-bus",
+        )
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_BACKTRACE");
+    run_timeout(&mut cmd, Duration::from_secs(20))
+}
+
+/// Waits for a manager log line holding every one of `parts`; returns it.
+pub fn manager_log_line(c: &Cluster, parts: &[&str]) -> String {
+    let what = parts.join(" ... ");
+    wait_manager_log(c, &what, |l| {
+        l.lines().any(|line| parts.iter().all(|p| line.contains(p)))
+    });
+    c.manager_log()
+        .lines()
+        .find(|line| parts.iter().all(|p| line.contains(p)))
+        .unwrap_or_default()
+        .to_string()
+}
