@@ -81,6 +81,10 @@ pub struct Core<S> {
     bus_writer: BusWriter,
     pub reload: Arc<AtomicBool>,
     pub extra_config: Option<PathBuf>,
+    /// `AllowExec=` of agent.conf: with `no` this node refuses `Exec`, transient units with
+    /// `Exec*` properties and unit files from outside the unit directories, whatever the
+    /// manager allows (`manager_calls.rs`).
+    pub allow_exec: bool,
 }
 
 /// Why the core loop returned.
@@ -132,6 +136,7 @@ impl<S: Systemd> Core<S> {
             bus_writer: BusWriter::default(),
             reload: Arc::new(AtomicBool::new(false)),
             extra_config: None,
+            allow_exec: true,
         }
     }
 

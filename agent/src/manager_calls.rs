@@ -113,7 +113,27 @@ impl<S: Systemd> Core<S> {
 
     /// Executes one manager call. `Ok(None)`: the answer comes later.
     // [impl->req~agent.relay~1]
+    /// The node's own `AllowExec=no`.
+    // [impl->req~agent.allow-exec~1]
+    fn check_exec(&self, member: &str, msg: &Message) -> Result<(), CallError> {
+        if self.allow_exec {
+            return Ok(());
+        }
+        let why = match member {
+            "Exec" => Some("Exec is disabled on this node".to_string()),
+            _ => hirte_common::exec_guard::refusal(member, msg),
+        };
+        match why {
+            Some(why) => Err(CallError::NotAllowed(format!(
+                "{why} (node '{}', AllowExec=no in agent.conf)",
+                self.node
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn dispatch(&mut self, member: &str, msg: &Message) -> Result<Option<Message>, CallError> {
+        self.check_exec(member, msg)?;
         if let Some((_, sig)) = SYSTEMD_RELAYED.iter().find(|(m, _)| *m == member) {
             expect_signature(msg, member, sig)?;
             let mut call = systemd::manager_call(member)?;

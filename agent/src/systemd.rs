@@ -39,6 +39,8 @@ pub enum CallError {
     BadReply(String),
     UnknownMethod(String),
     UnknownInterface(String),
+    /// This node's `AllowExec=no` refuses the call.
+    NotAllowed(String),
 }
 
 impl CallError {
@@ -62,6 +64,7 @@ impl CallError {
             CallError::BadReply(_) => DBUS_INVALID_ARGS,
             CallError::UnknownMethod(_) => "org.freedesktop.DBus.Error.UnknownMethod",
             CallError::UnknownInterface(_) => "org.freedesktop.DBus.Error.UnknownInterface",
+            CallError::NotAllowed(_) => error::NOT_ALLOWED,
         }
     }
 }
@@ -74,7 +77,8 @@ impl fmt::Display for CallError {
             CallError::InvalidArgs(m)
             | CallError::Busy(m)
             | CallError::ActivationFailed(m)
-            | CallError::BadReply(m) => f.write_str(m),
+            | CallError::BadReply(m)
+            | CallError::NotAllowed(m) => f.write_str(m),
             CallError::UnknownMethod(m) => write!(f, "unknown method '{m}'"),
             CallError::UnknownInterface(i) => write!(f, "unknown interface '{i}'"),
         }

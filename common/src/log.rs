@@ -313,6 +313,17 @@ pub fn emit(level: Level, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
+    write(level, fields, args);
+}
+
+/// An audit record (who changed what): written at info level whatever `LogLevel` and
+/// `LogIsQuiet` say, so that no setting drops it.
+// [impl->req~audit.records~1]
+pub fn audit(fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
+    write(Level::Info, fields, args);
+}
+
+fn write(level: Level, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
     let message = args.to_string();
     let Some(logger) = LOGGER.get() else {
         eprintln!(

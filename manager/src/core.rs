@@ -5,6 +5,7 @@
 //! wake-up and at least every `CORE_TICK`.
 
 use crate::api::{job_object_path, Tokens};
+use crate::audit::Audit;
 use crate::events::LinkEvent;
 use crate::objects::{monitor_path, ObjectOp};
 use crate::state::{lock, Shared};
@@ -14,11 +15,12 @@ use hirte_common::bounds::CORE_TICK;
 use hirte_common::bus::{flush_within, BusWriter, WRITE_RETRY};
 use hirte_common::config::{self, ManagerConfig};
 use hirte_common::notify;
-use hirte_common::protocol::{error, signature_of};
+use hirte_common::protocol::{self, error, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::bus_fd;
 use hirte_common::wait::poll_readable;
 use hirte_common::{log_error, log_info};
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +54,25 @@ pub struct Core {
     pub extra_config: Option<PathBuf>,
     /// Bus writes never block the core; a bus that stops reading ends it (`BusWriter`).
     pub bus_writer: BusWriter,
+    /// Records who made each call that changes something, once it is answered.
+    pub audit: RefCell<Audit>,
+    /// `AllowExec=`: with `no`, the calls that would run a command some other way are refused
+    /// here, before the API sees them (`Exec` itself is refused by its handler).
+    pub allow_exec: bool,
+}
+
+/// The bus connection as dbus-crossroads sends its answers through it, with each answer
+/// shown to the audit first.
+struct Audited<'a> {
+    conn: &'a Connection,
+    audit: &'a RefCell<Audit>,
+}
+
+impl dbus::channel::Sender for Audited<'_> {
+    fn send(&self, msg: dbus::Message) -> Result<u32, ()> {
+        self.audit.borrow_mut().on_reply(&msg);
+        self.conn.channel().send(msg)
+    }
 }
 
 /// How long SIGTERM waits for jobs in flight to finish before cancelling them.
@@ -100,10 +121,18 @@ impl Core {
             while let Some(msg) = self.conn.channel().pop_message() {
                 self.guarded("a D-Bus call", |core| match msg.msg_type() {
                     dbus::message::MessageType::MethodCall => {
-                        if let Some(refusal) = core.check_arguments(&msg) {
-                            let _ = core.conn.channel().send(refusal);
+                        // [impl->req~audit.records~1]
+                        core.audit.borrow_mut().on_call(&core.conn, &msg);
+                        let sender = Audited {
+                            conn: &core.conn,
+                            audit: &core.audit,
+                        };
+                        if let Some(refusal) =
+                            core.check_arguments(&msg).or_else(|| core.check_exec(&msg))
+                        {
+                            let _ = dbus::channel::Sender::send(&sender, refusal);
                         } else {
-                            let _ = core.cr.handle_message(msg, &core.conn);
+                            let _ = core.cr.handle_message(msg, &sender);
                         }
                     }
                     dbus::message::MessageType::Signal => core.on_bus_signal(&msg),
@@ -163,6 +192,18 @@ impl Core {
         Some(msg.error(&name, &text))
     }
 
+    /// `AllowExec=no` also closes `StartTransientUnit` with `Exec*` properties and
+    /// `EnableUnitFiles` of files outside the unit directories.
+    // [impl->req~api.exec-bypass~1]
+    fn check_exec(&self, msg: &dbus::Message) -> Option<dbus::Message> {
+        if self.allow_exec || msg.interface().as_deref() != Some(protocol::NODE_IFACE) {
+            return None;
+        }
+        let text = hirte_common::exec_guard::refusal(&msg.member()?, msg)?;
+        let name = dbus::strings::ErrorName::new(error::NOT_ALLOWED).ok()?;
+        Some(msg.error(&name, &std::ffi::CString::new(text).ok()?))
+    }
+
     /// Watches clients leaving the bus, to close the monitors they own.
     pub fn watch_clients(&self) -> Result<(), CoreError> {
         self.conn
@@ -179,6 +220,7 @@ impl Core {
         if let Ok((name, _old, new)) = msg.read3::<&str, &str, &str>() {
             if new.is_empty() && name.starts_with(':') {
                 lock(&self.model).on_name_lost(name);
+                self.audit.borrow_mut().forget(name);
             }
         }
     }
@@ -219,6 +261,7 @@ impl Core {
             }
         }
         for msg in outbox {
+            self.audit.borrow_mut().on_reply(&msg);
             let _ = self.conn.channel().send(msg);
         }
     }

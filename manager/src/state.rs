@@ -446,6 +446,7 @@ impl Manager {
     // ---- messages from agents ------------------------------------------------------------
 
     /// Everything a registered agent sends after Register.
+    // [impl->req~manager.node-isolation~1]
     pub fn on_frame(&mut self, link: LinkId, msg: Message) {
         let Some(idx) = self.agents.heard_from(link) else {
             return;
