@@ -1,8 +1,11 @@
 //! `hirte-bench`: the benchmark of issue 6, run by `ci/bench` (never by the test suite).
 //!
 //! ```text
-//! sudo HIRTE_BIN_DIR=$PWD/target/release target/release/hirte-bench [--quick] [--no-profile] [--out DIR]
+//! sudo HIRTE_BIN_DIR=$PWD/target/release target/release/hirte-bench [--quick] [--no-profile] [--only-tls] [--out DIR]
 //! ```
+//!
+//! Row 7 (the cost of mutual TLS, issue 11) runs last on two small clusters of its own;
+//! `--only-tls` runs just that row.
 //!
 //! One run brings up a 50-node cluster (real `systemd --user`, real agents, release
 //! binaries), measures rows 1-5 on it, then a 1-node manager fed by 10 .. 1,000 fake agents
@@ -23,7 +26,7 @@ use bench::liveness::Liveness;
 use bench::report::{self, fmt_num, Goal, Json, Metric, TargetOn};
 use bench::{settle, Ctx, Sizes};
 
-const USAGE: &str = "usage: hirte-bench [--quick] [--no-profile] [--out DIR]";
+const USAGE: &str = "usage: hirte-bench [--quick] [--no-profile] [--only-tls] [--out DIR]";
 
 /// Nodes of the main cluster (the manager runs on the first, which has an agent too).
 const NODES: usize = 50;
@@ -58,6 +61,7 @@ fn provenance(bins: &std::path::Path) -> String {
 
 struct Opts {
     quick: bool,
+    only_tls: bool,
     profile: bool,
     out: PathBuf,
 }
@@ -65,6 +69,7 @@ struct Opts {
 fn parse_args() -> std::result::Result<Opts, String> {
     let mut o = Opts {
         quick: false,
+        only_tls: false,
         profile: true,
         out: PathBuf::from("target/bench"),
     };
@@ -73,6 +78,7 @@ fn parse_args() -> std::result::Result<Opts, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--no-profile" => o.profile = false,
+            "--only-tls" => o.only_tls = true,
             "--out" => o.out = PathBuf::from(it.next().ok_or("--out needs a directory")?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -502,6 +508,12 @@ fn run(opts: Opts) -> Result<()> {
     if opts.quick {
         ctx.note("--quick: fewer samples than the full run");
     }
+    if opts.only_tls {
+        ctx.note("--only-tls: row 7 only");
+        let tls_res = bench::tls::row7(&mut ctx, &wrap.dir);
+        write_results(&ctx, &started, &provenance(&real))?;
+        return tls_res;
+    }
     let main_res = main_cluster(&mut ctx, &wrap);
     if let Err(e) = &main_res {
         ctx.note(format!("50-node cluster phases stopped early: {e}"));
@@ -510,9 +522,14 @@ fn run(opts: Opts) -> Result<()> {
     if let Err(e) = &scale_res {
         ctx.note(format!("scale curve stopped early: {e}"));
     }
+    let tls_res = bench::tls::row7(&mut ctx, &wrap.dir);
+    if let Err(e) = &tls_res {
+        ctx.note(format!("row 7 (TLS) stopped early: {e}"));
+    }
     write_results(&ctx, &started, &provenance(&real))?;
     main_res?;
-    scale_res
+    scale_res?;
+    tls_res
 }
 
 fn main() -> ExitCode {

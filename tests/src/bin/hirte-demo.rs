@@ -3,9 +3,10 @@
 //! hirtectl output, each step confirmed by agent1's own systemd. Run it through `ci/demo`.
 //!
 //! ```text
-//! hirte-demo [--keep STATE_FILE]   # run the walkthrough; --keep leaves the cluster running
-//!                                  # and writes its dir to STATE_FILE
-//! hirte-demo --stop DIR            # tear down a cluster left by --keep
+//! hirte-demo [--tls] [--keep STATE_FILE]   # run the walkthrough; --keep leaves the cluster
+//!                                          # running and writes its dir to STATE_FILE;
+//!                                          # --tls: mutual TLS with a PKI made by ci/pki
+//! hirte-demo --stop DIR                    # tear down a cluster left by --keep
 //! ```
 //!
 //! Exit status 0 only if every step did what the guide says.
@@ -24,7 +25,7 @@ type Res<T> = Result<T, Box<dyn Error>>;
 const NODES: [&str; 3] = ["primary", "agent1", "agent2"];
 const UNIT: &str = "httpd.service";
 const HTTP_PORT: u16 = 8080;
-const USAGE: &str = "usage: hirte-demo [--keep STATE_FILE] | --stop DIR";
+const USAGE: &str = "usage: hirte-demo [--tls] [--keep STATE_FILE] | --stop DIR";
 
 /// The guide installs httpd with dnf; here a web server of Python's standard library
 /// plays its part (or, without python3, a placeholder process).
@@ -141,8 +142,60 @@ fn node_dir(c: &Cluster, node: &str, what: fn(&Cluster, &str) -> Option<PathBuf>
     what(c, node).ok_or_else(|| format!("no node {node}").into())
 }
 
-/// Brings the cluster up with the guide's configuration files.
-fn bring_up(demo: &mut Demo) -> Res<Cluster> {
+/// Runs `ci/pki` (docs/security.md's openssl steps) with these arguments.
+fn pki(args: &[&str]) -> Res<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/pki");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("ci/pki {}: {}", args.join(" "), text(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// `--tls`: a CA, a certificate per node and one for the manager (for its address and
+/// 127.0.0.1), and a TLS drop-in next to each of the guide's files.
+// [impl->req~tls.config~1]
+fn configure_tls(c: &Cluster, manager_ip: &str) -> Res<()> {
+    let dir = c.dir().join("pki");
+    let d = dir.to_str().ok_or("pki path")?;
+    println!("\n== Step 2b: a PKI for mutual TLS (ci/pki, the openssl steps of docs/security.md)");
+    pki(&["init", d])?;
+    for n in NODES {
+        pki(&["node", d, n])?;
+    }
+    pki(&["manager", d, "hirte-manager", manager_ip, "127.0.0.1"])?;
+    pki(&["crl", d])?;
+    let keys = |cert: &str| {
+        format!(
+            "CertificateFile={d}/{cert}.pem\nKeyFile={d}/{cert}.key\nTrustedCertificateFile={d}/ca.pem\n"
+        )
+    };
+    let etc = node_dir(c, "primary", Cluster::node_config_dir)?;
+    let conf = format!(
+        "[hirte]\n{}RevocationListFile={d}/ca.crl\n",
+        keys("manager")
+    );
+    write(&etc.join("hirte.conf.d/50-tls.conf"), &conf)?;
+    println!(
+        "[primary] {}:",
+        etc.join("hirte.conf.d/50-tls.conf").display()
+    );
+    print!("{}", indent(&conf));
+    for n in NODES {
+        let etc = node_dir(c, n, Cluster::node_config_dir)?;
+        let conf = format!("[hirte-agent]\n{}", keys(n));
+        write(&etc.join("agent.conf.d/50-tls.conf"), &conf)?;
+        println!("[{n}] {}:", etc.join("agent.conf.d/50-tls.conf").display());
+        print!("{}", indent(&conf));
+    }
+    Ok(())
+}
+
+/// Brings the cluster up with the guide's configuration files (and TLS drop-ins with `tls`).
+fn bring_up(demo: &mut Demo, tls: bool) -> Res<Cluster> {
     let mut spec = ClusterSpec::new(&NODES);
     spec.start_manager = false;
     spec.start_agents = false;
@@ -169,6 +222,9 @@ fn bring_up(demo: &mut Demo) -> Res<Cluster> {
         println!("[{n}] {}:", etc.join("agent.conf").display());
         print!("{}", indent(&conf));
     }
+    if tls {
+        configure_tls(&c, &manager_ip)?;
+    }
 
     println!("== Step 4: start the services (hirte on primary, hirte-agent on every node)");
     c.start_manager()?;
@@ -186,7 +242,7 @@ fn bring_up(demo: &mut Demo) -> Res<Cluster> {
     let log = c.manager_log();
     let connected: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("connected from"))
+        .filter(|l| l.contains("connected from") || l.contains("verified for node"))
         .collect();
     for l in &connected {
         println!("{l}");
@@ -199,6 +255,10 @@ fn bring_up(demo: &mut Demo) -> Res<Cluster> {
         let want = format!("Agent '{n}' connected from {ip}");
         if !connected.iter().any(|l| l.contains(&want)) && log.contains("Starting hirte") {
             demo.fail(format!("manager log lacks {want:?}"));
+        }
+        let verified = format!("verified for node '{n}'");
+        if tls && !connected.iter().any(|l| l.contains(&verified)) {
+            demo.fail(format!("manager log lacks {verified:?}"));
         }
     }
     let out = demo.hirtectl(&c, &["list-nodes"], None);
@@ -334,7 +394,7 @@ fn keep(c: Cluster, state_file: &Path) -> Res<()> {
     Ok(())
 }
 
-fn run(keep_state: Option<PathBuf>) -> Res<bool> {
+fn run(keep_state: Option<PathBuf>, tls: bool) -> Res<bool> {
     let mut demo = Demo {
         failures: Vec::new(),
     };
@@ -342,7 +402,7 @@ fn run(keep_state: Option<PathBuf>) -> Res<bool> {
         "== A 3-node Hirte cluster on this machine: primary (manager + agent), agent1, agent2"
     );
     println!("   (each node: own network and mount namespace, own systemd --user; real binaries)");
-    let c = bring_up(&mut demo)?;
+    let c = bring_up(&mut demo, tls)?;
     walkthrough(&c, &mut demo)?;
     let ok = demo.failures.is_empty();
     if ok {
@@ -363,10 +423,15 @@ fn run(keep_state: Option<PathBuf>) -> Res<bool> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tls = args.iter().any(|a| a == "--tls");
+    let argv: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--tls")
+        .collect();
     let result = match argv.as_slice() {
-        [] => run(None),
-        ["--keep", state] => run(Some(PathBuf::from(state))),
+        [] => run(None, tls),
+        ["--keep", state] => run(Some(PathBuf::from(state)), tls),
         ["--stop", dir] => cleanup_kept(Path::new(dir))
             .map(|()| {
                 println!("stopped the demo cluster in {dir}");

@@ -13,6 +13,7 @@ pub mod report;
 pub mod setup;
 pub mod spawn;
 pub mod stats;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
