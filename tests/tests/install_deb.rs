@@ -160,62 +160,16 @@ fn deb_metadata_ships_what_make_install_installs() {
     assert!(postinst.contains("org.freedesktop.DBus.ReloadConfig"));
 }
 
-fn have_cargo_deb() -> bool {
-    Command::new("cargo")
-        .args(["deb", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Builds the .deb from the test build's binaries (`--profile dev`: cargo-deb takes the
-/// `target/release/` assets from target/debug) and lists it.
+/// Builds the .deb from the test build's binaries and lists it.
 #[test]
 fn deb_builds_and_lists_the_expected_files() {
     if !hirte_tests::require_root("deb_builds_and_lists_the_expected_files") {
         return;
     }
-    if !have_cargo_deb() {
-        eprintln!(
-            "SKIP deb_builds_and_lists_the_expected_files: cargo-deb is not installed \
-             (cargo install cargo-deb --locked)"
-        );
-        return;
-    }
-    let bins = hirte_tests::bin_dir().unwrap();
-    if bins != repo_root().join("target/debug") {
-        eprintln!("SKIP deb_builds_and_lists_the_expected_files: binaries not in target/debug");
-        return;
-    }
     let out_dir = Scratch::new("deb");
-    let mut generate = Command::new("make");
-    generate
-        .arg("-C")
-        .arg(repo_root())
-        .args(["--no-print-directory", "generate", "NO_BUILD=1"])
-        .arg(format!("BINSRC={}", bins.display()));
-    let out = run(&mut generate, Duration::from_secs(60));
-    assert!(out.status.success(), "make generate: {}", show(&out));
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(repo_root())
-        .args([
-            "deb",
-            "-p",
-            "hirte",
-            "--no-build",
-            "--profile",
-            "dev",
-            "--fast",
-            "-o",
-        ])
-        .arg(&out_dir.path);
-    let out = run(&mut cmd, Duration::from_secs(180));
-    assert!(out.status.success(), "cargo deb: {}", show(&out));
-    let deb = std::fs::read_dir(&out_dir.path)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .expect("a .deb");
+    let Some(deb) = build_deb("deb_builds_and_lists_the_expected_files", &out_dir) else {
+        return;
+    };
     let out = run(
         Command::new("dpkg-deb").arg("-c").arg(&deb),
         Duration::from_secs(30),
@@ -256,6 +210,7 @@ fn deb_builds_and_lists_the_expected_files() {
         "./etc/hirte/agent.conf.d/README",
         "./usr/share/doc/hirte/operations.md",
         "./usr/share/doc/hirte/stunnel.md",
+        "./usr/share/doc/hirte/LICENSE",
         "./usr/share/doc/hirte/generated.txt",
         "./usr/share/doc/hirte/examples/hirte-server.conf",
         "./usr/share/doc/hirte/examples/hirte-client.conf",

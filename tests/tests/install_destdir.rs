@@ -23,7 +23,7 @@ use install_support::policy::check_manager_policy;
 use install_support::*;
 
 /// Files `make install` always installs (PREFIX=/usr).
-const ALWAYS: [&str; 25] = [
+const ALWAYS: [&str; 27] = [
     "/usr/bin/hirte",
     "/usr/bin/hirte-agent",
     "/usr/bin/hirtectl",
@@ -45,6 +45,8 @@ const ALWAYS: [&str; 25] = [
     "/usr/share/doc/hirte/operations.md",
     "/usr/share/doc/hirte/stunnel.md",
     "/usr/share/doc/hirte/README.md",
+    "/usr/share/doc/hirte/LICENSE",
+    "/usr/share/doc/hirte/generated.txt",
     "/etc/hirte/hirte.conf",
     "/etc/hirte/agent.conf",
     "/etc/hirte/web.conf",

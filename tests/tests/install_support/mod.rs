@@ -86,6 +86,19 @@ pub const DEB_SCRIPTS: [&str; 3] = [
     "packaging/debian/postrm",
 ];
 
+// [impl->req~install.rpm~1]
+/// The rpm spec, the macros it needs where EL's are missing, the rpmlint settings, the licence
+/// every package ships, and where `make rpm` puts the packages.
+pub const RPM_SPEC: &str = "packaging/rpm/hirte.spec";
+pub const RPM_COMPAT_MACROS: &str = "packaging/rpm/macros.hirte-compat";
+pub const RPMLINT_CONFIG: &str = "packaging/rpm/rpmlint.toml";
+pub const LICENSE: &str = "LICENSE";
+pub const RPM_BUILD_DIR: &str = "target/rpm/build";
+
+// [impl->req~install.msrv~1]
+/// Declares the minimum Rust (`rust-version`) and the MSRV-aware resolver.
+pub const WORKSPACE_MANIFEST: &str = "Cargo.toml";
+
 // [impl->req~ops.stunnel~1]
 /// The stunnel recipe of docs/stunnel.md as configuration files.
 pub const STUNNEL_SERVER_CONF: &str = "packaging/stunnel/hirte-server.conf";
@@ -261,6 +274,56 @@ pub fn make_install(extra: &[&str]) -> Staged {
         destdir,
         output,
     }
+}
+
+/// Builds the .deb into `out` from the test build's binaries (`make generate`, then
+/// `cargo deb --no-build --profile dev`: cargo-deb takes the `target/release/` assets from
+/// target/debug). `None`, after a SKIP line naming `test`, where cargo-deb is not installed
+/// (`cargo install cargo-deb --locked`; ci/setup does) or the binaries are elsewhere.
+pub fn build_deb(test: &str, out: &Scratch) -> Option<PathBuf> {
+    let have_cargo_deb = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_cargo_deb {
+        eprintln!("SKIP {test}: cargo-deb is not installed (cargo install cargo-deb --locked)");
+        return None;
+    }
+    let bins = hirte_tests::bin_dir().unwrap();
+    if bins != repo_root().join("target/debug") {
+        eprintln!("SKIP {test}: binaries not in target/debug");
+        return None;
+    }
+    let mut generate = Command::new("make");
+    generate
+        .arg("-C")
+        .arg(repo_root())
+        .args(["--no-print-directory", "generate", "NO_BUILD=1"])
+        .arg(format!("BINSRC={}", bins.display()));
+    let o = run(&mut generate, Duration::from_secs(60));
+    assert!(o.status.success(), "make generate: {}", show(&o));
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(repo_root())
+        .args([
+            "deb",
+            "-p",
+            "hirte",
+            "--no-build",
+            "--profile",
+            "dev",
+            "--fast",
+            "-o",
+        ])
+        .arg(&out.path);
+    let o = run(&mut cmd, Duration::from_secs(180));
+    assert!(o.status.success(), "cargo deb: {}", show(&o));
+    let deb = std::fs::read_dir(&out.path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+    Some(deb)
 }
 
 /// Every file and symlink below `root`, as absolute paths inside it (`/usr/bin/hirte`).
