@@ -159,23 +159,41 @@ impl Dependencies {
 
     /// A requesting node went offline: its proxies are gone (it announces them again when
     /// it is back).
+    // [impl->req~proxy.log~1]
     pub fn requester_gone(&mut self, requester: &str) -> Vec<DepAction> {
         self.proxies
             .remove_requester(requester)
             .into_iter()
-            .map(|(target, unit)| DepAction::Release { target, unit })
+            .map(|(target, unit)| {
+                log_fields!(
+                    Info,
+                    [("NODE", requester), ("UNIT", unit.as_str())],
+                    "Node '{requester}' went offline: no proxy needs '{unit}' on node \
+                     '{target}' any more, releasing it"
+                );
+                DepAction::Release { target, unit }
+            })
             .collect()
     }
 
     /// A target node registered: every anchor some proxy needs is started (again).
     // [impl->req~proxy.refcount~1]
+    // [impl->req~proxy.log~1]
     pub fn target_back(&self, target: &str) -> Vec<DepAction> {
         self.proxies
             .needed_on(target)
             .into_iter()
-            .map(|unit| DepAction::Start {
-                target: target.to_string(),
-                unit,
+            .map(|unit| {
+                log_fields!(
+                    Info,
+                    [("NODE", target), ("UNIT", unit.as_str())],
+                    "Node '{target}' registered: starting '{unit}' there for the proxies that \
+                     need it"
+                );
+                DepAction::Start {
+                    target: target.to_string(),
+                    unit,
+                }
             })
             .collect()
     }

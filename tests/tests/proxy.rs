@@ -126,6 +126,20 @@ fn manager_warnings(c: &Cluster) -> Vec<String> {
         .collect()
 }
 
+/// The manager's line containing `needle`: one that the documented
+/// `journalctl -u hirte | grep -E 'prox|needs'` finds, with the fields `NODE=` and `UNIT=`.
+#[track_caller]
+fn manager_proxy_line(c: &Cluster, needle: &str, node: &str, unit: &str) {
+    let log = c.manager_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no manager line with {needle:?}:\n{log}"));
+    assert!(line.contains("prox") || line.contains("needs"), "{line}");
+    assert!(line.contains(&format!("NODE={node}")), "{line}");
+    assert!(line.contains(&format!("UNIT={unit}")), "{line}");
+}
+
 /// A blocking call on the node's agent; the D-Bus error as (name, message).
 fn agent_call(
     bus: &Connection,
@@ -487,6 +501,7 @@ fn proxy_target_needed_by_two_nodes_stops_only_with_its_last_user() {
 
 // [itest->req~proxy.refcount~1]
 // [itest->req~proxy.dep~1]
+// [itest->req~proxy.log~1]
 #[test]
 fn proxy_anchor_is_started_again_when_the_target_node_registers_again() {
     if !hirte_tests::require_root(
@@ -519,6 +534,12 @@ fn proxy_anchor_is_started_again_when_the_target_node_registers_again() {
     c.start_agent("agent2").unwrap();
     c.wait_node_state("agent2", "online", SOON).unwrap();
     wait_state(&c, "agent2", &d, &["active"]);
+    manager_proxy_line(
+        &c,
+        "Node 'agent2' registered: starting 'target.service' there for the proxies",
+        "agent2",
+        "target.service",
+    );
     assert_state(&c, "agent2", "target.service", "active");
     assert_state(&c, "agent1", &p, "active");
     assert_state(&c, "agent1", "consumer.service", "active");
@@ -526,6 +547,7 @@ fn proxy_anchor_is_started_again_when_the_target_node_registers_again() {
 
 // [itest->req~proxy.refcount~1]
 // [itest->req~proxy.agent-api~1]
+// [itest->req~proxy.log~1]
 #[test]
 fn proxy_requesting_node_offline_releases_the_anchor_until_it_is_back() {
     if !hirte_tests::require_root(
@@ -554,6 +576,12 @@ fn proxy_requesting_node_offline_releases_the_anchor_until_it_is_back() {
     c.set_link("agent2", false).unwrap();
     c.wait_node_state("agent2", "offline", SOON).unwrap();
     wait_state(&c, "agent1", &d, &["inactive"]);
+    manager_proxy_line(
+        &c,
+        "Node 'agent2' went offline: no proxy needs 'target.service' on node 'agent1'",
+        "agent2",
+        "target.service",
+    );
     assert_state(&c, "agent2", &p, "active");
     // Healed: the agent announces its proxy again, the anchor comes back.
     c.set_link("agent2", true).unwrap();
