@@ -147,6 +147,24 @@ fn files(pkg: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Two file lists are equal; otherwise fails naming what only one of them has.
+#[track_caller]
+fn assert_same_files(left: &BTreeSet<String>, right: &BTreeSet<String>, names: (&str, &str)) {
+    let only_left: Vec<&String> = left.difference(right).collect();
+    let only_right: Vec<&String> = right.difference(left).collect();
+    assert!(
+        only_left.is_empty() && only_right.is_empty(),
+        "only in {}: {only_left:?}\nonly in {}: {only_right:?}",
+        names.0,
+        names.1
+    );
+}
+
+/// The files of the three packages together.
+fn shipped_files(rpms: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
+    PACKAGES.iter().flat_map(|n| files(&rpms[*n])).collect()
+}
+
 // [itest->req~install.rpm~1]
 #[test]
 fn rpm_packages_hold_the_expected_files_in_owned_directories() {
@@ -228,8 +246,11 @@ fn rpm_packages_hold_the_expected_files_in_owned_directories() {
     }
     expected.insert("/etc/hirte/hirte.conf.d/README".into());
     expected.insert("/etc/hirte/agent.conf.d/README".into());
-    let shipped: BTreeSet<String> = PACKAGES.iter().flat_map(|n| files(&rpms[*n])).collect();
-    assert_eq!(shipped, expected, "rpm files vs make install");
+    assert_same_files(
+        &shipped_files(&rpms),
+        &expected,
+        ("the rpms", "make install"),
+    );
 }
 
 // [itest->req~install.rpm~1]
@@ -366,12 +387,11 @@ fn rpm_and_deb_ship_the_same_files() {
             )
         })
         .collect();
-    let rpm_files: BTreeSet<String> = PACKAGES
-        .iter()
-        .flat_map(|n| files(&rpms[*n]))
+    let rpm_files: BTreeSet<String> = shipped_files(&rpms)
+        .into_iter()
         .filter(|p| !p.starts_with("/usr/share/licenses/"))
         .collect();
-    assert_eq!(deb_files, rpm_files, "deb vs rpm");
+    assert_same_files(&deb_files, &rpm_files, ("the deb", "the rpms"));
 }
 
 // [itest->req~install.rpm~1]
