@@ -208,7 +208,7 @@ TAR_REPRODUCIBLE = --sort=name --owner=0 --group=0 --numeric-owner \
 rpm-sources:
 	mkdir -p $(RPMDIR)
 	git ls-files -z --cached --others --exclude-standard | \
-	  tar --null -T - $(TAR_REPRODUCIBLE) --transform 's|^|hirte-$(VERSION)/|' -czf $(SOURCE_TARBALL)
+	  tar --null -T - $(TAR_REPRODUCIBLE) --transform 's|^|hirte-$(VERSION)/|' -cf - | gzip -9 -n > $(SOURCE_TARBALL)
 	rm -rf $(RPMDIR)/vendor-tree && mkdir -p $(RPMDIR)/vendor-tree
 	$(CARGO) vendor --locked --quiet $(RPMDIR)/vendor-tree/vendor >/dev/null
 	tar -C $(RPMDIR)/vendor-tree $(TAR_REPRODUCIBLE) -cf - vendor | xz -T0 -6 > $(VENDOR_TARBALL)
