@@ -23,13 +23,15 @@ use std::time::Duration;
 
 use install_support::*;
 
-/// The binary packages a user installs (the guide's `dnf install hirte hirte-agent hirtectl`).
-const PACKAGES: [&str; 3] = ["hirte", "hirte-agent", "hirtectl"];
+/// The binary packages a user installs (the guide's `dnf install hirte hirte-agent hirtectl`,
+/// and the dashboard).
+const PACKAGES: [&str; 4] = ["hirte", "hirte-agent", "hirtectl", "hirte-web"];
 /// What EL9's default macros add: debug information and sources.
-const DEBUG_PACKAGES: [&str; 4] = [
+const DEBUG_PACKAGES: [&str; 5] = [
     "hirte-debuginfo",
     "hirte-agent-debuginfo",
     "hirtectl-debuginfo",
+    "hirte-web-debuginfo",
     "hirte-debugsource",
 ];
 
@@ -78,8 +80,17 @@ fn owner(path: &str) -> &'static str {
         "/etc/hirte/agent.conf",
         "/usr/share/licenses/hirte-agent/",
     ];
+    let web = [
+        "/usr/bin/hirte-web",
+        "/usr/lib/systemd/system/hirte-web.service",
+        "/usr/lib/sysusers.d/hirte-web.conf",
+        "/etc/hirte/web.conf",
+        "/usr/share/licenses/hirte-web/",
+    ];
     if ctl.iter().any(|p| path.starts_with(p)) {
         "hirtectl"
+    } else if web.iter().any(|p| path.starts_with(p)) {
+        "hirte-web"
     } else if agent.iter().any(|p| path.starts_with(p)) {
         "hirte-agent"
     } else {
@@ -160,7 +171,7 @@ fn assert_same_files(left: &BTreeSet<String>, right: &BTreeSet<String>, names: (
     );
 }
 
-/// The files of the three packages together.
+/// The files of the binary packages together.
 fn shipped_files(rpms: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
     PACKAGES.iter().flat_map(|n| files(&rpms[*n])).collect()
 }
@@ -246,6 +257,7 @@ fn rpm_packages_hold_the_expected_files_in_owned_directories() {
     }
     expected.insert("/etc/hirte/hirte.conf.d/README".into());
     expected.insert("/etc/hirte/agent.conf.d/README".into());
+    expected.insert("/etc/hirte/web.conf.d/README".into());
     assert_same_files(
         &shipped_files(&rpms),
         &expected,
@@ -268,6 +280,7 @@ fn rpm_binaries_are_stripped_with_their_debug_information_in_debuginfo_packages(
             &["/usr/bin/hirte-agent", "/usr/libexec/hirte-proxy"][..],
         ),
         ("hirtectl", &["/usr/bin/hirtectl"][..]),
+        ("hirte-web", &["/usr/bin/hirte-web"][..]),
     ] {
         let mut cmd = Command::new("sh");
         cmd.current_dir(&scratch.path)
@@ -314,7 +327,8 @@ fn rpm_scriptlets_reload_the_bus_and_start_nothing() {
     let Some(rpms) = built_rpms(test) else {
         return;
     };
-    for name in ["hirte", "hirte-agent"] {
+    // hirte-web ships no bus policy: no reload there, the rest as for the others.
+    for name in ["hirte", "hirte-agent", "hirte-web"] {
         let scripts = query(&rpms[name], &["--scripts"]);
         eprintln!("{name}:\n{scripts}");
         // Sections as rpm prints them: "postinstall scriptlet (using /bin/sh):".
@@ -327,7 +341,10 @@ fn rpm_scriptlets_reload_the_bus_and_start_nothing() {
             let end = rest.find(" scriptlet").unwrap_or(rest.len());
             rest[..end].to_string()
         };
-        for which in ["postinstall", "postuninstall"] {
+        for which in ["postinstall", "postuninstall"]
+            .iter()
+            .filter(|_| name != "hirte-web")
+        {
             assert!(
                 section(which).contains("org.freedesktop.DBus ReloadConfig"),
                 "{name}: {which} does not reload the bus"
