@@ -594,11 +594,17 @@ impl<'a> Checker<'a> {
                 let failed = coverers
                     .iter()
                     .any(|c| matches!(c.test, Some((_, TestStatus::Failed(_)))));
-                if !passed || failed {
+                // A tagged test that was skipped or is missing from the results is no
+                // evidence, even beside a passing one: the matrix would name it as shown.
+                // [impl->req~trace.skipped-tests~1]
+                let not_run = coverers
+                    .iter()
+                    .any(|c| matches!(c.test, Some((_, TestStatus::NotRun(_)))));
+                if !passed || failed || not_run {
                     all_ok = false;
                     found.push((
                         DefectKind::TestResult,
-                        results_message(need, coverers, passed),
+                        results_message(need, coverers, passed, failed),
                     ));
                 }
             }
@@ -647,7 +653,7 @@ fn uncovered_message(need: &str, rejected: usize) -> String {
 
 /// Lists the tests that did not pass and why.
 // [impl->req~trace.test-results~1]
-fn results_message(need: &str, coverers: &[Coverer], passed: bool) -> String {
+fn results_message(need: &str, coverers: &[Coverer], passed: bool, failed: bool) -> String {
     let failing: Vec<String> = coverers
         .iter()
         .filter_map(|c| {
@@ -660,8 +666,10 @@ fn results_message(need: &str, coverers: &[Coverer], passed: bool) -> String {
             Some(format!("`{name}` ({}) {why}", c.at))
         })
         .collect();
-    let head = if passed {
+    let head = if passed && failed {
         format!("a `{need}` test failed")
+    } else if passed {
+        format!("a `{need}` test did not run and shows nothing")
     } else {
         format!("no `{need}` test passed")
     };
@@ -933,6 +941,37 @@ Depends:
             .message
             .ends_with("`b_works` (src/lib.rs:8) not run: not found in the results"));
         assert_eq!(analysis.covered(), 1);
+    }
+
+    // [utest->req~trace.skipped-tests~1]
+    #[test]
+    fn a_skipped_or_missing_test_is_a_defect_even_if_another_passes() {
+        let source = format!(
+            "{}// {}\n#[test]\nfn a_again() {{}}\n",
+            clean_source(),
+            tag("utest", "req~a~1")
+        );
+        for outcome in [
+            Some(Outcome::Skipped("skipped at run time: needs root".into())),
+            None,
+        ] {
+            let mut entries = vec![("a_works", Outcome::Passed), ("b_works", Outcome::Passed)];
+            entries.extend(outcome.clone().map(|o| ("a_again", o)));
+            let analysis = analyse(SPEC, &source, Some(&results(&entries)));
+            assert_eq!(analysis.defects.len(), 1, "{:?}", analysis.defects);
+            let message = &analysis.defects[0].message;
+            assert!(
+                message.starts_with("a `utest` test did not run and shows nothing: `a_again` (src/lib.rs:11) not run: "),
+                "{message}"
+            );
+            let why = if outcome.is_some() {
+                "needs root"
+            } else {
+                "not found in the results"
+            };
+            assert!(message.ends_with(why), "{message}");
+            assert_eq!(analysis.covered(), 1);
+        }
     }
 
     // [utest->req~trace.test-results~1]

@@ -8,7 +8,6 @@
 mod check;
 mod cli;
 mod id;
-mod json;
 mod report;
 mod results;
 mod settings;
@@ -16,7 +15,6 @@ mod spec;
 mod tags;
 #[cfg(test)]
 mod testutil;
-mod xml;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

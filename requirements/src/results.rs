@@ -8,8 +8,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::json::{self, JsonError};
-use crate::xml::{Event, Scanner, XmlError};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::Reader;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -35,7 +35,9 @@ pub enum ResultsError {
     },
     Xml {
         path: String,
-        source: XmlError,
+        /// Byte offset in the file.
+        at: u64,
+        source: quick_xml::Error,
     },
     Junit {
         path: String,
@@ -44,7 +46,7 @@ pub enum ResultsError {
     Json {
         path: String,
         line: usize,
-        source: JsonError,
+        source: serde_json::Error,
     },
 }
 
@@ -56,7 +58,9 @@ impl fmt::Display for ResultsError {
                 "cannot read results file {}: {source} (run the tests first, or pass --no-results)",
                 path.display()
             ),
-            ResultsError::Xml { path, source } => write!(f, "{path}: bad JUnit XML: {source}"),
+            ResultsError::Xml { path, at, source } => {
+                write!(f, "{path}: bad JUnit XML at byte {at}: {source}")
+            }
             ResultsError::Junit { path, detail } => write!(f, "{path}: bad JUnit report: {detail}"),
             ResultsError::Json { path, line, source } => {
                 write!(f, "{path}:{line}: bad libtest JSON line: {source}")
@@ -167,11 +171,28 @@ pub fn load(root: &Path, files: &[String]) -> Result<Results, ResultsError> {
     Ok(Results::from_entries(entries, files.to_vec()))
 }
 
-fn attr<'a>(attrs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    attrs
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+/// The line prefix an integration test prints on stdout when it could not run (see
+/// `hirte_tests::SKIP_MARKER`); libtest and nextest know no run-time skip, so such a test
+/// ends as passed and only its output says that it showed nothing.
+pub const SKIP_MARKER: &str = "HIRTE-TEST-SKIPPED:";
+
+/// The skip reason in a passing test's captured output, if it printed the marker.
+// [impl->req~trace.skipped-tests~1]
+fn skip_reason(output: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        // Uncaptured output (`--nocapture`) may have libtest's "test x ... " before it.
+        let (_, reason) = line.split_once(SKIP_MARKER)?;
+        Some(format!("skipped at run time: {}", summarize(reason)))
+    })
+}
+
+/// What the text inside a `<testcase>` child is collected for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    /// `<failure>`/`<error>`: the panic output, a better message than nextest's generic one.
+    Failure,
+    /// `<system-out>`/`<system-err>`: searched for [`SKIP_MARKER`].
+    Output,
 }
 
 /// A `<testcase>` being read.
@@ -180,44 +201,73 @@ struct Case {
     outcome: Outcome,
     /// Open child elements.
     depth: usize,
-    /// Depth of an open `<failure>`/`<error>` whose text is the message.
-    capture_from: Option<usize>,
-    captured: String,
+    /// The open child whose text is collected, and at which depth it was opened.
+    capture: Option<(Capture, usize)>,
+    failure_text: String,
+    output: String,
+}
+
+impl Case {
+    fn text(&mut self, text: &str) {
+        match self.capture {
+            Some((Capture::Failure, _)) => self.failure_text.push_str(text),
+            Some((Capture::Output, _)) => self.output.push_str(text),
+            None => {}
+        }
+    }
+}
+
+/// The value of attribute `key`, unescaped.
+fn attr(start: &BytesStart<'_>, key: &str) -> Result<Option<String>, quick_xml::Error> {
+    for attribute in start.attributes() {
+        let attribute = attribute?;
+        if attribute.key.as_ref() == key.as_bytes() {
+            return Ok(Some(attribute.unescape_value()?.into_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// Reads `<testcase>` elements. A case with a `<failure>` or `<error>`
-/// child failed, one with `<skipped>` did not run, any other passed.
+/// child failed, one with `<skipped>` or with the [`SKIP_MARKER`] in its
+/// `<system-out>`/`<system-err>` did not run, any other passed.
 /// Nextest's `<flakyFailure>`/`<rerunFailure>` children are retries and do
 /// not change the final outcome.
 // [impl->req~trace.results-junit~1]
 pub fn parse_junit(path: &str, text: &str) -> Result<Vec<TestResult>, ResultsError> {
-    let xml_err = |source| ResultsError::Xml {
+    let mut reader = Reader::from_str(text);
+    let xml_err = |reader: &Reader<&[u8]>, source| ResultsError::Xml {
         path: path.to_owned(),
+        at: reader.error_position(),
         source,
     };
-    let mut scanner = Scanner::new(text);
+    let junit_err = |detail: String| ResultsError::Junit {
+        path: path.to_owned(),
+        detail,
+    };
     let mut out = Vec::new();
     let mut current: Option<Case> = None;
-    while let Some(event) = scanner.next_event().map_err(xml_err)? {
-        match (event, current.as_mut()) {
-            (
-                Event::Start {
-                    name,
-                    attrs,
-                    self_closing,
-                },
-                None,
-            ) if name == "testcase" => {
-                let test_name = attr(&attrs, "name").ok_or_else(|| ResultsError::Junit {
-                    path: path.to_owned(),
-                    detail: "<testcase> without a name attribute".to_owned(),
-                })?;
+    // Open elements outside a test case: a truncated file ends with some still open.
+    let mut open = 0usize;
+    loop {
+        let event = reader.read_event().map_err(|e| xml_err(&reader, e))?;
+        let (start, self_closing) = match &event {
+            Event::Start(start) => (Some(start), false),
+            Event::Empty(start) => (Some(start), true),
+            _ => (None, false),
+        };
+        match (start, event_end(&event), current.as_mut()) {
+            (Some(start), _, None) if start.name().as_ref() == b"testcase" => {
+                let test_name = attr(start, "name")
+                    .map_err(|e| xml_err(&reader, e))?
+                    .ok_or_else(|| junit_err("<testcase> without a name attribute".to_owned()))?;
                 let case = Case {
-                    name: test_name.to_owned(),
+                    name: test_name,
                     outcome: Outcome::Passed,
                     depth: 0,
-                    capture_from: None,
-                    captured: String::new(),
+                    capture: None,
+                    failure_text: String::new(),
+                    output: String::new(),
                 };
                 if self_closing {
                     out.push(finish(case, path));
@@ -225,74 +275,119 @@ pub fn parse_junit(path: &str, text: &str) -> Result<Vec<TestResult>, ResultsErr
                     current = Some(case);
                 }
             }
-            (
-                Event::Start {
-                    name,
-                    attrs,
-                    self_closing,
-                },
-                Some(case),
-            ) => {
-                if name == "testcase" {
-                    return Err(ResultsError::Junit {
-                        path: path.to_owned(),
-                        detail: format!(
-                            "<testcase> nested inside <testcase name=\"{}\">",
-                            case.name
-                        ),
-                    });
+            (Some(_), _, None) => {
+                if !self_closing {
+                    open += 1;
+                }
+            }
+            (Some(start), _, Some(case)) => {
+                if start.name().as_ref() == b"testcase" {
+                    return Err(junit_err(format!(
+                        "<testcase> nested inside <testcase name=\"{}\">",
+                        case.name
+                    )));
                 }
                 if case.depth == 0 {
-                    record_child(case, &name, &attrs, self_closing);
+                    let message = attr(start, "message")
+                        .and_then(|m| match m {
+                            Some(m) => Ok(Some(m)),
+                            None => attr(start, "type"),
+                        })
+                        .map_err(|e| xml_err(&reader, e))?
+                        .map(|m| summarize(&m))
+                        .unwrap_or_default();
+                    record_child(case, start.name().as_ref(), message, self_closing);
                 }
                 if !self_closing {
                     case.depth += 1;
                 }
             }
-            (Event::End { name }, Some(case)) if case.depth == 0 && name == "testcase" => {
+            (None, true, Some(case)) if case.depth == 0 => {
                 if let Some(done) = current.take() {
                     out.push(finish(done, path));
                 }
             }
-            (Event::End { .. }, Some(case)) => {
+            (None, true, Some(case)) => {
                 case.depth = case.depth.saturating_sub(1);
-                if case.capture_from.is_some_and(|d| case.depth < d) {
-                    case.capture_from = None;
+                if case.capture.is_some_and(|(_, d)| case.depth < d) {
+                    case.capture = None;
                 }
             }
-            (Event::Text(text), Some(case)) if case.capture_from.is_some() => {
-                case.captured.push_str(&text);
+            (None, true, None) => open = open.saturating_sub(1),
+            (None, false, case) => {
+                let Some(case) = case.filter(|c| c.capture.is_some()) else {
+                    if matches!(event, Event::Eof) {
+                        break;
+                    }
+                    continue;
+                };
+                match &event {
+                    Event::Text(t) => {
+                        case.text(&t.xml_content().map_err(|e| xml_err(&reader, e.into()))?)
+                    }
+                    Event::CData(t) => {
+                        case.text(&t.decode().map_err(|e| xml_err(&reader, e.into()))?)
+                    }
+                    Event::GeneralRef(r) => {
+                        let resolved = match r
+                            .resolve_char_ref()
+                            .map_err(|e| xml_err(&reader, e))?
+                        {
+                            Some(c) => c.to_string(),
+                            None => {
+                                let name = r.decode().map_err(|e| xml_err(&reader, e.into()))?;
+                                quick_xml::escape::resolve_predefined_entity(&name)
+                                    .ok_or_else(|| junit_err(format!("unknown entity &{name};")))?
+                                    .to_owned()
+                            }
+                        };
+                        case.text(&resolved);
+                    }
+                    Event::Eof => break,
+                    _ => {}
+                }
             }
-            _ => {}
         }
+    }
+    if let Some(case) = current {
+        return Err(junit_err(format!(
+            "the file ends inside <testcase name=\"{}\"> (truncated?)",
+            case.name
+        )));
+    }
+    if open > 0 {
+        return Err(junit_err(format!(
+            "the file ends with {open} element(s) still open (truncated?)"
+        )));
     }
     Ok(out)
 }
 
-fn record_child(case: &mut Case, name: &str, attrs: &[(String, String)], self_closing: bool) {
-    let message = attr(attrs, "message")
-        .or_else(|| attr(attrs, "type"))
-        .map(summarize)
-        .unwrap_or_default();
+fn event_end(event: &Event<'_>) -> bool {
+    matches!(event, Event::End(_))
+}
+
+fn record_child(case: &mut Case, name: &[u8], message: String, self_closing: bool) {
     match name {
-        "failure" | "error" => {
+        b"failure" | b"error" => {
             let already_failed = matches!(case.outcome, Outcome::Failed(_));
             if !already_failed {
-                case.outcome = Outcome::Failed(message.clone());
-            }
-            // The element text (panic output) says more than nextest's
-            // generic "test failure" message.
-            if !self_closing && !already_failed {
-                case.capture_from = Some(case.depth + 1);
+                case.outcome = Outcome::Failed(message);
+                if !self_closing {
+                    case.capture = Some((Capture::Failure, case.depth + 1));
+                }
             }
         }
-        "skipped" if !matches!(case.outcome, Outcome::Failed(_)) => {
+        b"skipped" if !matches!(case.outcome, Outcome::Failed(_)) => {
             let why = if message.is_empty() {
                 "skipped".to_owned()
             } else {
                 format!("skipped: {message}")
             };
             case.outcome = Outcome::Skipped(why);
+        }
+        b"system-out" | b"system-err" if !self_closing => {
+            case.capture = Some((Capture::Output, case.depth + 1));
         }
         _ => {}
     }
@@ -301,13 +396,17 @@ fn record_child(case: &mut Case, name: &str, attrs: &[(String, String)], self_cl
 fn finish(case: Case, path: &str) -> TestResult {
     let outcome = match case.outcome {
         Outcome::Failed(message) => {
-            let detail = summarize(&case.captured);
+            let detail = summarize(&case.failure_text);
             Outcome::Failed(match (message.as_str(), detail.is_empty()) {
                 (_, true) => message,
                 ("" | "test failure", false) => detail,
                 (_, false) => format!("{message}: {detail}"),
             })
         }
+        Outcome::Passed => match skip_reason(&case.output) {
+            Some(why) => Outcome::Skipped(why),
+            None => Outcome::Passed,
+        },
         other => other,
     };
     TestResult {
@@ -328,12 +427,16 @@ pub fn parse_libtest_json(path: &str, text: &str) -> Result<Vec<TestResult>, Res
         if !line.starts_with('{') {
             continue;
         }
-        let value = json::parse(line).map_err(|source| ResultsError::Json {
-            path: path.to_owned(),
-            line: index + 1,
-            source,
-        })?;
-        let field = |key: &str| value.get(key).and_then(json::Value::as_str);
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|source| ResultsError::Json {
+                path: path.to_owned(),
+                line: index + 1,
+                source,
+            })?;
+        if !value.is_object() {
+            continue;
+        }
+        let field = |key: &str| value.get(key).and_then(serde_json::Value::as_str);
         if field("type") != Some("test") {
             continue;
         }
@@ -341,7 +444,11 @@ pub fn parse_libtest_json(path: &str, text: &str) -> Result<Vec<TestResult>, Res
             continue;
         };
         let outcome = match field("event") {
-            Some("ok") => Outcome::Passed,
+            // `--show-output` puts a passing test's output in `stdout`.
+            Some("ok") => match field("stdout").and_then(skip_reason) {
+                Some(why) => Outcome::Skipped(why),
+                None => Outcome::Passed,
+            },
             Some("failed") => {
                 let text = field("message").or_else(|| field("stdout")).unwrap_or("");
                 let message = summarize(text);
@@ -428,11 +535,20 @@ assertion `left == right` failed<nested>inner</nested></failure>
     // [utest->req~trace.results-junit~1]
     #[test]
     fn broken_junit_is_an_error() {
-        let truncated = JUNIT.get(..JUNIT.len() / 2).unwrap();
-        assert!(matches!(
-            parse_junit("j.xml", truncated),
-            Err(ResultsError::Xml { .. })
-        ));
+        // Cut anywhere before the closing tag, the report is an error, never a shorter run.
+        let end = JUNIT.find("</testsuites>").unwrap() + "</testsuites>".len();
+        // Inside the XML declaration nothing is open yet.
+        let first = JUNIT.find("<testsuites").unwrap() + 1;
+        for cut in (first..end).filter(|&i| JUNIT.is_char_boundary(i)) {
+            let truncated = JUNIT.get(..cut).unwrap();
+            assert!(
+                matches!(
+                    parse_junit("j.xml", truncated),
+                    Err(ResultsError::Xml { .. } | ResultsError::Junit { .. })
+                ),
+                "cut at {cut} was accepted"
+            );
+        }
         assert!(matches!(
             parse_junit(
                 "j.xml",
@@ -440,6 +556,34 @@ assertion `left == right` failed<nested>inner</nested></failure>
             ),
             Err(ResultsError::Junit { .. })
         ));
+    }
+
+    // [utest->req~trace.skipped-tests~1]
+    #[test]
+    fn a_passing_case_that_printed_the_skip_marker_did_not_run() {
+        let report = format!(
+            "<testsuites><testsuite name=\"t\">\
+             <testcase name=\"a::ran\"><system-out>all fine &amp; done</system-out></testcase>\
+             <testcase name=\"a::skipped\"><system-out>setup\ntest a::skipped ... {SKIP_MARKER} skipped: needs &lt;root&gt;\n</system-out><system-err>SKIP</system-err></testcase>\
+             <testcase name=\"a::failed\"><failure message=\"boom\"/><system-out>{SKIP_MARKER} x</system-out></testcase>\
+             </testsuite></testsuites>"
+        );
+        let results = parse_junit("j.xml", &report).unwrap();
+        assert_eq!(results[0].outcome, Outcome::Passed);
+        assert_eq!(
+            results[1].outcome,
+            Outcome::Skipped("skipped at run time: skipped: needs <root>".into())
+        );
+        assert_eq!(results[2].outcome, Outcome::Failed("boom".into()));
+
+        let json = format!(
+            "{{\"type\":\"test\",\"event\":\"ok\",\"name\":\"a::s\",\"stdout\":\"{SKIP_MARKER} s: no root\\n\"}}\n"
+        );
+        let results = parse_libtest_json("r.json", &json).unwrap();
+        assert_eq!(
+            results[0].outcome,
+            Outcome::Skipped("skipped at run time: s: no root".into())
+        );
     }
 
     // [utest->req~trace.results-libtest~1]

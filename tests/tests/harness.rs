@@ -264,3 +264,52 @@ fn nodes_do_not_see_the_hosts_xdg_dirs() {
     ));
     assert_eq!(autostart, "", "autostart units from the host");
 }
+
+/// Runs one test of this binary again, as user `nobody`, and returns its output.
+fn run_self_as_nobody(test: &str, allow_skip: bool) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["--exact", test, "--show-output", "--test-threads=1"])
+        .env_remove(hirte_tests::ALLOW_SKIP_ENV)
+        .uid(65534)
+        .gid(65534);
+    if allow_skip {
+        cmd.env(hirte_tests::ALLOW_SKIP_ENV, "1");
+    }
+    cmd.output()
+}
+
+/// Without root an integration test cannot run: it fails, or with HIRTE_ALLOW_SKIP=1 it
+/// passes but prints the marker that hirte-trace reads as "skipped". It never passes silently.
+// [itest->req~trace.skipped-tests~1]
+#[test]
+fn a_test_without_root_fails_or_reports_itself_skipped() {
+    if !hirte_tests::require_root("a_test_without_root_fails_or_reports_itself_skipped") {
+        return;
+    }
+    let victim = "three_nodes_run_units_and_reach_each_other";
+    let out = run_self_as_nobody(victim, false).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a non-root run passed: {text}");
+    assert!(
+        text.contains(&format!("{victim} cannot run: integration tests need root")),
+        "{text}"
+    );
+    assert!(text.contains("1 failed"), "{text}");
+
+    let out = run_self_as_nobody(victim, true).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.lines().any(|l| l
+            == format!(
+                "{} {victim}: integration tests need root (namespaces, cgroups, systemd)",
+                hirte_tests::SKIP_MARKER
+            )),
+        "{text}"
+    );
+}

@@ -286,12 +286,15 @@ pub fn build_deb(test: &str, out: &Scratch) -> Option<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have_cargo_deb {
-        eprintln!("SKIP {test}: cargo-deb is not installed (cargo install cargo-deb --locked)");
+        hirte_tests::cannot_run(
+            test,
+            "cargo-deb is not installed (ci/setup installs it: cargo install cargo-deb --locked)",
+        );
         return None;
     }
     let bins = hirte_tests::bin_dir().unwrap();
     if bins != repo_root().join("target/debug") {
-        eprintln!("SKIP {test}: binaries not in target/debug");
+        hirte_tests::cannot_run(test, "the binaries are not in target/debug");
         return None;
     }
     let mut generate = Command::new("make");
