@@ -556,11 +556,8 @@ fn badinput_dbus_thousands_of_monitors_and_subscriptions_busy_beyond_bounds() {
         ("", "x.service"),
     )
     .unwrap_err();
-    assert!(
-        n == "org.containers.hirte.Error.InvalidArgs"
-            || n == "org.containers.hirte.Error.NodeNotFound",
-        "{n}"
-    );
+    // The empty node is a node outside AllowedNodeNames.
+    assert_eq!(n, "org.containers.hirte.Error.NodeNotFound");
     let (n, _) = call::<_, (u32,)>(
         &greedy,
         &mine[1],
@@ -570,6 +567,17 @@ fn badinput_dbus_thousands_of_monitors_and_subscriptions_busy_beyond_bounds() {
     )
     .unwrap_err();
     assert_eq!(n, "org.containers.hirte.Error.InvalidArgs");
+    // An empty unit list is bad input, not a bound.
+    let (n, msg) = call::<_, (u32,)>(
+        &greedy,
+        &mine[1],
+        MONITOR_IFACE,
+        "SubscribeList",
+        ("agent1", Vec::<String>::new()),
+    )
+    .unwrap_err();
+    assert_eq!(n, "org.containers.hirte.Error.InvalidArgs", "{msg}");
+    assert!(msg.contains("at least one unit"), "{msg}");
     let other = c.system_bus().unwrap();
     let (n, _) = call::<_, (u32,)>(
         &other,
