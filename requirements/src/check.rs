@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::id::{ItemId, ItemKey};
-use crate::results::{Outcome, Results, TestResult};
+use crate::results::{Note, NoteKind, Outcome, Results, TestResult};
 use crate::spec::{ParsedSpec, Reference, Requirement};
 use crate::tags::{self, Attachment, Scan, Tag};
 
@@ -109,6 +109,8 @@ pub struct Coverer {
     pub test: Option<(String, TestStatus)>,
     /// Covering spec items (`Covers:`).
     pub item: Option<ItemId>,
+    /// What the test's results say about this requirement besides pass or fail.
+    pub notes: Vec<Note>,
 }
 
 /// One line of the matrix.
@@ -122,6 +124,9 @@ pub struct Row {
     pub coverage: BTreeMap<String, Vec<Coverer>>,
     pub covered: bool,
     pub defective: bool,
+    /// A test reported a part of the requirement that this host cannot show: not covered,
+    /// but no defect either.
+    pub not_shown: bool,
 }
 
 #[derive(Debug)]
@@ -188,6 +193,7 @@ impl<'a> Checker<'a> {
                     coverage: BTreeMap::new(),
                     covered: false,
                     defective: false,
+                    not_shown: false,
                 }
             })
             .collect();
@@ -375,6 +381,7 @@ impl<'a> Checker<'a> {
                             },
                             test: None,
                             item: Some(item.id.clone()),
+                            notes: Vec::new(),
                         };
                         self.add_coverage(row, &item.id.kind, coverer, at);
                     }
@@ -452,8 +459,8 @@ impl<'a> Checker<'a> {
                 return;
             }
         };
-        let test = match self.test_of(tag, row) {
-            Ok(test) => test,
+        let (test, notes) = match self.test_of(tag, row) {
+            Ok(found) => found,
             Err(message) => {
                 self.defect(DefectKind::NotATest, at, id, message, Some(row));
                 self.reject(row, &tag.kind);
@@ -467,15 +474,22 @@ impl<'a> Checker<'a> {
             },
             test,
             item: None,
+            notes,
         };
         self.add_coverage(row, &tag.kind, coverer, at);
     }
 
-    /// For test tags: the test and its status, or why it is no test.
+    /// For test tags: the test, its status and its notes on this requirement, or why it is
+    /// no test.
     // [impl->req~trace.test-attach~1]
-    fn test_of(&self, tag: &Tag, row: usize) -> Result<Option<(String, TestStatus)>, String> {
+    #[allow(clippy::type_complexity)]
+    fn test_of(
+        &self,
+        tag: &Tag,
+        row: usize,
+    ) -> Result<(Option<(String, TestStatus)>, Vec<Note>), String> {
         if !tags::is_test_type(&tag.kind) {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         }
         let kind = &tag.kind;
         let target = self
@@ -521,11 +535,21 @@ impl<'a> Checker<'a> {
                 ))
             }
         };
-        let status = match self.results {
-            None => TestStatus::NoResults,
-            Some(results) => status_of(&results.lookup(name, parameterized)),
+        let (status, notes) = match self.results {
+            None => (TestStatus::NoResults, Vec::new()),
+            Some(results) => {
+                let found = results.lookup(name, parameterized);
+                // [impl->req~trace.evidence-notes~1]
+                let notes = found
+                    .iter()
+                    .flat_map(|r| r.notes.iter())
+                    .filter(|n| n.requirement == target)
+                    .cloned()
+                    .collect();
+                (status_of(&found), notes)
+            }
         };
-        Ok(Some((name.clone(), status)))
+        Ok((Some((name.clone(), status)), notes))
     }
 
     fn malformed(&mut self, spec: &ParsedSpec, scan: &Scan) {
@@ -610,8 +634,16 @@ impl<'a> Checker<'a> {
             }
             let at = (current.at.file.clone(), current.at.line);
             let id = current.id.to_string();
+            // [impl->req~trace.evidence-notes~1]
+            let not_shown = current
+                .coverage
+                .values()
+                .flatten()
+                .flat_map(|c| &c.notes)
+                .any(|n| n.kind == NoteKind::NotShown);
             if let Some(r) = self.rows.get_mut(row) {
-                r.covered = all_ok;
+                r.covered = all_ok && !not_shown;
+                r.not_shown = not_shown;
             }
             for (kind, message) in found {
                 self.defect(kind, (&at.0, at.1), id.clone(), message, Some(row));
@@ -772,6 +804,7 @@ Depends:
                     name: name.to_string(),
                     outcome: outcome.clone(),
                     source: "junit.xml".into(),
+                    notes: Vec::new(),
                 })
                 .collect(),
             vec!["junit.xml".into()],
@@ -941,6 +974,52 @@ Depends:
             .message
             .ends_with("`b_works` (src/lib.rs:8) not run: not found in the results"));
         assert_eq!(analysis.covered(), 1);
+    }
+
+    // [utest->req~trace.evidence-notes~1]
+    #[test]
+    fn a_part_not_shown_on_this_host_is_neither_covered_nor_a_defect() {
+        let note = |kind, requirement: &str, text: &str| Note {
+            kind,
+            requirement: requirement.into(),
+            text: text.into(),
+        };
+        let mut r = results(&[("a_works", Outcome::Passed), ("b_works", Outcome::Passed)]);
+        let entries = vec![
+            TestResult {
+                name: "a_works".into(),
+                outcome: Outcome::Passed,
+                source: "junit.xml".into(),
+                notes: vec![
+                    note(NoteKind::Measured, "req~a~1", "took 1.2 s"),
+                    note(NoteKind::NotShown, "req~b~2", "for another requirement"),
+                ],
+            },
+            TestResult {
+                name: "b_works".into(),
+                outcome: Outcome::Passed,
+                source: "junit.xml".into(),
+                notes: vec![note(NoteKind::NotShown, "req~b~2", "freezing is refused")],
+            },
+        ];
+        r = Results::from_entries(entries, r.files.clone());
+        let analysis = analyse(SPEC, &clean_source(), Some(&r));
+        assert!(analysis.defects.is_empty(), "{:?}", analysis.defects);
+        assert_eq!(analysis.covered(), 1);
+        let a = &analysis.rows[0];
+        assert!(a.covered && !a.not_shown);
+        let a_notes: Vec<&Note> = a
+            .coverage
+            .values()
+            .flatten()
+            .flat_map(|c| &c.notes)
+            .collect();
+        assert_eq!(
+            a_notes,
+            vec![&note(NoteKind::Measured, "req~a~1", "took 1.2 s")]
+        );
+        let b = &analysis.rows[1];
+        assert!(!b.covered && b.not_shown && !b.defective);
     }
 
     // [utest->req~trace.skipped-tests~1]

@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::check::{Analysis, Coverer, Row, TestStatus};
+use crate::results::Note;
 use crate::tags;
 
 #[derive(Debug)]
@@ -146,11 +147,33 @@ fn covering_items(row: &Row) -> Vec<String> {
 }
 
 fn row_status(row: &Row) -> &'static str {
-    if row.defective || !row.covered {
+    if row.defective {
+        "DEFECT"
+    } else if row.not_shown {
+        "NOT SHOWN ON THIS HOST"
+    } else if !row.covered {
         "DEFECT"
     } else {
         "OK"
     }
+}
+
+/// The HTML class of a row status.
+fn row_class(status: &str) -> &'static str {
+    match status {
+        "OK" => "OK",
+        "NOT SHOWN ON THIS HOST" => "NOTSHOWN",
+        _ => "DEFECT",
+    }
+}
+
+/// A test's status with what it measured or could not show here.
+fn test_text(status: &TestStatus, notes: &[Note]) -> String {
+    let mut text = status_text(status);
+    for note in notes {
+        text.push_str(&format!("; {}: {}", note.kind.label(), note.text));
+    }
+    text
 }
 
 // [impl->req~trace.report~1]
@@ -184,7 +207,7 @@ pub fn markdown(analysis: &Analysis, results_note: &str) -> String {
                     "{kind} `{}` ({}): {}",
                     escape_md(name),
                     escape_md(&c.at.to_string()),
-                    escape_md(&status_text(status))
+                    escape_md(&test_text(status, &c.notes))
                 ))
             })
             .collect();
@@ -222,6 +245,7 @@ code { font-size: 90%; }
 .summary { font-weight: bold; font-family: monospace; }
 .OK { background: #e6f4e6; }
 .DEFECT { background: #fbe3e3; }
+.NOTSHOWN { background: #fff4d6; }
 .pass { color: #176117; }
 .fail { color: #a00; font-weight: bold; }
 .notrun { color: #a60; font-weight: bold; }
@@ -272,7 +296,7 @@ pub fn html(analysis: &Analysis, results_note: &str) -> String {
                     escape_html(name),
                     escape_html(&c.at.to_string()),
                     status_class(st),
-                    escape_html(&status_text(st))
+                    escape_html(&test_text(st, &c.notes))
                 ))
             })
             .collect();
@@ -282,8 +306,9 @@ pub fn html(analysis: &Analysis, results_note: &str) -> String {
                 .map(|s| format!("covered by {}", escape_html(s))),
         );
         out.push_str(&format!(
-            "<tr class=\"{status}\"><td><code>{}</code><br>{}</td><td>{}</td>\
+            "<tr class=\"{}\"><td><code>{}</code><br>{}</td><td>{}</td>\
              <td class=\"statement\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{status}</td></tr>\n",
+            row_class(status),
             escape_html(&row.id.to_string()),
             escape_html(&row.at.to_string()),
             escape_html(&row.title),
@@ -334,6 +359,7 @@ mod tests {
                 },
                 test: None,
                 item: None,
+                notes: Vec::new(),
             }],
         );
         coverage.insert(
@@ -345,6 +371,7 @@ mod tests {
                 },
                 test: Some(("t<1>".into(), TestStatus::Failed("a | b & <c>".into()))),
                 item: None,
+                notes: Vec::new(),
             }],
         );
         let row = Row {
@@ -359,6 +386,7 @@ mod tests {
             coverage,
             covered: false,
             defective: true,
+            not_shown: false,
         };
         Analysis {
             rows: vec![row],
@@ -371,6 +399,38 @@ mod tests {
                 row: Some(0),
             }],
         }
+    }
+
+    // [utest->req~trace.evidence-notes~1]
+    #[test]
+    fn measured_values_and_parts_not_shown_appear_in_both_files() {
+        use crate::results::NoteKind;
+        let mut analysis = sample();
+        analysis.defects.clear();
+        let row = &mut analysis.rows[0];
+        row.defective = false;
+        row.not_shown = true;
+        let tests = row.coverage.get_mut("utest").unwrap();
+        tests[0].test = Some(("t".into(), TestStatus::Passed));
+        tests[0].notes = vec![
+            Note {
+                kind: NoteKind::Measured,
+                requirement: "req~a~1".into(),
+                text: "offline after 1.62 s <= 1.7 s".into(),
+            },
+            Note {
+                kind: NoteKind::NotShown,
+                requirement: "req~a~1".into(),
+                text: "freezing (systemd refuses it)".into(),
+            },
+        ];
+        let md = markdown(&analysis, "junit.xml");
+        assert!(md.contains("pass; measured: offline after 1.62 s &lt;= 1.7 s; not shown on this host: freezing (systemd refuses it)"), "{md}");
+        assert!(md.contains("| NOT SHOWN ON THIS HOST |"), "{md}");
+        let page = html(&analysis, "junit.xml");
+        assert!(page.contains("<tr class=\"NOTSHOWN\">"));
+        assert!(page.contains("<td>NOT SHOWN ON THIS HOST</td>"));
+        assert!(page.contains("measured: offline after 1.62 s &lt;= 1.7 s"));
     }
 
     // [utest->req~trace.summary-exit~1]

@@ -18,6 +18,33 @@ pub enum Outcome {
     Skipped(String),
 }
 
+/// What a test reported about one requirement beyond pass or fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NoteKind {
+    /// A time or size the test measured and asserted within a tolerance.
+    Measured,
+    /// A part of the requirement this host cannot show (the test shows the rest).
+    NotShown,
+}
+
+impl NoteKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            NoteKind::Measured => "measured",
+            NoteKind::NotShown => "not shown on this host",
+        }
+    }
+}
+
+/// A line `MARKER req~x~1: text` in a test's output.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Note {
+    pub kind: NoteKind,
+    /// The requirement ID as written (`req~x~1`).
+    pub requirement: String,
+    pub text: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestResult {
     /// The full test name, e.g. `spec::tests::parses`.
@@ -25,6 +52,8 @@ pub struct TestResult {
     pub outcome: Outcome,
     /// The results file it came from (as given).
     pub source: String,
+    /// Measured values and parts not shown, from the test's output.
+    pub notes: Vec<Note>,
 }
 
 #[derive(Debug)]
@@ -175,6 +204,36 @@ pub fn load(root: &Path, files: &[String]) -> Result<Results, ResultsError> {
 /// `hirte_tests::SKIP_MARKER`); libtest and nextest know no run-time skip, so such a test
 /// ends as passed and only its output says that it showed nothing.
 pub const SKIP_MARKER: &str = "HIRTE-TEST-SKIPPED:";
+
+/// The line prefix of a measured value (`hirte_tests::measured`).
+pub const MEASURED_MARKER: &str = "HIRTE-TEST-MEASURED:";
+/// The line prefix of a part of a requirement this host cannot show (`hirte_tests::not_shown`).
+pub const NOT_SHOWN_MARKER: &str = "HIRTE-TEST-NOT-SHOWN:";
+
+/// The notes in a test's captured output: `MARKER req~x~1: text` lines.
+// [impl->req~trace.evidence-notes~1]
+fn notes_in(output: &str) -> Vec<Note> {
+    let mut notes: Vec<Note> = output
+        .lines()
+        .filter_map(|line| {
+            let (kind, rest) = [
+                (NoteKind::Measured, MEASURED_MARKER),
+                (NoteKind::NotShown, NOT_SHOWN_MARKER),
+            ]
+            .into_iter()
+            .find_map(|(kind, marker)| Some((kind, line.split_once(marker)?.1)))?;
+            let (requirement, text) = rest.trim().split_once(": ")?;
+            Some(Note {
+                kind,
+                requirement: requirement.trim().to_owned(),
+                text: summarize(text),
+            })
+        })
+        .collect();
+    notes.sort();
+    notes.dedup();
+    notes
+}
 
 /// The skip reason in a passing test's captured output, if it printed the marker.
 // [impl->req~trace.skipped-tests~1]
@@ -413,6 +472,7 @@ fn finish(case: Case, path: &str) -> TestResult {
         name: case.name,
         outcome,
         source: path.to_owned(),
+        notes: notes_in(&case.output),
     }
 }
 
@@ -469,6 +529,7 @@ pub fn parse_libtest_json(path: &str, text: &str) -> Result<Vec<TestResult>, Res
             name: name.to_owned(),
             outcome,
             source: path.to_owned(),
+            notes: notes_in(field("stdout").unwrap_or("")),
         });
     }
     Ok(out)
@@ -586,6 +647,35 @@ assertion `left == right` failed<nested>inner</nested></failure>
         );
     }
 
+    // [utest->req~trace.evidence-notes~1]
+    #[test]
+    fn measured_values_and_parts_not_shown_are_read_from_the_output() {
+        let report = format!(
+            "<testsuites><testsuite name=\"t\"><testcase name=\"a::timed\"><system-out>\
+             {MEASURED_MARKER} req~x.y~1: offline after 1.62 s (bound 1.7 s)\n\
+             test a::timed ... {NOT_SHOWN_MARKER} req~z~2: freezing &lt;refused&gt;\n\
+             {MEASURED_MARKER} no requirement named\n\
+             </system-out></testcase></testsuite></testsuites>"
+        );
+        let results = parse_junit("j.xml", &report).unwrap();
+        assert_eq!(results[0].outcome, Outcome::Passed);
+        assert_eq!(
+            results[0].notes,
+            vec![
+                Note {
+                    kind: NoteKind::Measured,
+                    requirement: "req~x.y~1".into(),
+                    text: "offline after 1.62 s (bound 1.7 s)".into()
+                },
+                Note {
+                    kind: NoteKind::NotShown,
+                    requirement: "req~z~2".into(),
+                    text: "freezing <refused>".into()
+                },
+            ]
+        );
+    }
+
     // [utest->req~trace.results-libtest~1]
     #[test]
     fn parses_libtest_json_lines() {
@@ -617,6 +707,7 @@ assertion `left == right` failed<nested>inner</nested></failure>
             name: name.into(),
             outcome: Outcome::Passed,
             source: "x".into(),
+            notes: Vec::new(),
         };
         let results = Results::from_entries(
             vec![

@@ -72,6 +72,46 @@ pub fn cannot_run(test_name: &str, why: &str) -> bool {
     );
 }
 
+/// Line prefixes hirte-trace reads from a test's output (requirements/README.md).
+pub const MEASURED_MARKER: &str = "HIRTE-TEST-MEASURED:";
+pub const NOT_SHOWN_MARKER: &str = "HIRTE-TEST-NOT-SHOWN:";
+
+/// Reports a value the test measured and asserted for `requirement` (`req~x~1`); the matrix
+/// shows it next to the test.
+// [impl->req~trace.evidence-notes~1]
+pub fn measured(requirement: &str, text: &str) {
+    println!("{MEASURED_MARKER} {requirement}: {text}");
+    eprintln!("measured for {requirement}: {text}");
+}
+
+/// Reports a part of `requirement` that this host cannot show: the matrix marks the
+/// requirement "not shown on this host" instead of covered.
+pub fn not_shown(requirement: &str, text: &str) {
+    println!("{NOT_SHOWN_MARKER} {requirement}: {text}");
+    eprintln!("not shown on this host for {requirement}: {text}");
+}
+
+/// Asserts that `took` is within `bound` + `tolerance`, and reports the figure to the matrix.
+#[allow(clippy::panic)] // An exceeded time bound is the test's failure.
+pub fn assert_within(
+    requirement: &str,
+    what: &str,
+    took: std::time::Duration,
+    bound: std::time::Duration,
+    tolerance: std::time::Duration,
+) {
+    let text = format!(
+        "{what}: {:.3} s (bound {:.3} s, tolerance {:.3} s)",
+        took.as_secs_f64(),
+        bound.as_secs_f64(),
+        tolerance.as_secs_f64()
+    );
+    if took > bound + tolerance {
+        panic!("{requirement}: {text} exceeded");
+    }
+    measured(requirement, &text);
+}
+
 /// Whether the caller may run an integration test: true as root. Otherwise the test cannot
 /// run ([`cannot_run`]): it fails, or with `HIRTE_ALLOW_SKIP=1` is reported as skipped.
 pub fn require_root(test_name: &str) -> bool {
