@@ -419,7 +419,16 @@ fn badinput_dbus_wrong_types_huge_strings_unknown_nodes_clear_errors() {
             Ok(v) => format!("success {v:?}"),
             Err((n, m)) => format!("{n}: {}", m.chars().take(160).collect::<String>()),
         };
-        std::thread::sleep(Duration::from_millis(500));
+        // A later call through agent1's link is answered only after the manager has read
+        // past whatever the giant call made the agent send: if that had cost the link, the
+        // disconnect is logged by then.
+        let later = c.hirtectl(&["list-units", "agent1"]);
+        if !later.status.success() {
+            problems.push(format!(
+                "{member}(5 MiB unit name): a later list-units agent1 failed: {}",
+                String::from_utf8_lossy(&later.stderr).trim()
+            ));
+        }
         let dropped: Vec<String> = c.manager_log()[before..]
             .lines()
             .filter(|l| l.contains("Agent 'agent1' disconnected"))
@@ -803,11 +812,17 @@ fn badinput_dbus_subscriptions_survive_a_full_call_window() {
         "Subscribe",
         ("agent1", "work.service"),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The answer means the manager has handled the Subscribe while agent1's window was full.
     c.signal_agent("agent1", Signal::SIGCONT).unwrap();
     let sub = sub.expect("Subscribe(work.service) accepted");
     c.wait_all_online(SOON).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    // The manager relays calls to a node in order: once a later call through agent1's link is
+    // answered, the watch for work.service has reached the agent. Until the 200 Unsubscribe
+    // calls have drained, such a call is refused with Busy (the window is full).
+    c.wait_for("a call through agent1's drained window", SOON, || {
+        c.hirtectl(&["list-units", "agent1"]).status.success()
+    })
+    .unwrap();
     ok(
         &c.hirtectl(&["start", "agent1", "work.service"]),
         "start work.service",

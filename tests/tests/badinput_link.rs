@@ -275,6 +275,7 @@ fn badinput_link_malformed_frames_and_registers_close_only_that_connection() {
         ),
     ];
     for (what, bytes, replies, logged) in &cases {
+        let mark = manager_log_mark(&c);
         let mut raw = RawLink::connect(&c, "primary");
         let _ = raw.send_raw(bytes);
         if *replies {
@@ -287,7 +288,7 @@ fn badinput_link_malformed_frames_and_registers_close_only_that_connection() {
             );
         }
         assert!(raw.closed_within(SOON), "{what}: connection left open");
-        wait_manager_log(&c, logged, |l| l.contains(logged.as_str()));
+        wait_manager_log_since(&c, mark, logged, |l| l.contains(logged.as_str()));
         still_serves(&c, what);
     }
 
@@ -367,6 +368,7 @@ fn badinput_link_registered_peer_abuse_is_refused_and_logged() {
         ("Frobnicate", "agents may not call 'Frobnicate'"),
     ] {
         let msg = internal_call(INTERNAL_MANAGER_IFACE, member).append1("spare");
+        let mark = manager_log_mark(&c);
         raw.send_msg(msg, next()).unwrap();
         let r = raw.read_msg(SOON).expect("an answer");
         assert_eq!(
@@ -374,7 +376,7 @@ fn badinput_link_registered_peer_abuse_is_refused_and_logged() {
             Some("org.containers.hirte.Error.Protocol"),
             "{member}"
         );
-        wait_manager_log(&c, text, |l| l.contains(text));
+        wait_manager_log_since(&c, mark, text, |l| l.contains(text));
         heartbeat_echoed(&mut raw, next(), member);
     }
     // Signals with the wrong signature, unknown signals, unknown jobs, another node's job.
@@ -412,8 +414,9 @@ fn badinput_link_registered_peer_abuse_is_refused_and_logged() {
     ];
     for (msg, logged) in bad_signals {
         let what = format!("{:?}", msg.member());
+        let mark = manager_log_mark(&c);
         raw.send_msg(msg, next()).unwrap();
-        wait_manager_log(&c, logged, |l| l.contains(logged));
+        wait_manager_log_since(&c, mark, logged, |l| l.contains(logged));
         heartbeat_echoed(&mut raw, next(), &what);
     }
     // Replies and errors to serials the manager never sent.

@@ -26,11 +26,24 @@ fn all_nodes_come_online_and_agent_restart_is_seen() {
     assert!(c.manager_pid().is_some());
     assert!(c.agent_pid("n3").is_some());
 
+    let old_pid = c.agent_pid("n3");
     c.kill_agent("n3", Signal::SIGKILL);
     c.wait_node_state("n3", "offline", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
     c.start_agent("n3").unwrap();
     c.wait_node_state("n3", "online", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(c.agent_log("n3").contains("=== hirte-tests"));
+    // A new agent process registered again; its own run of the log (after the harness's
+    // `=== hirte-tests` separator) says so.
+    let new_pid = c.agent_pid("n3");
+    assert!(
+        new_pid.is_some() && new_pid != old_pid,
+        "{old_pid:?} -> {new_pid:?}"
+    );
+    let log = c.agent_log("n3");
+    let last_run = log.rsplit("=== hirte-tests").next().unwrap_or("");
+    assert!(
+        last_run.contains("Connected to manager at 10.200.0.1:2020 as node 'n3'"),
+        "{last_run}"
+    );
 }

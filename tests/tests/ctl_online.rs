@@ -57,10 +57,16 @@ fn ctl_is_online_node_agent_and_system() {
         "{waited:?}"
     );
     // ... or returns as soon as the node is back.
+    let clients_before = bus_clients(&c);
     let node_wait = Bg::spawn(&c, &["is-online", "node", "n2", "--wait", "20000"]);
     let agent_wait = Bg::spawn_env(&c, &["is-online", "agent", "--wait", "20000"], &on_n2);
     let system_wait = Bg::spawn(&c, &["is-online", "system", "--wait", "20000", "-q"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Both manager waiters hold their bus connection while they poll: once both are on the
+    // bus they are waiting (a waiter that gave up would have left it).
+    c.wait_for("the two waiters on the manager's bus", SOON, || {
+        bus_clients(&c) >= clients_before + 2
+    })
+    .unwrap();
     c.start_agent("n2").unwrap();
     let t0 = Instant::now();
     let (code, lines, err) = node_wait.finish(SOON);
@@ -204,4 +210,19 @@ fn ctl_monitor_ends_in_one_line_when_the_manager_stops() {
         assert_eq!(err.lines().count(), 1, "{what}: {err}");
         assert!(err.contains("manager stopped"), "{what}: {err}");
     }
+}
+
+/// Unique names on the cluster's system bus: the connected clients.
+fn bus_clients(c: &Cluster) -> usize {
+    let conn = c.system_bus().unwrap();
+    let proxy = conn.with_proxy(
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        Duration::from_secs(5),
+    );
+    let (names,): (Vec<String>,) = proxy
+        .method_call("org.freedesktop.DBus", "ListNames", ())
+        .unwrap();
+    // Not counting this probe's own connection.
+    names.iter().filter(|n| n.starts_with(':')).count() - 1
 }

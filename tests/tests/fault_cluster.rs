@@ -25,6 +25,7 @@ use common::*;
 use dbus::blocking::Connection;
 use dbus::message::MessageType;
 use dbus::Message;
+use hirte_common::bounds::CORE_TICK;
 use hirte_tests::{Cluster, ClusterSpec, Signal};
 
 /// A oneshot whose start job stays in flight for 30 s.
@@ -35,6 +36,8 @@ const SLOW_2: &str =
     "[Unit]\nDescription=Short oneshot\n[Service]\nType=oneshot\nExecStart=/bin/sleep 2\n";
 /// Generous bound for anything the configuration makes happen within a few seconds.
 const WAIT: Duration = Duration::from_secs(20);
+/// The manager's drain period at SIGTERM (`manager/src/core.rs`, `req~manager.sigterm~1`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MANAGER_SIGNALS: &str =
     "type='signal',sender='org.containers.hirte',interface='org.containers.hirte.Manager'";
 
@@ -500,8 +503,13 @@ fn fault_manager_sigterm_answers_jobs_and_calls_in_flight_exits_zero() {
     // A call that cannot be answered: agent2 is frozen.
     c.signal_agent("agent2", Signal::SIGSTOP).unwrap();
     let pending = bus.send_call(method(&node_path("agent2"), NODE_IFACE, "ListUnits"));
-    std::thread::sleep(Duration::from_millis(300));
+    // The call is in flight once the manager has written it to the frozen agent's socket.
+    c.wait_for("the ListUnits call in agent2's receive queue", SOON, || {
+        link_recv_queue(&c, "agent2") > 0
+    })
+    .unwrap();
 
+    let t0 = Instant::now();
     c.signal_manager(Signal::SIGTERM).unwrap();
     // While draining, new calls are refused.
     let mut late = String::from("no error");
@@ -518,11 +526,13 @@ fn fault_manager_sigterm_answers_jobs_and_calls_in_flight_exits_zero() {
     // the frozen node's call are ended when the grace period runs out.
     let r_short = bus.job_removed(&short, WAIT).map(|r| r.2);
     let r_slow = bus.job_removed(&slow, WAIT).map(|r| r.2);
+    let slow_ended = t0.elapsed();
     let frozen = bus.reply(pending, WAIT).map(|mut m| match m.as_result() {
         Ok(_) => "a success".to_string(),
         Err(e) => e.name().unwrap_or("").to_string(),
     });
     let st = c.wait_manager_exit(WAIT);
+    let exited = t0.elapsed();
     c.signal_agent("agent2", Signal::SIGCONT).unwrap();
     let log = c.manager_log();
     let got = format!(
@@ -541,6 +551,19 @@ fn fault_manager_sigterm_answers_jobs_and_calls_in_flight_exits_zero() {
     assert_eq!(st.and_then(|s| s.code()), Some(0), "{got}");
     assert!(log.contains("Shutting down: refusing new calls"), "{log}");
     assert!(log.contains("finished: cancelled"), "{log}");
+    // The grace period is given in full, and the exit follows it within a tick (the
+    // tolerance covers this test's polling and a loaded machine).
+    assert!(
+        slow_ended >= SHUTDOWN_GRACE - Duration::from_millis(100),
+        "slow.service was cancelled {slow_ended:?} after SIGTERM, before the 5 s grace"
+    );
+    hirte_tests::assert_within(
+        "req~manager.sigterm~1",
+        "SIGTERM to exit with a job and a call in flight (grace 5 s + CORE_TICK)",
+        exited,
+        SHUTDOWN_GRACE + CORE_TICK,
+        Duration::from_millis(1000),
+    );
     // The agents stay up and keep trying to reach the manager.
     for n in ["agent1", "agent2"] {
         wait_agent_log(&c, n, "the lost manager", |l| {
@@ -874,4 +897,13 @@ fn fault_node_systemd_restarted_agent_refuses_then_reattaches() {
     c.shutdown().unwrap();
     // The cluster's cgroup teardown killed it; reap it.
     let _ = sd.wait();
+}
+
+/// Bytes waiting unread in the node's agent socket to the manager (`ss` Recv-Q).
+fn link_recv_queue(c: &Cluster, node: &str) -> u64 {
+    let out = c.node_shell(node, "ss -Htn state established '( dport = :2020 )'");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }

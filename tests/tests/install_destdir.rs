@@ -66,6 +66,22 @@ fn assert_staged(s: &Staged) {
 /// exist. The templates are verified as instances: `hirte-proxy@n2_probe.service` (a
 /// proxy for probe.service on node n2) and `hirte-dep@probe.service`, whose BindsTo= needs
 /// a probe.service (a stand-in in the scratch directory).
+/// What the host has at the paths a DESTDIR install must not touch: (path, inode, mtime).
+fn host_usr_bin_state() -> Vec<(String, Option<(u64, i64)>)> {
+    use std::os::unix::fs::MetadataExt;
+    [
+        "/usr/bin/hirte",
+        "/usr/bin/hirte-agent",
+        "/usr/bin/hirtectl",
+    ]
+    .iter()
+    .map(|p| {
+        let meta = std::fs::metadata(p).ok().map(|m| (m.ino(), m.mtime()));
+        ((*p).to_string(), meta)
+    })
+    .collect()
+}
+
 fn verify_units(s: &Staged) -> std::process::Output {
     let run_dir = s.scratch.path.join("xdg-run");
     std::fs::create_dir_all(&run_dir).unwrap();
@@ -378,6 +394,7 @@ fn installed_units_verify_and_installed_policy_guards_the_bus() {
     if !hirte_tests::require_root("installed_units_verify_and_installed_policy_guards_the_bus") {
         return;
     }
+    let host_bin = host_usr_bin_state();
     let s = make_install(&[]);
     assert_staged(&s);
 
@@ -469,8 +486,8 @@ fn installed_units_verify_and_installed_policy_guards_the_bus() {
         "systemd-analyze verify reported something: {}",
         show(&out)
     );
-    // The host's /usr/bin is untouched.
-    assert!(!Path::new("/usr/bin/hirte").exists() || Path::new("/usr/bin/hirte").is_file());
+    // The host's /usr/bin is untouched: everything went to DESTDIR.
+    assert_eq!(host_usr_bin_state(), host_bin);
 
     // Sandboxing exposure as recorded in docs/operations.md (offline review of the files).
     for unit in ["hirte.service", "hirte-agent.service"] {

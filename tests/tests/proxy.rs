@@ -484,7 +484,14 @@ fn proxy_target_needed_by_two_nodes_stops_only_with_its_last_user() {
     // seen ProxyRemoved; once one to agent2 is, agent2 has seen any StopDep sent before.
     ok(&c.hirtectl(&["list-units", "agent1"]), "list-units agent1");
     ok(&c.hirtectl(&["list-units", "agent2"]), "list-units agent2");
-    std::thread::sleep(Duration::from_millis(500));
+    // A StopDep would have queued a stop job by now: once agent2's systemd has no job left,
+    // the anchor's state is final.
+    c.wait_for("agent2's systemd without jobs", SOON, || {
+        c.systemctl("agent2", &["list-jobs", "--no-legend"])
+            .stdout
+            .is_empty()
+    })
+    .unwrap();
     assert_state(&c, "agent2", &d, "active");
     assert_state(&c, "agent2", "shared.service", "active");
     assert_state(&c, "agent3", &p, "active");

@@ -354,8 +354,27 @@ pub fn error_name(mut m: Message) -> Option<String> {
 /// Waits until `f(manager log)` holds; panics with the log tails otherwise.
 #[track_caller]
 pub fn wait_manager_log(c: &Cluster, what: &str, f: impl Fn(&str) -> bool) {
-    if c.wait_for(what, SOON, || f(&c.manager_log())).is_err() {
-        panic!("manager log never showed {what}\n{}", c.log_tails());
+    wait_manager_log_since(c, 0, what, f);
+}
+
+/// Where the manager log ends now: with [`wait_manager_log_since`] a later case is not
+/// satisfied by lines an earlier case wrote.
+pub fn manager_log_mark(c: &Cluster) -> usize {
+    c.manager_log().len()
+}
+
+/// Waits until `f` holds for what the manager logged after `mark`.
+#[track_caller]
+pub fn wait_manager_log_since(c: &Cluster, mark: usize, what: &str, f: impl Fn(&str) -> bool) {
+    let since = || {
+        let log = c.manager_log();
+        log.get(mark..).map(str::to_owned).unwrap_or_default()
+    };
+    if c.wait_for(what, SOON, || f(&since())).is_err() {
+        panic!(
+            "manager log never showed {what} (after byte {mark})\n{}",
+            c.log_tails()
+        );
     }
 }
 
