@@ -21,7 +21,7 @@ use common::*;
 use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::{
-    HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME_SIZE, MAX_NODE_NAME_LEN,
+    CORE_TICK, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME_SIZE, MAX_NODE_NAME_LEN,
     MAX_PENDING_HANDSHAKES,
 };
 use hirte_common::frame::{encode_message, HEADER_LEN as HEADER_LEN_BYTES};
@@ -615,8 +615,9 @@ fn badinput_link_slowloris_register_closed_at_handshake_timeout() {
     let frame = framed(register_call("spare").unwrap(), 1);
     // One byte per 100 ms would take longer than the handshake timeout.
     assert!(frame.len() as u32 * 100 > HANDSHAKE_TIMEOUT.as_millis() as u32 + 2000);
-    let mut raw = RawLink::connect(&c, "primary");
+    // From before the connect: the manager's accept cannot be earlier.
     let t0 = Instant::now();
+    let mut raw = RawLink::connect(&c, "primary");
     let mut sent = 0;
     for b in &frame {
         if raw.send_raw(std::slice::from_ref(b)).is_err() {
@@ -633,6 +634,19 @@ fn badinput_link_slowloris_register_closed_at_handshake_timeout() {
         "the whole slow Register was accepted ({sent} bytes in {took:?})"
     );
     assert!(raw.closed_within(SOON), "slow connection left open");
+    // Counted from the accept, however many bytes trickle in; the tolerance covers this
+    // loop's 100 ms steps and a loaded machine.
+    assert!(
+        took >= HANDSHAKE_TIMEOUT - CORE_TICK,
+        "closed after {took:?}"
+    );
+    hirte_tests::assert_within(
+        "req~link.register-timeout~1",
+        "connect -> close of a byte-per-100-ms Register (HANDSHAKE_TIMEOUT 5 s + CORE_TICK)",
+        took,
+        HANDSHAKE_TIMEOUT + CORE_TICK,
+        Duration::from_millis(500),
+    );
     wait_manager_log(&c, "the handshake timeout", |l| {
         l.contains("no Register within 5s")
     });

@@ -25,7 +25,9 @@ use common::*;
 use dbus::blocking::Connection;
 use dbus::message::MessageType;
 use dbus::Message;
-use hirte_common::bounds::{CORE_TICK, MAX_PENDING_CALLS_PER_NODE};
+use hirte_common::bounds::{
+    CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, MAX_PENDING_CALLS_PER_NODE,
+};
 use hirte_tests::{Cluster, ClusterSpec, Signal};
 
 /// A oneshot whose start job stays in flight for 30 s.
@@ -36,6 +38,8 @@ const SLOW_2: &str =
     "[Unit]\nDescription=Short oneshot\n[Service]\nType=oneshot\nExecStart=/bin/sleep 2\n";
 /// Generous bound for anything the configuration makes happen within a few seconds.
 const WAIT: Duration = Duration::from_secs(20);
+/// Signal delivery, this test's polling and a busy machine, on top of a detection bound.
+const DETECTION_TOLERANCE: Duration = Duration::from_millis(500);
 /// The manager's drain period at SIGTERM (`manager/src/core.rs`, `req~manager.sigterm~1`).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const MANAGER_SIGNALS: &str =
@@ -414,6 +418,29 @@ fn fault_detection_time_repeated_kill_and_stall() {
             secs(*on)
         );
     }
+    // A closed connection: offline within CORE_TICK of the manager noticing the EOF.
+    let worst = |rows: &[(Duration, Duration)]| rows.iter().map(|r| r.0).max().unwrap_or_default();
+    hirte_tests::assert_within(
+        "req~manager.heartbeat-threshold~1",
+        &format!("slowest of {RUNS} SIGKILL -> offline (CORE_TICK)"),
+        worst(&kill_rows),
+        CORE_TICK,
+        DETECTION_TOLERANCE,
+    );
+    // A stall: the last frame came at most one HeartbeatInterval (1 s) before SIGSTOP, so
+    // offline follows the signal between threshold - interval and threshold + CORE_TICK.
+    let earliest = stall_rows.iter().map(|r| r.0).min().unwrap_or_default();
+    assert!(
+        earliest >= Duration::from_secs(2) - CORE_TICK,
+        "a stalled node went offline {earliest:?} after SIGSTOP, before the 3 s threshold"
+    );
+    hirte_tests::assert_within(
+        "req~manager.heartbeat-threshold~1",
+        &format!("slowest of {RUNS} SIGSTOP -> offline (NodeHeartbeatThreshold 3 s + CORE_TICK)"),
+        worst(&stall_rows),
+        Duration::from_secs(3) + CORE_TICK,
+        DETECTION_TOLERANCE,
+    );
 }
 
 // ---- manager killed or stopped -------------------------------------------------------
@@ -448,6 +475,15 @@ fn fault_manager_sigkill_restart_every_agent_back_state_correct() {
     c.start_manager().unwrap();
     c.wait_all_online(WAIT).unwrap();
     let back = t0.elapsed();
+    // ReconnectInterval (500 ms here) + CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT after the new
+    // manager listens; measured from its start, so the bound holds with start-up included.
+    hirte_tests::assert_within(
+        "req~manager.restart-recovery~1",
+        "manager start -> all 3 agents online (ReconnectInterval 0.5 s + 3 s + 5 s)",
+        back,
+        Duration::from_millis(500) + CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT,
+        Duration::from_secs(1),
+    );
 
     // Same agent processes: none needed a restart.
     let now: Vec<i32> = NODES.iter().map(|n| c.agent_pid(n).unwrap()).collect();
@@ -634,6 +670,17 @@ fn fault_partition_node_offline_after_threshold_then_online_when_healed() {
         c.log_tails()
     );
     let detect = t0.elapsed();
+    assert!(
+        detect >= Duration::from_secs(2) - CORE_TICK,
+        "offline {detect:?} after the cut, before the 3 s threshold"
+    );
+    hirte_tests::assert_within(
+        "req~fault.partition~1",
+        "link cut -> offline (NodeHeartbeatThreshold 3 s + CORE_TICK)",
+        detect,
+        Duration::from_secs(3) + CORE_TICK,
+        DETECTION_TOLERANCE,
+    );
     wait_manager_log(&c, "the heartbeat timeout", |l| {
         l.contains("Agent 'agent2' disconnected: no heartbeat for more than 3s")
     });
