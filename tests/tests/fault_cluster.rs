@@ -323,9 +323,17 @@ fn fault_agent_sigterm_exits_zero_and_node_goes_offline() {
     let mut c =
         Cluster::start(spec(&["primary", "agent1"], "NodeHeartbeatThreshold=3s\n")).unwrap();
     let mut bus = Inbox::new(&c, &[MANAGER_SIGNALS]);
+    let t0 = Instant::now();
     let st = c
         .kill_agent("agent1", Signal::SIGTERM)
         .expect("agent reaped");
+    hirte_tests::assert_within(
+        "req~agent.sigterm~1",
+        "SIGTERM -> exit of an idle agent (CORE_TICK)",
+        t0.elapsed(),
+        CORE_TICK,
+        DETECTION_TOLERANCE,
+    );
     assert_eq!(
         st.code(),
         Some(0),

@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use dbus::arg::{prop_cast, PropMap, RefArg, Variant};
@@ -974,4 +974,253 @@ fn node_api_exec_passes_dollar_signs_and_percent_unchanged() {
     // The shell form: the shell, not systemd, expands.
     let out = c.hirtectl(&["exec", A1, "x=5; echo \"$x ${x}\""]);
     assert_eq!(stdout(&out), "5 5\n", "{}", show(&out));
+}
+
+const MONITOR_IFACE: &str = "org.containers.hirte.Monitor";
+
+/// A second manager on a bus where `org.containers.hirte` is taken refuses to start (exit 1)
+/// and says why; the running manager is unaffected.
+// [itest->req~api.manager~1]
+#[test]
+fn node_api_second_manager_exits_when_the_bus_name_is_taken() {
+    if !hirte_tests::require_root("node_api_second_manager_exits_when_the_bus_name_is_taken") {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&["primary"])).unwrap();
+    let dir = c.node_dir("primary").unwrap().join("second-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hirte.conf"),
+        "[hirte]\nManagerAddress=127.0.0.1\nManagerPort=2099\nAllowedNodeNames=primary\nLogTarget=stderr\n",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(hirte_tests::binary("hirte").unwrap());
+    cmd.env("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address())
+        .env("HIRTE_CONFIG_DIR", &dir)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("NOTIFY_SOCKET");
+    let out = run_timeout(&mut cmd, SOON);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("org.containers.hirte is already owned: is another manager running?"),
+        "{err}"
+    );
+    assert_all_online(&c, &["primary"]);
+}
+
+/// `Manager.ListUnits` answers all or nothing: one node that does not answer in time fails
+/// the whole call with its name, never a partial dictionary.
+// [itest->req~manager.list-units~1]
+#[test]
+fn node_api_manager_list_units_fails_whole_when_one_node_fails() {
+    if !hirte_tests::require_root("node_api_manager_list_units_fails_whole_when_one_node_fails") {
+        return;
+    }
+    let mut spec = ClusterSpec::new(&NODES);
+    spec.manager_conf = "AgentCallTimeout=1s\nNodeHeartbeatThreshold=30s\n".into();
+    let c = Cluster::start(spec).unwrap();
+    let bus = c.system_bus().unwrap();
+    let (all,): (HashMap<String, Vec<UnitRow>>,) =
+        call(&bus, MANAGER_PATH, MANAGER_IFACE, "ListUnits", ()).unwrap();
+    assert_eq!(all.len(), 3, "{:?}", all.keys());
+    c.signal_agent(A2, Signal::SIGSTOP).unwrap();
+    let r = call::<_, (HashMap<String, Vec<UnitRow>>,)>(
+        &bus,
+        MANAGER_PATH,
+        MANAGER_IFACE,
+        "ListUnits",
+        (),
+    );
+    let r_files = call::<_, (HashMap<String, Vec<(String, String)>>,)>(
+        &bus,
+        MANAGER_PATH,
+        MANAGER_IFACE,
+        "ListUnitFiles",
+        (),
+    );
+    c.signal_agent(A2, Signal::SIGCONT).unwrap();
+    for (what, err) in [
+        ("ListUnits", r.map(|_| ()).unwrap_err()),
+        ("ListUnitFiles", r_files.map(|_| ()).unwrap_err()),
+    ] {
+        assert_eq!(
+            err.0, "org.containers.hirte.Error.Timeout",
+            "{what}: {err:?}"
+        );
+        assert_eq!(
+            err.1,
+            format!("node '{A2}' did not answer {what} within 1s"),
+            "{what}"
+        );
+    }
+    // Once it answers again, the whole dictionary is back.
+    c.wait_for("ListUnits of every node again", SOON, || {
+        call::<_, (HashMap<String, Vec<UnitRow>>,)>(
+            &bus,
+            MANAGER_PATH,
+            MANAGER_IFACE,
+            "ListUnits",
+            (),
+        )
+        .is_ok_and(|(m,)| m.len() == 3)
+    })
+    .unwrap();
+}
+
+/// A monitor's events reach its peers; `RemovePeer` tells the peer (`PeerRemoved`) and stops
+/// delivery to it; `Unsubscribe` stops a subscription; unknown ids get `NoSuchSubscription`.
+// [itest->req~api.monitor~1]
+// [itest->req~manager.monitors~1]
+#[test]
+fn node_api_monitor_peers_unsubscribe_and_unknown_ids() {
+    if !hirte_tests::require_root("node_api_monitor_peers_unsubscribe_and_unknown_ids") {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&NODES)).unwrap();
+    c.write_unit(A1, "one.service", SLEEP_UNIT).unwrap();
+    c.write_unit(A1, "two.service", SLEEP_UNIT).unwrap();
+    let owner = Signals::new(&c, &[]);
+    let peer = Signals::new(&c, &[]);
+    let (m,): (Path,) = call(
+        &owner.conn,
+        MANAGER_PATH,
+        MANAGER_IFACE,
+        "CreateMonitor",
+        (),
+    )
+    .unwrap();
+    let (sub_one,): (u32,) = call(
+        &owner.conn,
+        &m,
+        MONITOR_IFACE,
+        "Subscribe",
+        (A1, "one.service"),
+    )
+    .unwrap();
+    let (_sub_two,): (u32,) = call(
+        &owner.conn,
+        &m,
+        MONITOR_IFACE,
+        "Subscribe",
+        (A1, "two.service"),
+    )
+    .unwrap();
+    let peer_name = peer.conn.unique_name().to_string();
+    let (peer_id,): (u32,) = call(&owner.conn, &m, MONITOR_IFACE, "AddPeer", (peer_name,)).unwrap();
+    let active = |unit: &'static str| {
+        move |msg: &dbus::Message| {
+            msg.member().as_deref() == Some("UnitStateChanged")
+                && msg
+                    .read3::<&str, &str, &str>()
+                    .is_ok_and(|(n, u, a)| n == A1 && u == unit && a == "active")
+        }
+    };
+    // Both the owner and the peer get the events.
+    ok(&c.hirtectl(&["start", A1, "one.service"]), "start one");
+    assert!(
+        owner.wait(SOON, active("one.service")).is_some(),
+        "owner: no event"
+    );
+    assert!(
+        peer.wait(SOON, active("one.service")).is_some(),
+        "peer: no event"
+    );
+
+    // Unsubscribe: one.service's events stop, two.service's go on. The manager numbers its
+    // messages in sending order: an event with a serial above the Unsubscribe reply's was
+    // sent after the subscription ended (events still queued from before are not).
+    let after_unsubscribe = serial_of_call(&owner, &m, "Unsubscribe", (sub_one,));
+    ok(&c.hirtectl(&["stop", A1, "one.service"]), "stop one");
+    ok(&c.hirtectl(&["start", A1, "two.service"]), "start two");
+    let mut seen = Vec::new();
+    let got = owner.wait(SOON, |msg| {
+        if let Ok((_, u)) = msg.read2::<&str, &str>() {
+            if msg.get_serial().is_some_and(|s| s > after_unsubscribe) {
+                seen.push(format!("{:?} {u}", msg.member()));
+            }
+        }
+        active("two.service")(msg)
+    });
+    assert!(got.is_some(), "no event for two.service: {seen:?}");
+    assert!(
+        seen.iter().all(|s| !s.contains("one.service")),
+        "events for the unsubscribed one.service: {seen:?}"
+    );
+
+    // RemovePeer: the peer is told why and gets nothing more.
+    let after_removal = serial_of_call(&owner, &m, "RemovePeer", (peer_id, "bye now"));
+    let removed = peer
+        .wait(SOON, |msg| msg.member().as_deref() == Some("PeerRemoved"))
+        .expect("PeerRemoved at the peer");
+    assert_eq!(removed.read1::<&str>().unwrap(), "bye now");
+    ok(&c.hirtectl(&["stop", A1, "two.service"]), "stop two");
+    assert!(
+        owner
+            .wait(SOON, |msg| msg.member().as_deref()
+                == Some("UnitStateChanged")
+                && msg.read3::<&str, &str, &str>().is_ok_and(|(_, u, a)| u
+                    == "two.service"
+                    && a == "inactive"))
+            .is_some(),
+        "owner: no inactive event for two.service"
+    );
+    // The owner's event was sent after the peer was removed, and a peer's copy goes out in
+    // the same step: the peer has none sent after its removal.
+    assert!(
+        peer.wait(Duration::from_millis(200), |msg| msg
+            .get_serial()
+            .is_some_and(|s| s > after_removal)
+            && msg.member().as_deref() == Some("UnitStateChanged"))
+            .is_none(),
+        "a removed peer still got events"
+    );
+
+    // Unknown ids.
+    for (member, err) in [
+        (
+            "Unsubscribe",
+            call::<_, ()>(&owner.conn, &m, MONITOR_IFACE, "Unsubscribe", (sub_one,)).unwrap_err(),
+        ),
+        (
+            "RemovePeer",
+            call::<_, ()>(
+                &owner.conn,
+                &m,
+                MONITOR_IFACE,
+                "RemovePeer",
+                (peer_id, "again"),
+            )
+            .unwrap_err(),
+        ),
+    ] {
+        assert_eq!(
+            err.0, "org.containers.hirte.Error.NoSuchSubscription",
+            "{member}: {err:?}"
+        );
+    }
+}
+
+/// Calls a monitor method that must succeed and returns the serial of the manager's reply.
+fn serial_of_call<A: dbus::arg::AppendAll>(
+    on: &Signals,
+    monitor: &Path,
+    member: &str,
+    args: A,
+) -> u32 {
+    let mut msg = dbus::Message::new_method_call(
+        "org.containers.hirte",
+        monitor.clone(),
+        MONITOR_IFACE,
+        member,
+    )
+    .unwrap();
+    args.append(&mut dbus::arg::IterAppend::new(&mut msg));
+    let reply = on
+        .conn
+        .channel()
+        .send_with_reply_and_block(msg, SOON)
+        .unwrap_or_else(|e| panic!("{member}: {e:?}"));
+    reply.get_serial().unwrap()
 }
