@@ -34,6 +34,7 @@ const LISTEN_FDS_START: i32 = 3;
 
 /// The listening socket systemd passed (`hirte.socket`), if this process was socket-activated.
 // [impl->req~install.units~1]
+// [impl->req~manager.socket-activation~1]
 pub fn activated_listener() -> Option<std::net::TcpListener> {
     use std::os::fd::FromRawFd;
     let pid_ok = std::env::var("LISTEN_PID")

@@ -224,3 +224,90 @@ fn registration_second_agent_with_online_name_is_refused_first_stays_online() {
     let ip: String = prop(&bus, &node_path("agent2"), NODE_IFACE, "PeerIp").unwrap();
     assert_eq!(ip, "10.200.0.3");
 }
+
+/// A free TCP port on 127.0.0.1 (the host's loopback is shared with other test runs).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Ends the wrapped process when the test ends, also on failure.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Socket activation as `hirte.socket` does it, with systemd's own `systemd-socket-activate`:
+/// the manager serves the socket it is passed (an agent registers through it) and ignores
+/// `ManagerAddress`/`ManagerPort`.
+// [itest->req~manager.socket-activation~1]
+#[test]
+fn registration_through_a_socket_passed_by_systemd() {
+    if !hirte_tests::require_root("registration_through_a_socket_passed_by_systemd") {
+        return;
+    }
+    let mut spec = ClusterSpec::new(&["n1"]);
+    spec.start_manager = false;
+    spec.start_agents = false;
+    let c = Cluster::start(spec).unwrap();
+    let dir = c.node_dir("n1").unwrap().join("activated-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (passed, configured) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("hirte.conf"),
+        format!(
+            "[hirte]\nManagerAddress=127.0.0.1\nManagerPort={configured}\nAllowedNodeNames=n1\nLogTarget=stderr\nLogLevel=debug\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("manager.log");
+    let mut cmd = std::process::Command::new("systemd-socket-activate");
+    // It hands the program only the variables named with -E.
+    cmd.args(["-E", "DBUS_SYSTEM_BUS_ADDRESS", "-E", "HIRTE_CONFIG_DIR", "-l"])
+        .arg(format!("127.0.0.1:{passed}"))
+        .arg(hirte_tests::binary("hirte").unwrap())
+        .env("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address())
+        .env("HIRTE_CONFIG_DIR", &dir)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("activate.log")).unwrap());
+    let _manager = KillOnDrop(cmd.spawn().unwrap());
+    // systemd-socket-activate listens at once and starts the manager on the first connection.
+    c.wait_for("the activation socket", SOON, || {
+        std::net::TcpStream::connect(("127.0.0.1", passed)).is_ok()
+    })
+    .unwrap();
+    let stream = std::net::TcpStream::connect(("127.0.0.1", passed)).unwrap();
+    let mut raw = RawLink::from_stream(stream);
+    let reply = raw.register("n1").expect("an answer to Register");
+    let show_log = || {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("activate.log")).unwrap_or_default()
+        )
+    };
+    assert_eq!(error_name(reply), None, "Register refused\n{}", show_log());
+    c.wait_for("n1 online", SOON, || {
+        c.node_state("n1").as_deref() == Some("online")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", show_log()));
+    let text = show_log();
+    assert!(
+        text.contains("Using the listening socket passed by systemd (socket activation)"),
+        "{text}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", configured)).is_err(),
+        "the configured ManagerPort {configured} is open too\n{text}"
+    );
+}
