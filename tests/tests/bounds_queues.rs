@@ -541,3 +541,149 @@ fn bounds_queues_agent_gives_up_on_an_unanswered_register_after_the_handshake_ti
     );
     eprintln!("FIGURE agent handshake: unanswered Register given up after {after:?}");
 }
+
+/// The answer to the call with `serial` (heartbeats and other signals are skipped).
+fn answer_to(fm: &mut FakeManager, serial: u32) -> Message {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let m = fm
+            .read(deadline)
+            .unwrap_or_else(|| panic!("no answer to call {serial}"));
+        if matches!(m.msg_type(), MessageType::MethodReturn | MessageType::Error)
+            && m.get_reply_serial() == Some(serial)
+        {
+            return m;
+        }
+    }
+}
+
+/// The agent answers calls it cannot execute with clear errors and goes on: a wrong signature
+/// gets InvalidArgs naming both signatures, an unknown member UnknownMethod, another
+/// interface UnknownInterface. The test plays the manager.
+// [itest->req~agent.relay~1]
+#[test]
+fn agent_answers_malformed_calls_from_the_manager_with_clear_errors() {
+    if !hirte_tests::require_root(
+        "agent_answers_malformed_calls_from_the_manager_with_clear_errors",
+    ) {
+        return;
+    }
+    let (c, listener) = agent_with_fake_manager("");
+    let mut fm = FakeManager::accept(&listener, SOON);
+    let other_iface = Message::new_method_call(
+        protocol::AGENT_BUS_NAME,
+        protocol::INTERNAL_AGENT_PATH,
+        "org.example.NotHirte",
+        "ListUnits",
+    )
+    .unwrap();
+    let cases: Vec<(Message, &str, &str)> = vec![
+        (
+            agent_call("StartUnit", None).append1(7u32),
+            "org.containers.hirte.Error.InvalidArgs",
+            "StartUnit takes (",
+        ),
+        (
+            agent_call("Frobnicate", "x"),
+            "org.freedesktop.DBus.Error.UnknownMethod",
+            "Frobnicate",
+        ),
+        (
+            other_iface,
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            "org.example.NotHirte",
+        ),
+    ];
+    for (serial, (msg, name, text)) in (10u32..).zip(cases) {
+        fm.send(msg, serial).unwrap();
+        let mut answer = answer_to(&mut fm, serial);
+        let err = answer.as_result().expect_err("an error answer");
+        let (got, message) = (err.name().unwrap_or(""), err.message().unwrap_or(""));
+        assert_eq!(got, name, "{message}");
+        assert!(message.contains(text), "{name}: {message}");
+    }
+    // Still serving: a good call is answered.
+    fm.send(agent_call("ListUnits", None), 20).unwrap();
+    let mut answer = answer_to(&mut fm, 20);
+    assert!(answer.as_result().is_ok(), "{:?}", answer.as_result().err());
+    assert!(c.agent_pid("n1").is_some(), "the agent exited");
+}
+
+/// The agent's local API tells the node when the manager was last heard and when the link
+/// was lost; a change of `Status` is announced with PropertiesChanged.
+// [itest->req~agent.local-api~1]
+#[test]
+fn agent_local_api_reports_last_seen_and_disconnect_times() {
+    if !hirte_tests::require_root("agent_local_api_reports_last_seen_and_disconnect_times") {
+        return;
+    }
+    let now_us = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros(),
+        )
+        .unwrap()
+    };
+    let (c, listener) = agent_with_fake_manager("");
+    let node_bus = hirte_tests::connect_bus(&c.node_bus_address("n1").unwrap()).unwrap();
+    node_bus
+        .add_match_no_cb(
+            "type='signal',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',path='/org/containers/hirte'",
+        )
+        .unwrap();
+    let agent = node_bus.with_proxy(protocol::AGENT_BUS_NAME, "/org/containers/hirte", SOON);
+    let get_u64 = |name: &str| -> u64 {
+        use dbus::blocking::stdintf::org_freedesktop_dbus::Properties;
+        agent.get(protocol::AGENT_IFACE, name).unwrap()
+    };
+    let get_str = |name: &str| -> String {
+        use dbus::blocking::stdintf::org_freedesktop_dbus::Properties;
+        agent.get(protocol::AGENT_IFACE, name).unwrap()
+    };
+    let mut fm = FakeManager::accept(&listener, SOON);
+    c.wait_for("the agent online", SOON, || get_str("Status") == "online")
+        .unwrap();
+    assert_eq!(get_u64("DisconnectTimestamp"), 0, "no link lost yet");
+    // Every frame from the manager counts: a heartbeat sent now moves LastSeenTimestamp.
+    let before_beat = now_us();
+    let beat = Message::new_signal(
+        protocol::INTERNAL_MANAGER_PATH,
+        protocol::INTERNAL_MANAGER_IFACE,
+        "Heartbeat",
+    )
+    .unwrap();
+    fm.send(beat, 2).unwrap();
+    c.wait_for("LastSeenTimestamp after the heartbeat", SOON, || {
+        get_u64("LastSeenTimestamp") >= before_beat
+    })
+    .unwrap();
+    assert!(get_u64("LastSeenTimestamp") <= now_us());
+
+    // The link goes: Status offline with PropertiesChanged, DisconnectTimestamp set.
+    let before_drop = now_us();
+    drop(fm);
+    let mut changed = None;
+    let deadline = Instant::now() + SOON;
+    // (The "online" of the connect may still be queued before it.)
+    while changed.as_deref() != Some("offline") && Instant::now() < deadline {
+        if let Ok(Some(m)) = node_bus
+            .channel()
+            .blocking_pop_message(Duration::from_millis(200))
+        {
+            if let Ok((iface, props)) = m.read2::<&str, dbus::arg::PropMap>() {
+                if iface == protocol::AGENT_IFACE {
+                    changed = dbus::arg::prop_cast::<String>(&props, "Status").cloned();
+                }
+            }
+        }
+    }
+    assert_eq!(changed.as_deref(), Some("offline"));
+    assert_eq!(get_str("Status"), "offline");
+    let lost = get_u64("DisconnectTimestamp");
+    assert!(
+        (before_drop..=now_us()).contains(&lost),
+        "DisconnectTimestamp {lost} outside the drop ({before_drop}..now)"
+    );
+}

@@ -270,16 +270,22 @@ fn registration_through_a_socket_passed_by_systemd() {
     let log = dir.join("manager.log");
     let mut cmd = std::process::Command::new("systemd-socket-activate");
     // It hands the program only the variables named with -E.
-    cmd.args(["-E", "DBUS_SYSTEM_BUS_ADDRESS", "-E", "HIRTE_CONFIG_DIR", "-l"])
-        .arg(format!("127.0.0.1:{passed}"))
-        .arg(hirte_tests::binary("hirte").unwrap())
-        .env("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address())
-        .env("HIRTE_CONFIG_DIR", &dir)
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.join("activate.log")).unwrap());
+    cmd.args([
+        "-E",
+        "DBUS_SYSTEM_BUS_ADDRESS",
+        "-E",
+        "HIRTE_CONFIG_DIR",
+        "-l",
+    ])
+    .arg(format!("127.0.0.1:{passed}"))
+    .arg(hirte_tests::binary("hirte").unwrap())
+    .env("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address())
+    .env("HIRTE_CONFIG_DIR", &dir)
+    .env_remove("LISTEN_FDS")
+    .env_remove("LISTEN_PID")
+    .env_remove("NOTIFY_SOCKET")
+    .stdout(std::fs::File::create(&log).unwrap())
+    .stderr(std::fs::File::create(dir.join("activate.log")).unwrap());
     let _manager = KillOnDrop(cmd.spawn().unwrap());
     // systemd-socket-activate listens at once and starts the manager on the first connection.
     c.wait_for("the activation socket", SOON, || {
