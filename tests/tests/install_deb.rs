@@ -160,7 +160,9 @@ fn deb_metadata_ships_what_make_install_installs() {
     assert!(postinst.contains("org.freedesktop.DBus.ReloadConfig"));
 }
 
-/// Builds the .deb from the test build's binaries and lists it.
+/// Builds the .deb from the test build's binaries and lists it. `ci/setup` installs cargo-deb,
+/// so CI builds the package on every run; without cargo-deb the test fails.
+// [itest->req~install.deb~1]
 #[test]
 fn deb_builds_and_lists_the_expected_files() {
     if !hirte_tests::require_root("deb_builds_and_lists_the_expected_files") {
@@ -269,6 +271,36 @@ fn deb_builds_and_lists_the_expected_files() {
             stdout(&out).contains(script),
             "{script} missing: {}",
             show(&out)
+        );
+    }
+    // The built package's own maintainer scripts: the operators' group and a policy reload,
+    // and on a fresh install neither enable nor start.
+    let mut ctrl = Command::new("sh");
+    ctrl.arg("-c")
+        .arg("dpkg-deb --ctrl-tarfile \"$1\" | tar -xO ./postinst")
+        .arg("sh")
+        .arg(&deb);
+    let postinst = stdout(&run(&mut ctrl, Duration::from_secs(30)));
+    assert!(
+        postinst.contains("addgroup --system hirte-operators"),
+        "{postinst}"
+    );
+    assert!(
+        postinst.contains("org.freedesktop.DBus.ReloadConfig"),
+        "{postinst}"
+    );
+    let commands: Vec<&str> = postinst
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    for verb in [
+        "systemctl enable",
+        "systemctl start",
+        "deb-systemd-invoke start",
+    ] {
+        assert!(
+            !commands.iter().any(|l| l.contains(verb)),
+            "postinst runs '{verb}':\n{postinst}"
         );
     }
 }
