@@ -1,9 +1,6 @@
 //! The handshake: the first frame's payload as the manager's connection thread sees it
 //! (`decode_message` then `check_register`), and a Register call built from an arbitrary name,
 //! which must be accepted exactly when the name is a valid node name.
-//!
-//! With `HIRTE_FUZZ_SKIP_KNOWN=1`, payloads of a D-Bus message type other than 1-4 are
-//! skipped (a known crash, see docs/reliability.md), to look for others.
 #![no_main]
 
 use hirte_common::bounds::MAX_FRAME_SIZE;
@@ -14,11 +11,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     hirte_common::sys::disable_libdbus_abort();
-    let skip =
-        std::env::var_os("HIRTE_FUZZ_SKIP_KNOWN").is_some() && !matches!(data.get(1), Some(1..=4));
-    if skip {
-        return;
-    }
     if let Ok(m) = decode_message(data) {
         let _ = check_register(&m);
     }

@@ -1073,6 +1073,7 @@ fn node_api_manager_list_units_fails_whole_when_one_node_fails() {
 /// delivery to it; `Unsubscribe` stops a subscription; unknown ids get `NoSuchSubscription`.
 // [itest->req~api.monitor~1]
 // [itest->req~manager.monitors~1]
+// [itest->req~manager.monitor-owner-gone~1]
 #[test]
 fn node_api_monitor_peers_unsubscribe_and_unknown_ids() {
     if !hirte_tests::require_root("node_api_monitor_peers_unsubscribe_and_unknown_ids") {
@@ -1175,6 +1176,28 @@ fn node_api_monitor_peers_unsubscribe_and_unknown_ids() {
             && msg.member().as_deref() == Some("UnitStateChanged"))
             .is_none(),
         "a removed peer still got events"
+    );
+
+    // An owner that leaves the bus takes its monitor along; its peers are told why.
+    let leaving = Signals::new(&c, &[]);
+    let (m2,): (Path,) = call(
+        &leaving.conn,
+        MANAGER_PATH,
+        MANAGER_IFACE,
+        "CreateMonitor",
+        (),
+    )
+    .unwrap();
+    let peer_name = peer.conn.unique_name().to_string();
+    let (_,): (u32,) = call(&leaving.conn, &m2, MONITOR_IFACE, "AddPeer", (peer_name,)).unwrap();
+    drop(leaving);
+    let removed = peer
+        .wait(SOON, |msg| msg.member().as_deref() == Some("PeerRemoved"))
+        .expect("PeerRemoved when the owner left");
+    assert_eq!(removed.read1::<&str>().unwrap(), "owner left the bus");
+    assert!(
+        call::<_, ()>(&owner.conn, &m2, MONITOR_IFACE, "Close", ()).is_err(),
+        "the monitor of the owner that left still exists"
     );
 
     // Unknown ids.
