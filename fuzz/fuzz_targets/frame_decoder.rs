@@ -16,14 +16,13 @@ use libfuzzer_sys::fuzz_target;
 /// What a message is, for comparing it with its round trip.
 fn shape(m: &dbus::Message) -> String {
     format!(
-        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
         m.msg_type(),
         m.path(),
         m.interface(),
         m.member(),
         m.destination(),
         m.get_reply_serial(),
-        m.signature(),
         m.get_items()
     )
 }
