@@ -66,6 +66,10 @@ fn bounds_queues_agent_outbound_full_keeps_every_job_done_for_later() {
     let mut spec = ClusterSpec::new(&["primary", "n1"]);
     spec.start_manager = false;
     spec.start_agents = false;
+    // The manager stays stopped while 500 jobs end, which takes over 3 s on a loaded machine:
+    // neither side may give the link up meanwhile (the harness default would after 3 s).
+    spec.agent_conf = "ManagerHeartbeatThreshold=60s\n".into();
+    spec.manager_conf = "NodeHeartbeatThreshold=60s\n".into();
     let mut c = Cluster::start(spec).unwrap();
     // Small socket buffers on both ends, so a stopped manager stalls the agent's link
     // thread after a few KiB instead of after the default buffers (hundreds of KiB).
