@@ -67,7 +67,9 @@ fn bounds_queues_agent_outbound_full_keeps_every_job_done_for_later() {
     spec.start_manager = false;
     spec.start_agents = false;
     // The manager stays stopped while 500 jobs end, which takes over 3 s on a loaded machine:
-    // neither side may give the link up meanwhile (the harness default would after 3 s).
+    // neither side may give the link up meanwhile for lack of heartbeats (the harness default
+    // would after 3 s). The agent's LINK_WRITE_TIMEOUT (5 s) still applies: this test is in
+    // the time-bounds group (.config/nextest.toml) so that other tests' load does not add to it.
     spec.agent_conf = "ManagerHeartbeatThreshold=60s\n".into();
     spec.manager_conf = "NodeHeartbeatThreshold=60s\n".into();
     let mut c = Cluster::start(spec).unwrap();
