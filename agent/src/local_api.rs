@@ -97,9 +97,7 @@ impl LocalApi {
                 (),
                 move |_, _, (address,): (String,)| {
                     let to = ManagerAddress::parse(&address).map_err(|e| {
-                        dbus_crossroads::MethodErr::invalid_arg(&format!(
-                            "'{address}': {e}"
-                        ))
+                        dbus_crossroads::MethodErr::invalid_arg(&format!("'{address}': {e}"))
                     })?;
                     log_info!("Switching to manager {} as asked", to.endpoint());
                     switch.request(to);
@@ -195,7 +193,7 @@ mod tests {
     use dbus::arg::Variant;
     use dbus::Message;
     use hirte_common::config::ManagerAddress;
-use hirte_common::protocol::{self, NODE_OFFLINE, NODE_ONLINE};
+    use hirte_common::protocol::{self, NODE_OFFLINE, NODE_ONLINE};
 
     fn get(h: &mut Harness, prop: &str) -> Message {
         let mut m = Message::new_method_call(

@@ -172,7 +172,10 @@ impl SwitchRequest {
     }
 
     fn is_pending(&self) -> bool {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     fn take(&self) -> Option<ManagerAddress> {
@@ -366,7 +369,11 @@ mod tests {
     #[test]
     fn jitter_spreads_a_fleet() {
         let firsts: Vec<Duration> = (0..50u64)
-            .map(|s| ReconnectPolicy::new(1, false, CAP, seed(&format!("n{s}"))).failed().wait)
+            .map(|s| {
+                ReconnectPolicy::new(1, false, CAP, seed(&format!("n{s}")))
+                    .failed()
+                    .wait
+            })
             .collect();
         let distinct = firsts
             .iter()
@@ -383,10 +390,7 @@ mod tests {
         assert_eq!(reports[0], Report::First);
         assert_eq!(reports[9], Report::Summary(10));
         assert_eq!(reports[19], Report::Summary(20));
-        assert_eq!(
-            reports.iter().filter(|r| **r == Report::Quiet).count(),
-            17
-        );
+        assert_eq!(reports.iter().filter(|r| **r == Report::Quiet).count(), 17);
         p.registered(Instant::now());
         assert_eq!(p.lost(), Duration::ZERO);
         let r = p.failed();

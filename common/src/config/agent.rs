@@ -180,7 +180,9 @@ impl AgentConfig {
             },
             StandbyManager::Address(a) => a.clone(),
         });
-        std::iter::once(self.first_manager()).chain(standbys).collect()
+        std::iter::once(self.first_manager())
+            .chain(standbys)
+            .collect()
     }
 
     /// The first manager's address in D-Bus syntax, as the local API's `ManagerAddress`
@@ -191,7 +193,11 @@ impl AgentConfig {
 
     /// The managers as log lines name them: `HOST:PORT` or `unix:path=PATH`, comma-separated.
     pub fn manager_endpoint(&self) -> String {
-        let names: Vec<String> = self.managers().iter().map(ManagerAddress::endpoint).collect();
+        let names: Vec<String> = self
+            .managers()
+            .iter()
+            .map(ManagerAddress::endpoint)
+            .collect();
         names.join(", ")
     }
 

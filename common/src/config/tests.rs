@@ -366,8 +366,9 @@ fn manager_lists_keep_their_order_and_are_checked() {
     .unwrap();
     assert_eq!(names(&a), ["a:1", "unix:path=/run/h.sock"]);
     assert!(a.manager_prefer_first);
-    let a = agent("[hirte-agent]\nManagerAddress = [\"tcp:host=a,port=1\", \"tcp:host=b,port=2\"]\n")
-        .unwrap();
+    let a =
+        agent("[hirte-agent]\nManagerAddress = [\"tcp:host=a,port=1\", \"tcp:host=b,port=2\"]\n")
+            .unwrap();
     assert_eq!(names(&a), ["a:1", "b:2"]);
     // The last key wins, lists included; a single host is still a list of one.
     let mut a = agent("[hirte-agent]\nManagerHost=a,b\n").unwrap();
@@ -378,12 +379,18 @@ fn manager_lists_keep_their_order_and_are_checked() {
         .unwrap()
         .validate()
         .unwrap_err();
-    assert_eq!(e.to_string(), "manager a:2020 is listed twice");
+    assert_eq!(
+        e.to_string(),
+        "invalid configuration: manager a:2020 is listed twice"
+    );
     let nine = vec!["h"; MAX_MANAGERS + 1].join(",");
     let e = agent(&format!("[hirte-agent]\nManagerHost={nine}\n")).unwrap_err();
     assert!(e.to_string().ends_with("more than 8 managers"), "{e}");
     let e = agent("[hirte-agent]\nManagerAddress=tcp:host=a,port=1;\n").unwrap_err();
-    assert!(e.to_string().contains("expected tcp:host=HOST,port=PORT"), "{e}");
+    assert!(
+        e.to_string().contains("expected tcp:host=HOST,port=PORT"),
+        "{e}"
+    );
     let e = agent("[hirte-agent]\nManagerHost=a,b c\n").unwrap_err();
     assert!(e.to_string().contains("'b c': expected a host name"), "{e}");
     assert!(agent("[hirte-agent]\nManagerPreferFirst=maybe\n").is_err());
