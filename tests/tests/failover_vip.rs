@@ -253,7 +253,7 @@ fn failover_vip_keepalived_moves_the_manager_and_the_agents_follow() {
         let online = wait_online(&c, &backup, &primary, "all online on the backup", SOON);
         assert!(!primary.mgr.is_up(), "the old master's manager still runs");
         eprintln!(
-            "FIGURE vip failover run {run}: new manager listening {listen:?} after keepalived stopped, all 3 agents online {online:?} after that (bound {bound:?}); load {}",
+            "FIGURE vip failover run {run}: new manager listening {listen:?} after keepalived stopped, all 3 agents online {online:?} after that (bound {bound:?}); measured {online:?}; load {}",
             load()
         );
         assert!(online <= bound + LOAD_TOLERANCE, "{online:?}");
@@ -276,7 +276,7 @@ fn failover_vip_keepalived_moves_the_manager_and_the_agents_follow() {
         })
         .unwrap();
         eprintln!(
-            "FIGURE vip failback run {run}: primary listening {listen:?} after its keepalived started, all 3 agents online {online:?} after that (bound {bound:?}); load {}",
+            "FIGURE vip failback run {run}: primary listening {listen:?} after its keepalived started, all 3 agents online {online:?} after that (bound {bound:?}); measured {online:?}; load {}",
             load()
         );
         assert!(online <= bound + LOAD_TOLERANCE, "{online:?}");
