@@ -192,7 +192,6 @@ mod tests {
     use crate::testing::{error_name, Harness};
     use dbus::arg::Variant;
     use dbus::Message;
-    use hirte_common::config::ManagerAddress;
     use hirte_common::protocol::{self, NODE_OFFLINE, NODE_ONLINE};
 
     fn get(h: &mut Harness, prop: &str) -> Message {

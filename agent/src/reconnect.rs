@@ -120,7 +120,7 @@ impl ReconnectPolicy {
         };
         let report = if self.failures == 1 {
             Report::First
-        } else if self.failures % RECONNECT_SUMMARY_EVERY == 0 {
+        } else if self.failures.is_multiple_of(RECONNECT_SUMMARY_EVERY) {
             Report::Summary(self.failures)
         } else {
             Report::Quiet

@@ -383,7 +383,7 @@ fn manager_lists_keep_their_order_and_are_checked() {
         e.to_string(),
         "invalid configuration: manager a:2020 is listed twice"
     );
-    let nine = vec!["h"; MAX_MANAGERS + 1].join(",");
+    let nine = ["h"; MAX_MANAGERS + 1].join(",");
     let e = agent(&format!("[hirte-agent]\nManagerHost={nine}\n")).unwrap_err();
     assert!(e.to_string().ends_with("more than 8 managers"), "{e}");
     let e = agent("[hirte-agent]\nManagerAddress=tcp:host=a,port=1;\n").unwrap_err();
