@@ -85,16 +85,6 @@ fn wait_online_on(m: &NodeManager, timeout: Duration) -> Duration {
     );
 }
 
-/// The load average (1, 5, 15 min), recorded with every figure.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Stops the harness' manager on m1 the hard way and returns when it is gone.
 fn crash_m1(c: &mut Cluster) -> Instant {
     let t = Instant::now();
@@ -217,10 +207,7 @@ fn failover_list_prefer_first_moves_back_once_the_first_manager_listens() {
     }
     let (mut c, standby) = list_cluster("ManagerPreferFirst=yes\n", "");
     // `HIRTE_FAILOVER_RUNS=N` repeats the cycle for the figures (`ci/bench-failover`).
-    let runs: usize = std::env::var("HIRTE_FAILOVER_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let runs = failover_runs();
     let bound = HEARTBEAT + Duration::from_secs(1);
     for run in 1..=runs {
         // Failover: the standby listens all along, so the time counts from the kill.
@@ -229,7 +216,7 @@ fn failover_list_prefer_first_moves_back_once_the_first_manager_listens() {
         let over = t0.elapsed();
         eprintln!(
             "FIGURE list failover run {run}: all 3 agents online on the standby {over:?} after the first manager was killed (bound {bound:?}); measured {over:?}; load {}",
-            load()
+            load_average()
         );
         assert!(over <= bound + LOAD_TOLERANCE, "{over:?}");
 
@@ -243,7 +230,7 @@ fn failover_list_prefer_first_moves_back_once_the_first_manager_listens() {
         let failback_bound = Duration::from_millis(500) + bound;
         eprintln!(
             "FIGURE list failback run {run}: all 3 agents back on the first manager {back:?} after it listened ({listening:?} to start; bound {failback_bound:?}); measured {back:?}; load {}",
-            load()
+            load_average()
         );
         assert!(back <= failback_bound + LOAD_TOLERANCE, "{back:?}");
         // They left the standby: it shows them offline at once (closed connections).

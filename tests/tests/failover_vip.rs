@@ -187,15 +187,6 @@ fn wait_online(c: &Cluster, side: &Side, other: &Side, what: &str, timeout: Dura
     t0.elapsed()
 }
 
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 // [itest->req~failover.vip-recipe~1]
 // [itest->req~agent.reconnect-backoff~1]
 // [itest->req~manager.standby~1]
@@ -241,10 +232,7 @@ fn failover_vip_keepalived_moves_the_manager_and_the_agents_follow() {
     // The backup runs no manager: nothing there can hold stale nodes.
     assert!(!backup.mgr.is_up(), "{}", backup.keepalived_log());
 
-    let runs: usize = std::env::var("HIRTE_FAILOVER_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let runs = failover_runs();
     let bound = HEARTBEAT + Duration::from_secs(1);
     let (ip1, ip2) = (c.node_ip("m1").unwrap(), c.node_ip("m2").unwrap());
     for run in 1..=runs {
@@ -256,7 +244,7 @@ fn failover_vip_keepalived_moves_the_manager_and_the_agents_follow() {
         assert!(!primary.mgr.is_up(), "the old master's manager still runs");
         eprintln!(
             "FIGURE vip failover run {run}: new manager listening {listen:?} after keepalived stopped, all 3 agents online {online:?} after that (bound {bound:?}); measured {online:?}; load {}",
-            load()
+            load_average()
         );
         assert!(online <= bound + LOAD_TOLERANCE, "{online:?}");
         // Control through the new manager.
@@ -279,7 +267,7 @@ fn failover_vip_keepalived_moves_the_manager_and_the_agents_follow() {
         .unwrap();
         eprintln!(
             "FIGURE vip failback run {run}: primary listening {listen:?} after its keepalived started, all 3 agents online {online:?} after that (bound {bound:?}); measured {online:?}; load {}",
-            load()
+            load_average()
         );
         assert!(online <= bound + LOAD_TOLERANCE, "{online:?}");
     }
