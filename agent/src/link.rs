@@ -4,10 +4,11 @@
 //! dead manager is noticed (no heartbeat echo for `ManagerHeartbeatThreshold`) without help
 //! from the core.
 
+use crate::reconnect::Reconnect;
 use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::{CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE};
-use hirte_common::config::AgentConfig;
+use hirte_common::config::{AgentConfig, ManagerAddress};
 use hirte_common::frame::SerialCounter;
 use hirte_common::handshake::register_call;
 use hirte_common::linkio::{prepare, FrameLink, LinkIoError};
@@ -16,7 +17,7 @@ use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::LinkStream;
 use hirte_common::tls::{ClientPolicy, PeerIdentity};
 use hirte_common::wait::now_realtime_us;
-use hirte_common::{log_debug, log_error, log_info, log_warn};
+use hirte_common::{log_error, log_info, log_warn};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -46,6 +47,7 @@ enum LinkError {
     Tls(String),
     ManagerSilent(Duration),
     CoreStuck,
+    Leaving(String),
     Shutdown,
 }
 
@@ -76,6 +78,7 @@ impl std::fmt::Display for LinkError {
                 hirte_common::timespan::format_timespan(*d)
             ),
             LinkError::CoreStuck => write!(f, "agent core not accepting messages"),
+            LinkError::Leaving(why) => write!(f, "{why}"),
             LinkError::Shutdown => write!(f, "shutting down"),
         }
     }
@@ -83,8 +86,7 @@ impl std::fmt::Display for LinkError {
 
 /// What the link loop does after one attempt.
 enum Step {
-    Again,
-    Wait,
+    Wait(Duration),
     Stop,
 }
 
@@ -106,6 +108,8 @@ pub struct Link {
     pub tls_reload: Arc<AtomicBool>,
     /// Counts TLS reloads, so a session knows to check its manager again.
     pub tls_generation: u64,
+    /// Which manager next and how long to wait first (`reconnect.rs`).
+    pub reconnect: Reconnect,
 }
 
 /// The manager's verified certificate (TLS only), to check again after SIGHUP.
@@ -117,35 +121,34 @@ struct Verified {
 impl Link {
     // [impl->req~agent.reconnect~1]
     pub fn run(mut self) {
-        let mut last_error = String::new();
         while !self.shutdown.load(Ordering::Relaxed) {
             // A panic while talking to the manager must not leave a node that never
             // reconnects: it ends this attempt only, and the loop goes on.
-            let step = catch_unwind(AssertUnwindSafe(|| self.attempt(&mut last_error)))
-                .unwrap_or_else(|_| {
-                    log_error!("Internal error on the manager link; reconnecting");
-                    let _ = self
-                        .events
-                        .push_timeout(FromLink::Disconnected, CORE_PUSH_TIMEOUT);
-                    Step::Wait
-                });
+            let step = catch_unwind(AssertUnwindSafe(|| self.attempt())).unwrap_or_else(|_| {
+                log_error!("Internal error on the manager link; reconnecting");
+                let _ = self
+                    .events
+                    .push_timeout(FromLink::Disconnected, CORE_PUSH_TIMEOUT);
+                Step::Wait(self.cfg.reconnect_interval)
+            });
             match step {
                 Step::Stop => return,
-                // Try at once (a restarted manager may already be back), then every interval.
+                // Lost: the same manager at once (a restarted one may already be back);
+                // failed: the next in the list, or a backoff (`reconnect.rs`).
                 // [impl->req~manager.restart-recovery~1]
-                Step::Again => {}
-                Step::Wait => self.sleep(self.cfg.reconnect_interval),
+                Step::Wait(d) => self.sleep(d),
             }
         }
     }
 
     /// One connection attempt and, if it registers, the whole session.
-    fn attempt(&mut self, last_error: &mut String) -> Step {
+    fn attempt(&mut self) -> Step {
         self.reload_tls();
-        match self.connect() {
+        let target = self.reconnect.target();
+        match self.connect(&target) {
             Ok((mut link, verified)) => {
-                last_error.clear();
-                let end = self.session(&mut link, verified);
+                self.reconnect.registered();
+                let end = self.session(&mut link, verified, &target);
                 link.close();
                 let _ = self
                     .events
@@ -155,31 +158,18 @@ impl Link {
                 }
                 let reason = end.err().map(|e| e.to_string()).unwrap_or_default();
                 log_warn!("Lost the manager connection: {reason}; reconnecting");
-                Step::Again
+                Step::Wait(self.reconnect.lost())
             }
             Err(e) => {
-                let text = e.to_string();
-                if text != *last_error {
-                    match e {
-                        LinkError::Refused(_) | LinkError::Tls(_) => log_error!("{text}"),
-                        _ => log_warn!(
-                            "Cannot reach manager at {}: {text}; retrying every {}",
-                            self.cfg.manager_endpoint(),
-                            hirte_common::timespan::format_timespan(self.cfg.reconnect_interval)
-                        ),
-                    }
-                    *last_error = text;
-                } else {
-                    log_debug!("Still cannot reach the manager: {text}");
-                }
-                Step::Wait
+                let refused = matches!(e, LinkError::Refused(_) | LinkError::Tls(_));
+                Step::Wait(self.reconnect.failed(&target, &e.to_string(), refused))
             }
         }
     }
 
     fn sleep(&self, d: Duration) {
         let until = Instant::now() + d;
-        while !self.shutdown.load(Ordering::Relaxed) {
+        while !self.shutdown.load(Ordering::Relaxed) && !self.reconnect.switch_pending() {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
@@ -191,18 +181,24 @@ impl Link {
     /// Resolves the host anew on each attempt (its address may have moved), connects, registers.
     /// With `ManagerAddress=unix:path=P` it connects to that socket instead (a missing socket
     /// fails at once and is retried like an unreachable host).
-    fn connect(&mut self) -> Result<(FrameLink, Option<Verified>), LinkError> {
-        // [impl->req~link.unix-socket~1]
-        if let Some(path) = self.cfg.manager_socket.clone() {
-            let stream = UnixStream::connect(&path)
-                .map(LinkStream::Unix)
-                .map_err(|e| LinkError::Connect(format!("{}: {e}", path.display())))?;
-            prepare(&stream).map_err(LinkError::Io)?;
-            let mut link = FrameLink::plain(stream, MAX_FRAME_SIZE);
-            self.register(&mut link, Instant::now() + HANDSHAKE_TIMEOUT)?;
-            return Ok((link, None));
-        }
-        let addrs: Vec<SocketAddr> = (self.cfg.manager_host.as_str(), self.cfg.manager_port)
+    fn connect(
+        &mut self,
+        target: &ManagerAddress,
+    ) -> Result<(FrameLink, Option<Verified>), LinkError> {
+        let (host, port) = match target {
+            // [impl->req~link.unix-socket~1]
+            ManagerAddress::Unix(path) => {
+                let stream = UnixStream::connect(path)
+                    .map(LinkStream::Unix)
+                    .map_err(|e| LinkError::Connect(format!("{}: {e}", path.display())))?;
+                prepare(&stream).map_err(LinkError::Io)?;
+                let mut link = FrameLink::plain(stream, MAX_FRAME_SIZE);
+                self.register(&mut link, Instant::now() + HANDSHAKE_TIMEOUT, target)?;
+                return Ok((link, None));
+            }
+            ManagerAddress::Tcp { host, port } => (host.as_str(), *port),
+        };
+        let addrs: Vec<SocketAddr> = (host, port)
             .to_socket_addrs()
             .map_err(|e| LinkError::Resolve(e.to_string()))?
             .collect();
@@ -214,7 +210,7 @@ impl Link {
                     prepare(&stream).map_err(LinkError::Io)?;
                     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
                     let (mut link, verified) = self.secure(stream, addr, deadline)?;
-                    self.register(&mut link, deadline)?;
+                    self.register(&mut link, deadline, target)?;
                     return Ok((link, verified));
                 }
                 Err(e) => last = LinkError::Connect(format!("{addr}: {e}")),
@@ -318,7 +314,12 @@ impl Link {
     // [impl->req~agent.register~1]
     /// Registers and waits for the manager's answer to that call. The manager's next frames
     /// may already be in the link's decoder (they can arrive in the same read).
-    fn register(&mut self, link: &mut FrameLink, deadline: Instant) -> Result<(), LinkError> {
+    fn register(
+        &mut self,
+        link: &mut FrameLink,
+        deadline: Instant,
+        target: &ManagerAddress,
+    ) -> Result<(), LinkError> {
         // Frames queued for an earlier connection belong to calls the manager has given up;
         // the new session number makes the core drop results of jobs from earlier ones.
         self.session.fetch_add(1, Ordering::SeqCst);
@@ -366,7 +367,7 @@ impl Link {
             }
             log_info!(
                 "Connected to manager at {} as node '{}'",
-                self.cfg.manager_endpoint(),
+                target.endpoint(),
                 self.cfg.node_name
             );
             return Ok(());
@@ -387,8 +388,9 @@ impl Link {
         &mut self,
         link: &mut FrameLink,
         mut verified: Option<Verified>,
+        target: &ManagerAddress,
     ) -> Result<(), LinkError> {
-        let address = self.cfg.manager_address();
+        let address = target.to_string();
         self.last_seen_us
             .store(now_realtime_us(), Ordering::Relaxed);
         match self
@@ -420,6 +422,9 @@ impl Link {
             }
             if now.saturating_duration_since(last_rx) > silence {
                 return Err(LinkError::ManagerSilent(silence));
+            }
+            if let Some(why) = self.reconnect.leave_reason(now) {
+                return Err(LinkError::Leaving(why));
             }
             let wait = next_beat
                 .saturating_duration_since(now)

@@ -1,12 +1,14 @@
 //! `org.containers.hirte.Agent` on the node's own bus, so local services can ask whether this
 //! node is connected to its manager (as `bluechi-is-online` does).
 
+use crate::reconnect::SwitchRequest;
 use crate::systemd::Systemd;
 use dbus::arg::{PropMap, RefArg, Variant};
 use dbus::blocking::Connection;
 use dbus::channel::Sender;
 use dbus::Message;
 use dbus_crossroads::{Crossroads, IfaceBuilder};
+use hirte_common::config::ManagerAddress;
 use hirte_common::protocol::{self, NODE_OFFLINE, NODE_ONLINE};
 use hirte_common::wait::now_realtime_us;
 use hirte_common::{log, log_info, log_warn};
@@ -40,7 +42,11 @@ pub struct LocalApi {
 impl LocalApi {
     /// The object, ready to answer; `claim_name` makes it reachable under its bus name.
     // [impl->req~agent.local-api~1]
-    pub fn new(manager_address: String, last_seen_us: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        manager_address: String,
+        last_seen_us: Arc<AtomicU64>,
+        switch: Arc<SwitchRequest>,
+    ) -> Self {
         let status = Arc::new(Mutex::new(Status {
             manager_address,
             ..Status::default()
@@ -82,6 +88,22 @@ impl LocalApi {
             b.property::<String, _>("LogTarget")
                 .get(|_, _| Ok(log::target().to_string()))
                 .emits_changed_const();
+            // BlueChi's `SwitchController(s dbus_address)`: leave the current manager and
+            // register with this one (the link thread does it within a tick).
+            // [impl->req~agent.switch-controller~1]
+            b.method(
+                "SwitchController",
+                ("dbus_address",),
+                (),
+                move |_, _, (address,): (String,)| {
+                    let to = ManagerAddress::parse(&address).map_err(|e| {
+                        dbus_crossroads::MethodErr::invalid_arg(&format!("'{address}': {e}"))
+                    })?;
+                    log_info!("Switching to manager {} as asked", to.endpoint());
+                    switch.request(to);
+                    Ok(())
+                },
+            );
             // Answered by the core (`dependencies.rs`), which may answer later; declared here
             // so that introspection shows them.
             for name in PROXY_METHODS {

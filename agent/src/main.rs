@@ -11,6 +11,7 @@ mod link;
 mod local_api;
 mod manager_calls;
 mod proxy;
+mod reconnect;
 mod systemd;
 #[cfg(test)]
 mod testing;
@@ -29,6 +30,7 @@ use hirte_common::sys::open_bus;
 use hirte_common::tls::{ClientPolicy, TlsError};
 use hirte_common::{log, log_debug, log_info, log_warn};
 use local_api::LocalApi;
+use reconnect::{Reconnect, SwitchRequest};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -97,8 +99,13 @@ fn connect_systemd(user: bool) -> Result<SystemdBus, AgentError> {
 }
 
 /// The local status API on the node's bus.
-fn local_api(sd: &SystemdBus, address: &str, last_seen_us: &Arc<AtomicU64>) -> LocalApi {
-    let local = LocalApi::new(address.to_string(), last_seen_us.clone());
+fn local_api(
+    sd: &SystemdBus,
+    address: &str,
+    last_seen_us: &Arc<AtomicU64>,
+    switch: &Arc<SwitchRequest>,
+) -> LocalApi {
+    let local = LocalApi::new(address.to_string(), last_seen_us.clone(), switch.clone());
     LocalApi::claim_name(sd.conn());
     local
 }
@@ -158,7 +165,8 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     let outbound = Arc::new(BoundedQueue::new(LINK_OUTBOUND_DEPTH).map_err(AgentError::Queue)?);
     let last_seen_us = Arc::new(AtomicU64::new(0));
     let manager_address = cfg.manager_address();
-    let local = local_api(&sd, &manager_address, &last_seen_us);
+    let switch = Arc::new(SwitchRequest::default());
+    let local = local_api(&sd, &manager_address, &last_seen_us, &switch);
     let link = link::Link {
         cfg: cfg.clone(),
         outbound: outbound.clone(),
@@ -170,6 +178,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         tls,
         tls_reload,
         tls_generation: 0,
+        reconnect: Reconnect::new(&cfg, switch.clone()),
     };
     let channels = core::Channels::of(&link);
     let mut core = core::Core::new(sd, cfg.node_name.clone(), channels, local);
@@ -200,7 +209,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
                     }
                     match connect_systemd(cli.user) {
                         Ok(sd) => {
-                            let local = local_api(&sd, &manager_address, &last_seen_us);
+                            let local = local_api(&sd, &manager_address, &last_seen_us, &switch);
                             core.attach(sd, local);
                             log_info!("Reconnected to systemd");
                             break;

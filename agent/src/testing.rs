@@ -129,7 +129,11 @@ impl Harness {
             serials: Arc::new(SerialCounter::default()),
             session: session.clone(),
         };
-        let local = LocalApi::new("tcp:host=m,port=2020".into(), Arc::default());
+        let local = LocalApi::new(
+            "tcp:host=m,port=2020".into(),
+            Arc::default(),
+            Arc::default(),
+        );
         let mut core = Core::new(FakeSystemd::default(), "n1".into(), ch, local);
         core.exec_dir =
             std::env::temp_dir().join(format!("hirte-agent-test-{}", std::process::id()));

@@ -46,6 +46,20 @@ pub const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of one TCP connect attempt by the agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Managers an agent may list (`ManagerHost=a,b`, `ManagerAddress=A;B`).
+pub const MAX_MANAGERS: usize = 8;
+
+/// Timeout of the connect with which an agent registered elsewhere checks whether its first
+/// manager is back (`ManagerPreferFirst=yes`); it holds up that agent's heartbeats, so short.
+pub const FAILBACK_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// First delay of the agent's reconnect backoff (doubled per failed round, capped at
+/// `ReconnectInterval`).
+pub const RECONNECT_BACKOFF_START: Duration = Duration::from_millis(200);
+
+/// Failed connect attempts between two warning-level summaries (the rest log at debug).
+pub const RECONNECT_SUMMARY_EVERY: u32 = 10;
+
 /// Messages waiting for a bus that takes none of them for this long mean the bus stalled:
 /// the manager exits (systemd restarts it), the agent reconnects to its bus.
 pub const BUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -31,6 +31,7 @@ mod cluster;
 mod error;
 pub mod guide;
 mod net;
+mod node_manager;
 pub mod output;
 pub mod pki;
 mod process;
@@ -44,6 +45,7 @@ pub use cluster::{
 };
 pub use error::HarnessError;
 pub use nix::sys::signal::Signal;
+pub use node_manager::NodeManager;
 pub use state::{cleanup_kept, cleanup_stale, DIR_PREFIX, STATE_FILE};
 
 /// The line prefix a test prints on stdout when it did not run. nextest stores a passing test's

@@ -126,8 +126,10 @@ fn agent_cases() -> Vec<(&'static str, Vec<&'static str>)> {
         ),
         (
             "ManagerHost",
-            vec!["\"\"", "has space", "a/b", "[\"h1\", \"h2\"]"],
+            // A list is fine (`ManagerHost=a,b`), a bad host in it is not.
+            vec!["\"\"", "has space", "a/b", "[\"h1\", \"h 2\"]", "h1,h2/x"],
         ),
+        ("ManagerPreferFirst", vec!["maybe", "2", "[true]"]),
         (
             "ManagerPort",
             vec!["twenty", "false", "0", "65536", "[2020]"],

@@ -2,7 +2,7 @@
 //! `tcp:host=HOST,port=PORT` / `unix:path=PATH`.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Longest Unix socket path: `sun_path` holds 108 bytes including the terminating NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -104,5 +104,49 @@ pub fn parse_tcp_address(s: &str) -> Result<(String, u16), AddressError> {
     match (host, port) {
         (Some(h), Some(p)) => Ok((h, p)),
         _ => Err(AddressError::NotTcp),
+    }
+}
+
+/// One manager an agent can register with, in BlueChi's address syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagerAddress {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl ManagerAddress {
+    /// Parses `tcp:host=HOST,port=PORT` or `unix:path=PATH` (as `ManagerAddress=` and
+    /// `SwitchController` take them).
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        match s.strip_prefix("unix:") {
+            Some(rest) => parse_unix_address(rest).map(ManagerAddress::Unix),
+            None => parse_tcp_address(s).map(|(host, port)| ManagerAddress::Tcp { host, port }),
+        }
+    }
+
+    /// The address as log lines name it: `HOST:PORT` or `unix:path=PATH`.
+    pub fn endpoint(&self) -> String {
+        match self {
+            ManagerAddress::Tcp { host, port } => format!("{host}:{port}"),
+            ManagerAddress::Unix(p) => format!("unix:path={}", p.display()),
+        }
+    }
+
+    /// The socket path of a `unix:` address.
+    pub fn socket_path(&self) -> Option<&Path> {
+        match self {
+            ManagerAddress::Unix(p) => Some(p),
+            ManagerAddress::Tcp { .. } => None,
+        }
+    }
+}
+
+/// D-Bus syntax, as the local API's `ManagerAddress` property shows it.
+impl fmt::Display for ManagerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ManagerAddress::Tcp { host, port } => write!(f, "tcp:host={host},port={port}"),
+            ManagerAddress::Unix(p) => write!(f, "unix:path={}", p.display()),
+        }
     }
 }

@@ -1,12 +1,13 @@
 //! The agent's settings: `[hirte-agent]` in `agent.conf`.
 
-use super::address::{parse_tcp_address, parse_unix_address};
-use super::entry::{bad, boolean, port, single, span, unknown_key, Entry};
+use super::address::ManagerAddress;
+use super::entry::{bad, boolean, list, port, single, span, unknown_key, Entry, RawValue};
 use super::error::ConfigError;
 use super::layers::{load_layers, Settings};
 use super::log_settings::LogConfig;
 use super::tls_settings::{apply_tls, validate_tls};
 use super::{MAX_INTERVAL, MIN_INTERVAL};
+use crate::bounds::MAX_MANAGERS;
 use crate::names::validate_node_name;
 use crate::tls::TlsFiles;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,21 @@ pub struct AgentConfig {
     /// `AllowExec=`: whether this node runs `Exec` (and transient units with `Exec*`
     /// properties, and unit files from outside the unit directories) for the manager.
     pub allow_exec: bool,
+    /// The managers after the first, in the order tried (`ManagerHost=a,b`,
+    /// `ManagerAddress=A;B`): the agent fails over to them and stays where it registered.
+    pub standby_managers: Vec<StandbyManager>,
+    /// `ManagerPreferFirst=yes`: registered with a standby, the agent checks every
+    /// `ReconnectInterval` whether the first manager listens again and moves back to it.
+    pub manager_prefer_first: bool,
+}
+
+/// A manager after the first one in the agent's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StandbyManager {
+    /// From `ManagerHost=a,b`: reached on `ManagerPort`, like the first.
+    Host(String),
+    /// From `ManagerAddress=A;B`.
+    Address(ManagerAddress),
 }
 
 impl Default for AgentConfig {
@@ -50,6 +66,8 @@ impl Default for AgentConfig {
             tls: TlsFiles::default(),
             manager_name: None,
             allow_exec: true,
+            standby_managers: Vec::new(),
+            manager_prefer_first: false,
         }
     }
 }
@@ -71,13 +89,22 @@ impl AgentConfig {
                 validate_node_name(n).map_err(|err| bad(e, err.to_string()))?;
                 self.node_name = n.to_string();
             }
+            // [impl->req~agent.manager-list~1]
             "ManagerHost" => {
-                let h = single(e)?;
-                if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c == '/') {
-                    return Err(bad(e, "expected a host name or IP address"));
+                let hosts = list(e);
+                check_count(e, hosts.len())?;
+                for h in &hosts {
+                    if h.chars().any(|c| c.is_whitespace() || c == '/') {
+                        return Err(bad(e, format!("'{h}': expected a host name or IP address")));
+                    }
                 }
-                self.manager_host = h.to_string();
+                let mut hosts = hosts.into_iter();
+                let first = hosts
+                    .next()
+                    .ok_or_else(|| bad(e, "expected a host name or IP address"))?;
+                self.manager_host = first;
                 self.manager_socket = None;
+                self.standby_managers = hosts.map(StandbyManager::Host).collect();
             }
             "ManagerPort" => {
                 self.manager_port = port(e)?;
@@ -85,17 +112,30 @@ impl AgentConfig {
             }
             // BlueChi's spelling: tcp:host=HOST,port=PORT or unix:path=PATH
             // [impl->req~link.unix-socket~1]
+            // A list is separated by ';' as D-Bus address lists are (a TOML array works too).
             "ManagerAddress" => {
-                let s = single(e)?;
-                if let Some(rest) = s.strip_prefix("unix:") {
-                    self.manager_socket = Some(parse_unix_address(rest).map_err(|r| bad(e, r))?);
-                } else {
-                    let (host, p) = parse_tcp_address(s).map_err(|r| bad(e, r))?;
-                    self.manager_host = host;
-                    self.manager_port = p;
-                    self.manager_socket = None;
+                let texts: Vec<String> = match &e.value {
+                    RawValue::Str(s) => s.split(';').map(|a| a.trim().to_string()).collect(),
+                    RawValue::List(l) => l.iter().map(|a| a.trim().to_string()).collect(),
+                };
+                check_count(e, texts.len())?;
+                let mut addresses = Vec::with_capacity(texts.len());
+                for t in &texts {
+                    addresses.push(ManagerAddress::parse(t).map_err(|r| bad(e, r))?);
                 }
+                let mut addresses = addresses.into_iter();
+                match addresses.next() {
+                    Some(ManagerAddress::Unix(p)) => self.manager_socket = Some(p),
+                    Some(ManagerAddress::Tcp { host, port }) => {
+                        self.manager_host = host;
+                        self.manager_port = port;
+                        self.manager_socket = None;
+                    }
+                    None => return Err(bad(e, "expected tcp:host=HOST,port=PORT")),
+                }
+                self.standby_managers = addresses.map(StandbyManager::Address).collect();
             }
+            "ManagerPreferFirst" => self.manager_prefer_first = boolean(e)?,
             "HeartbeatInterval" => {
                 self.heartbeat_interval = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
             }
@@ -120,21 +160,45 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// The manager's address in D-Bus syntax, as the local API's `ManagerAddress` shows it:
-    /// `tcp:host=HOST,port=PORT` or `unix:path=PATH`.
-    pub fn manager_address(&self) -> String {
+    /// The first manager in the list.
+    fn first_manager(&self) -> ManagerAddress {
         match &self.manager_socket {
-            Some(p) => format!("unix:path={}", p.display()),
-            None => format!("tcp:host={},port={}", self.manager_host, self.manager_port),
+            Some(p) => ManagerAddress::Unix(p.clone()),
+            None => ManagerAddress::Tcp {
+                host: self.manager_host.clone(),
+                port: self.manager_port,
+            },
         }
     }
 
-    /// The manager's address as log lines name it: `HOST:PORT` or `unix:path=PATH`.
+    /// Every manager in the order the agent tries them; the first is never missing.
+    pub fn managers(&self) -> Vec<ManagerAddress> {
+        let standbys = self.standby_managers.iter().map(|m| match m {
+            StandbyManager::Host(h) => ManagerAddress::Tcp {
+                host: h.clone(),
+                port: self.manager_port,
+            },
+            StandbyManager::Address(a) => a.clone(),
+        });
+        std::iter::once(self.first_manager())
+            .chain(standbys)
+            .collect()
+    }
+
+    /// The first manager's address in D-Bus syntax, as the local API's `ManagerAddress`
+    /// shows it: `tcp:host=HOST,port=PORT` or `unix:path=PATH`.
+    pub fn manager_address(&self) -> String {
+        self.first_manager().to_string()
+    }
+
+    /// The managers as log lines name them: `HOST:PORT` or `unix:path=PATH`, comma-separated.
     pub fn manager_endpoint(&self) -> String {
-        match &self.manager_socket {
-            Some(p) => format!("unix:path={}", p.display()),
-            None => format!("{}:{}", self.manager_host, self.manager_port),
-        }
+        let names: Vec<String> = self
+            .managers()
+            .iter()
+            .map(ManagerAddress::endpoint)
+            .collect();
+        names.join(", ")
     }
 
     /// How long the manager may stay silent: three of its heartbeat echoes, unless set.
@@ -153,6 +217,14 @@ impl AgentConfig {
         validate_node_name(&self.node_name).map_err(|e| ConfigError::Invalid {
             reason: format!("NodeName: {e}"),
         })?;
+        let managers = self.managers();
+        for (i, m) in managers.iter().enumerate() {
+            if managers.iter().take(i).any(|earlier| earlier == m) {
+                return Err(ConfigError::Invalid {
+                    reason: format!("manager {} is listed twice", m.endpoint()),
+                });
+            }
+        }
         if self.effective_manager_timeout() <= self.heartbeat_interval {
             return Err(ConfigError::Invalid {
                 reason: "ManagerHeartbeatThreshold must be longer than HeartbeatInterval"
@@ -161,6 +233,14 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// At most [`MAX_MANAGERS`] managers in one list.
+fn check_count(e: &Entry, n: usize) -> Result<(), ConfigError> {
+    if n > MAX_MANAGERS {
+        return Err(bad(e, format!("more than {MAX_MANAGERS} managers")));
+    }
+    Ok(())
 }
 
 impl Settings for AgentConfig {

@@ -31,8 +31,10 @@ mod toml_value;
 #[cfg(test)]
 mod tests;
 
-pub use address::{parse_socket_path, parse_tcp_address, AddressError, MAX_SOCKET_PATH};
-pub use agent::AgentConfig;
+pub use address::{
+    parse_socket_path, parse_tcp_address, AddressError, ManagerAddress, MAX_SOCKET_PATH,
+};
+pub use agent::{AgentConfig, StandbyManager};
 pub use entry::{cli_entry, Entry, RawValue};
 pub use error::{ConfigError, Origin};
 pub use layers::{

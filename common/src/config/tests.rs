@@ -1,7 +1,7 @@
 //! Unit tests of the settings, through the parser as the daemons use it.
 
 use super::*;
-use crate::bounds::MAX_NODES;
+use crate::bounds::{MAX_MANAGERS, MAX_NODES};
 use crate::log::{Level, Target};
 use crate::tls::TlsFiles;
 use std::path::PathBuf;
@@ -346,4 +346,52 @@ fn tls_keys_manager_name_and_socket_users() {
     assert!(agent("[hirte-agent]\nManagerName=has space\n").is_err());
     assert!(!agent("[hirte-agent]\nAllowExec=no\n").unwrap().allow_exec);
     assert!(AgentConfig::default().allow_exec);
+}
+
+// [utest->req~agent.manager-list~1]
+// [utest->req~config.agent-keys~1]
+#[test]
+fn manager_lists_keep_their_order_and_are_checked() {
+    let names = |a: &AgentConfig| -> Vec<String> {
+        a.managers().iter().map(ManagerAddress::endpoint).collect()
+    };
+    let a = agent("[hirte-agent]\nManagerHost=a,b\nManagerPort=2021\n").unwrap();
+    assert_eq!(names(&a), ["a:2021", "b:2021"]);
+    assert_eq!(a.manager_address(), "tcp:host=a,port=2021");
+    assert_eq!(a.manager_endpoint(), "a:2021, b:2021");
+    assert!(!a.manager_prefer_first);
+    let a = agent(
+        "[hirte-agent]\nManagerAddress=tcp:host=a,port=1;unix:path=/run/h.sock\nManagerPreferFirst=yes\n",
+    )
+    .unwrap();
+    assert_eq!(names(&a), ["a:1", "unix:path=/run/h.sock"]);
+    assert!(a.manager_prefer_first);
+    let a =
+        agent("[hirte-agent]\nManagerAddress = [\"tcp:host=a,port=1\", \"tcp:host=b,port=2\"]\n")
+            .unwrap();
+    assert_eq!(names(&a), ["a:1", "b:2"]);
+    // The last key wins, lists included; a single host is still a list of one.
+    let mut a = agent("[hirte-agent]\nManagerHost=a,b\n").unwrap();
+    a.apply(&cli_entry("ManagerHost", "c")).unwrap();
+    assert_eq!(names(&a), ["c:2020"]);
+    // Duplicates, too many, empty entries and bad addresses are errors.
+    let e = agent("[hirte-agent]\nNodeName=n\nManagerHost=a,a\n")
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid configuration: manager a:2020 is listed twice"
+    );
+    let nine = ["h"; MAX_MANAGERS + 1].join(",");
+    let e = agent(&format!("[hirte-agent]\nManagerHost={nine}\n")).unwrap_err();
+    assert!(e.to_string().ends_with("more than 8 managers"), "{e}");
+    let e = agent("[hirte-agent]\nManagerAddress=tcp:host=a,port=1;\n").unwrap_err();
+    assert!(
+        e.to_string().contains("expected tcp:host=HOST,port=PORT"),
+        "{e}"
+    );
+    let e = agent("[hirte-agent]\nManagerHost=a,b c\n").unwrap_err();
+    assert!(e.to_string().contains("'b c': expected a host name"), "{e}");
+    assert!(agent("[hirte-agent]\nManagerPreferFirst=maybe\n").is_err());
 }

@@ -485,3 +485,22 @@ pub fn manager_log_line(c: &Cluster, parts: &[&str]) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The load average (1, 5, 15 min), printed with every timing figure: the machine is shared.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `HIRTE_FAILOVER_RUNS` (default 1): how many failover cycles a failover test measures
+/// (`ci/bench-failover` sets it for the figures).
+pub fn failover_runs() -> usize {
+    std::env::var("HIRTE_FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
