@@ -194,7 +194,9 @@ impl Gateway {
         call.set_serial(msg.get_serial().unwrap_or(1));
         call.set_sender(msg.sender().map(|s| s.into_static()));
         call.set_no_reply(msg.get_no_reply());
-        let original = msg.duplicate().map_err(|e| refuse(msg, error::PROTOCOL, e))?;
+        // A copy has serial 0 (libdbus resets it): the answer must name the caller's.
+        let mut original = msg.duplicate().map_err(|e| refuse(msg, error::PROTOCOL, e))?;
+        original.set_serial(msg.get_serial().unwrap_or(1));
         Ok((call, Translated { original, answer }))
     }
 
