@@ -150,3 +150,123 @@ fn bluechi_python_bindings_read_the_agent() {
         show(&out)
     );
 }
+
+/// The members of `iface` in one introspection document, one line each as in
+/// tests/bluechi/members-1.2.txt.
+fn members(xml: &str, iface: &str) -> Vec<String> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        let rest = &tag[start..];
+        Some(rest[..rest.find('"')?].to_string())
+    };
+    let mut out = Vec::new();
+    let mut inside = false;
+    let mut current: Option<(String, Vec<String>)> = None;
+    for raw in xml.split('<').skip(1) {
+        let tag = raw.split('>').next().unwrap_or_default();
+        let name = attr(tag, "name").unwrap_or_default();
+        if tag.starts_with("interface ") {
+            inside = name == iface;
+        } else if tag.starts_with("/interface") {
+            inside = false;
+        } else if !inside {
+        } else if tag.starts_with("property ") {
+            out.push(format!("{iface} property {name} {}", attr(tag, "type").unwrap()));
+        } else if tag.starts_with("method ") || tag.starts_with("signal ") {
+            let kind = tag.split(' ').next().unwrap().to_string();
+            let line = format!("{iface} {kind} {name}");
+            if tag.ends_with('/') {
+                out.push(line);
+            } else {
+                current = Some((line, Vec::new()));
+            }
+        } else if tag.starts_with("arg ") {
+            if let Some((line, args)) = current.as_mut() {
+                let dir = match attr(tag, "direction") {
+                    Some(d) => format!("{d}:"),
+                    None if line.contains(" method ") => "in:".to_string(),
+                    None => String::new(),
+                };
+                args.push(format!("{dir}{name}:{}", attr(tag, "type").unwrap()));
+            }
+        } else if tag.starts_with("/method") || tag.starts_with("/signal") {
+            if let Some((line, args)) = current.take() {
+                out.push(format!("{line} {}", args.join(" ")).trim_end().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn expected(iface: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("bluechi/members-1.2.txt"),
+    )
+    .unwrap();
+    let mut v: Vec<String> = text
+        .lines()
+        .filter(|l| l.split(' ').next() == Some(iface))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no members of {iface} in the fixture");
+    v
+}
+
+fn introspect(bus: &dbus::blocking::Connection, dest: &str, path: &str) -> String {
+    let proxy = bus.with_proxy(dest, path, Duration::from_secs(10));
+    let (xml,): (String,) = proxy
+        .method_call("org.freedesktop.DBus.Introspectable", "Introspect", ())
+        .unwrap_or_else(|e| panic!("Introspect {path}: {e}"));
+    xml
+}
+
+/// Every org.eclipse.bluechi.* interface we serve has BlueChi 1.2's members, no more, no
+/// fewer, with the same argument names and types.
+// [itest->req~bluechi.introspection~1]
+#[test]
+fn bluechi_introspection_equals_bluechi_member_for_member() {
+    if !hirte_tests::require_root("bluechi_introspection_equals_bluechi_member_for_member") {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&NODES)).unwrap();
+    write_config_unit(&c, NODE, "bc-slow.service", SLOW_UNIT, true);
+    let bus = c.system_bus().unwrap();
+    let dest = "org.eclipse.bluechi";
+    let ctl = bus.with_proxy(dest, "/org/eclipse/bluechi", Duration::from_secs(10));
+    let ctl_iface = "org.eclipse.bluechi.Controller";
+    let (node,): (dbus::Path<'static>,) = ctl.method_call(ctl_iface, "GetNode", (NODE,)).unwrap();
+    let (monitor,): (dbus::Path<'static>,) =
+        ctl.method_call(ctl_iface, "CreateMonitor", ()).unwrap();
+    let (job,): (dbus::Path<'static>,) = bus
+        .with_proxy(dest, node.clone(), Duration::from_secs(10))
+        .method_call(
+            "org.eclipse.bluechi.Node",
+            "StartUnit",
+            ("bc-slow.service", "replace"),
+        )
+        .unwrap();
+    let objects = [
+        ("/org/eclipse/bluechi".to_string(), ctl_iface),
+        (node.to_string(), "org.eclipse.bluechi.Node"),
+        (job.to_string(), "org.eclipse.bluechi.Job"),
+        (monitor.to_string(), "org.eclipse.bluechi.Monitor"),
+        (
+            "/org/eclipse/bluechi/metrics".to_string(),
+            "org.eclipse.bluechi.Metrics",
+        ),
+    ];
+    for (path, iface) in objects {
+        let xml = introspect(&bus, dest, &path);
+        assert_eq!(members(&xml, iface), expected(iface), "{path}:\n{xml}");
+        assert!(
+            !xml.contains("org.containers.hirte"),
+            "{path} shows Hirte's names:\n{xml}"
+        );
+    }
+    let node_bus = c.node_bus(NODE).unwrap();
+    let xml = introspect(&node_bus, "org.eclipse.bluechi.Agent", "/org/eclipse/bluechi");
+    let iface = "org.eclipse.bluechi.Agent";
+    assert_eq!(members(&xml, iface), expected(iface), "{xml}");
+}
