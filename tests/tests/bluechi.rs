@@ -270,3 +270,35 @@ fn bluechi_introspection_equals_bluechi_member_for_member() {
     let iface = "org.eclipse.bluechi.Agent";
     assert_eq!(members(&xml, iface), expected(iface), "{xml}");
 }
+
+/// A BlueChi controller file works renamed, and the keys we do not use are named in a
+/// warning (the manager then stops at the missing bus, which is beside the point here).
+// [itest->req~bluechi.config~1]
+#[test]
+fn bluechi_config_keys_we_do_not_use_are_named_in_a_warning() {
+    let dir = std::env::temp_dir().join(format!("hirte-bluechi-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("controller.conf");
+    std::fs::write(
+        &file,
+        "[bluechi-controller]\nControllerPort=842\nAllowedNodeNames=a\nUseTCP=true\nTCPKeepAliveCount=6\n",
+    )
+    .unwrap();
+    let out = run_timeout(
+        Command::new(hirte_tests::binary("hirte").unwrap())
+            .args(["-c"])
+            .arg(&file)
+            .env("HIRTE_CONFIG_DIR", &dir)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus"),
+        Duration::from_secs(20),
+    );
+    let err = stderr(&out);
+    for key in ["UseTCP", "TCPKeepAliveCount"] {
+        assert!(
+            err.lines().any(|l| l.contains("WARN") && l.contains(&format!("{key}="))),
+            "no warning naming {key}:\n{err}"
+        );
+    }
+    assert!(err.contains("port 842"), "ControllerPort= not applied:\n{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

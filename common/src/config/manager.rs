@@ -89,7 +89,7 @@ impl ManagerConfig {
         if self.log.apply(e)? || apply_tls(&mut self.tls, e)? {
             return Ok(());
         }
-        match e.key.as_str() {
+        match super::bluechi::our_key(&e.key) {
             "ManagerPort" => self.port = port(e)?,
             "ManagerAddress" => {
                 let s = single(e)?;
@@ -110,6 +110,7 @@ impl ManagerConfig {
             // [impl->req~bluechi.switch~1]
             "HirteBusName" => self.hirte_bus_name = boolean(e)?,
             "BlueChiBusName" => self.bluechi_bus_name = boolean(e)?,
+            _ if super::bluechi::ignored_with_warning(e, true) => {}
             // [impl->req~link.unix-socket~1]
             "ManagerSocket" => {
                 let s = single(e)?;
@@ -150,6 +151,7 @@ impl ManagerConfig {
                 );
                 Ok(())
             }
+            _ if super::bluechi::ignored_with_warning(e, true) => Ok(()),
             _ => Err(unknown_key(e)),
         }
     }
