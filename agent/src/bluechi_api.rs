@@ -116,3 +116,59 @@ pub fn export(
     });
     cr.insert(PATH, &[token], ());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{BUS_NAME, IFACE, PATH};
+    use crate::link::FromLink;
+    use crate::testing::{error_name, Harness};
+    use dbus::arg::Variant;
+    use dbus::Message;
+
+    fn ask(h: &mut Harness, m: Message) -> Message {
+        let mut m = m;
+        m.set_serial(3);
+        h.core.on_bus_message(m);
+        h.sd().sent.borrow_mut().pop().unwrap()
+    }
+
+    fn get(h: &mut Harness, prop: &str) -> Message {
+        let m = Message::new_method_call(BUS_NAME, PATH, "org.freedesktop.DBus.Properties", "Get")
+            .unwrap()
+            .append2(IFACE, prop);
+        ask(h, m)
+    }
+
+    // [utest->req~bluechi.agent~1]
+    #[test]
+    fn bluechi_properties_follow_the_same_state() {
+        let mut h = Harness::new();
+        let text = |m: Message| m.read1::<Variant<String>>().unwrap().0;
+        let number = |m: Message| m.read1::<Variant<u64>>().unwrap().0;
+        assert_eq!(text(get(&mut h, "Status")), "offline");
+        h.core
+            .on_link_event(FromLink::Connected("tcp:host=b,port=1".into()));
+        h.sd().sent.borrow_mut().clear();
+        assert_eq!(text(get(&mut h, "Status")), "online");
+        assert_eq!(text(get(&mut h, "ControllerAddress")), "tcp:host=b,port=1");
+        assert_eq!(number(get(&mut h, "DisconnectTimestampMonotonic")), 0);
+        h.core.on_link_event(FromLink::Disconnected);
+        h.sd().sent.borrow_mut().clear();
+        assert!(number(get(&mut h, "DisconnectTimestamp")) > 0);
+        assert!(number(get(&mut h, "DisconnectTimestampMonotonic")) > 0);
+    }
+
+    // [utest->req~bluechi.switch-controller~1]
+    #[test]
+    fn switch_controller_is_refused_clearly() {
+        let mut h = Harness::new();
+        let m = Message::new_method_call(BUS_NAME, PATH, IFACE, "SwitchController")
+            .unwrap()
+            .append1("tcp:host=c,port=2");
+        let answer = ask(&mut h, m);
+        assert_eq!(
+            error_name(&answer).as_deref(),
+            Some("org.freedesktop.DBus.Error.NotSupported")
+        );
+    }
+}

@@ -302,3 +302,24 @@ fn bluechi_config_keys_we_do_not_use_are_named_in_a_warning() {
     assert!(err.contains("port 842"), "ControllerPort= not applied:\n{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Both names at once by default, on one connection; `BlueChiBusName=no` leaves only ours.
+// [itest->req~bluechi.bus-name~1]
+// [itest->req~bluechi.switch~1]
+#[test]
+fn bluechi_name_beside_ours_and_switched_off() {
+    if !hirte_tests::require_root("bluechi_name_beside_ours_and_switched_off") {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&NODES[..1])).unwrap();
+    let bus = c.system_bus().unwrap();
+    assert!(hirte_tests::name_has_owner(&bus, "org.containers.hirte").unwrap());
+    assert!(hirte_tests::name_has_owner(&bus, "org.eclipse.bluechi").unwrap());
+    drop(c);
+    let mut spec = ClusterSpec::new(&NODES[..1]);
+    spec.manager_conf = "BlueChiBusName=no\n".to_string();
+    let c = Cluster::start(spec).unwrap();
+    let bus = c.system_bus().unwrap();
+    assert!(hirte_tests::name_has_owner(&bus, "org.containers.hirte").unwrap());
+    assert!(!hirte_tests::name_has_owner(&bus, "org.eclipse.bluechi").unwrap());
+}

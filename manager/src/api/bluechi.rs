@@ -202,6 +202,7 @@ impl Gateway {
 
     /// Turns the answers crossroads gave at once into BlueChi's; remembers the call when its
     /// answer comes later.
+    // [impl->req~bluechi.bounds~1]
     pub fn answered(&mut self, t: Translated, replies: Vec<Message>, out: &mut Vec<Message>) {
         let mut answered = false;
         for r in replies {
@@ -388,3 +389,162 @@ pub fn introspection(xml: &str) -> String {
     out
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbus::strings::BusName;
+
+    fn call(path: &str, iface: &str, member: &str) -> Message {
+        let mut m = Message::new_method_call(BUS_NAME, path, iface, member).unwrap();
+        m.set_serial(7);
+        m.set_sender(Some(BusName::new(":1.5").unwrap()));
+        m
+    }
+
+    fn error_of(m: Option<Message>) -> String {
+        let mut m = m.unwrap();
+        m.as_result().unwrap_err().name().unwrap().to_string()
+    }
+
+    #[test]
+    fn paths_map_both_ways_and_internal_objects_have_no_twin() {
+        assert!(is_bluechi_path("/org/eclipse/bluechi"));
+        assert!(is_bluechi_path("/org/eclipse/bluechi/node/a"));
+        assert!(!is_bluechi_path("/org/eclipse/bluechix"));
+        assert_eq!(to_hirte_path("/org/eclipse/bluechi/job/3"), "/org/containers/hirte/job/3");
+        assert_eq!(
+            to_bluechi_path("/org/containers/hirte/node/agent_2d1").as_deref(),
+            Some("/org/eclipse/bluechi/node/agent_2d1")
+        );
+        assert_eq!(to_bluechi_path("/org/containers/hirte/internal/agent"), None);
+        assert_eq!(to_bluechi_path("/org/freedesktop/systemd1/job/4"), None);
+    }
+
+    // [utest->req~bluechi.controller~1]
+    #[test]
+    fn errors_get_bluechi_names() {
+        assert_eq!(bluechi_error(error::OFFLINE), "org.eclipse.bluechi.Offline");
+        assert_eq!(
+            bluechi_error(error::NODE_NOT_FOUND),
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+        );
+        assert_eq!(bluechi_error(error::BUSY), "org.freedesktop.DBus.Error.Failed");
+        assert_eq!(
+            bluechi_error("org.freedesktop.systemd1.NoSuchUnit"),
+            "org.freedesktop.systemd1.NoSuchUnit"
+        );
+    }
+
+    // [utest->req~bluechi.controller~1]
+    #[test]
+    fn calls_are_checked_against_bluechi_and_translated() {
+        let mut gw = Gateway::new(true);
+        let node = "/org/eclipse/bluechi/node/a";
+        // Hirte's extra: not under BlueChi's name.
+        let refused = gw.incoming(&call(node, "org.eclipse.bluechi.Node", "Exec"));
+        assert_eq!(error_of(refused.err().flatten()), "org.freedesktop.DBus.Error.UnknownMethod");
+        let refused = gw.incoming(&call(node, "org.eclipse.bluechi.Node", "StartUnit"));
+        assert_eq!(error_of(refused.err().flatten()), "org.freedesktop.DBus.Error.InvalidArgs");
+        let set = call(node, PROPERTIES, "Set").append3(
+            "org.eclipse.bluechi.Node",
+            "Name",
+            dbus::arg::Variant("x"),
+        );
+        assert_eq!(
+            error_of(gw.incoming(&set).err().flatten()),
+            "org.freedesktop.DBus.Error.PropertyReadOnly"
+        );
+        let start = call(node, "org.eclipse.bluechi.Node", "StartUnit").append2("u", "replace");
+        let (hirte, _) = gw.incoming(&start).ok().unwrap();
+        assert_eq!(hirte.path().unwrap().to_string(), "/org/containers/hirte/node/a");
+        assert_eq!(hirte.interface().unwrap().to_string(), "org.containers.hirte.Node");
+        assert_eq!(hirte.get_serial(), Some(7));
+        assert_eq!(hirte.read2::<&str, &str>().unwrap(), ("u", "replace"));
+        let get = call(node, PROPERTIES, "Get").append2("org.eclipse.bluechi.Node", "Status");
+        let (hirte, _) = gw.incoming(&get).ok().unwrap();
+        assert_eq!(hirte.read1::<&str>().unwrap(), "org.containers.hirte.Node");
+    }
+
+    // [utest->req~bluechi.one-state~1]
+    #[test]
+    fn answers_and_signals_carry_bluechi_paths() {
+        let mut gw = Gateway::new(true);
+        let start = call("/org/eclipse/bluechi/node/a", "org.eclipse.bluechi.Node", "StartUnit")
+            .append2("u", "replace");
+        let (hirte, t) = gw.incoming(&start).ok().unwrap();
+        // Answered later (relayed to the agent): remembered, then translated.
+        let mut out = Vec::new();
+        gw.answered(t, Vec::new(), &mut out);
+        assert!(out.is_empty());
+        let reply = hirte
+            .method_return()
+            .append1(Path::new("/org/containers/hirte/job/9").unwrap());
+        gw.outgoing(reply, &mut out);
+        let job: Path = out.pop().unwrap().read1().unwrap();
+        assert_eq!(job.to_string(), "/org/eclipse/bluechi/job/9");
+
+        let job_new = Message::new_signal(protocol::MANAGER_PATH, protocol::MANAGER_IFACE, "JobNew")
+            .unwrap()
+            .append2(9u32, Path::new("/org/containers/hirte/job/9").unwrap());
+        gw.outgoing(job_new, &mut out);
+        assert_eq!(out.len(), 2, "sent on both trees");
+        let twin = out.pop().unwrap();
+        assert_eq!(twin.interface().unwrap().to_string(), "org.eclipse.bluechi.Controller");
+        let (_, p): (u32, Path) = twin.read2().unwrap();
+        assert_eq!(p.to_string(), "/org/eclipse/bluechi/job/9");
+        // BlueChi has no NodeConnectionStateChanged.
+        out.clear();
+        let ncs = Message::new_signal(
+            protocol::MANAGER_PATH,
+            protocol::MANAGER_IFACE,
+            "NodeConnectionStateChanged",
+        )
+        .unwrap()
+        .append2("a", "online");
+        gw.outgoing(ncs, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    // [utest->req~bluechi.switch~1]
+    #[test]
+    fn with_hirte_off_only_the_bluechi_tree_signals() {
+        let mut gw = Gateway::new(false);
+        let mut out = Vec::new();
+        let sig = Message::new_signal(protocol::MANAGER_PATH, protocol::MANAGER_IFACE, "JobNew")
+            .unwrap()
+            .append2(1u32, Path::new("/org/containers/hirte/job/1").unwrap());
+        gw.outgoing(sig, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].path().unwrap().to_string(), PATH);
+    }
+
+    // [utest->req~bluechi.bounds~1]
+    #[test]
+    fn calls_awaiting_an_answer_are_bounded() {
+        let mut gw = Gateway::new(true);
+        let mut out = Vec::new();
+        for i in 0..=BLUECHI_PENDING_CALLS {
+            let mut m = call("/org/eclipse/bluechi", "org.eclipse.bluechi.Controller", "ListUnits");
+            m.set_serial(u32::try_from(i).unwrap() + 1);
+            let (_, t) = gw.incoming(&m).ok().unwrap();
+            gw.answered(t, Vec::new(), &mut out);
+        }
+        assert_eq!(gw.pending.len(), BLUECHI_PENDING_CALLS);
+        assert_eq!(error_of(out.pop()), "org.freedesktop.DBus.Error.LimitsExceeded");
+        assert!(out.is_empty());
+    }
+
+    // [utest->req~bluechi.introspection~1]
+    #[test]
+    fn introspection_shows_bluechi_interfaces_only() {
+        let xml = "<node><interface name=\"org.freedesktop.DBus.Peer\"><method name=\"Ping\"/></interface>\
+                   <interface name=\"org.containers.hirte.Node\"><method name=\"Exec\"/></interface>\
+                   <node name=\"x\"/></node>";
+        let out = introspection(xml);
+        assert!(out.contains("org.freedesktop.DBus.Peer"));
+        assert!(out.contains("<interface name=\"org.eclipse.bluechi.Node\">"));
+        assert!(!out.contains("hirte") && !out.contains("Exec"));
+        assert!(out.contains("<node name=\"x\"/>"));
+    }
+}

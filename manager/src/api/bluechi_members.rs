@@ -232,6 +232,7 @@ impl Interface {
     }
 
     /// The interface's introspection XML (one `<interface>` element).
+    // [impl->req~bluechi.introspection~1]
     pub fn xml(&self) -> String {
         let mut x = format!("  <interface name=\"{}\">\n", self.name);
         let args = |x: &mut String, args: &[Arg], dir: Option<&str>| {
