@@ -162,6 +162,7 @@ fn members(xml: &str, iface: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut inside = false;
     let mut current: Option<(String, Vec<String>)> = None;
+    let mut property: Option<(String, String)> = None;
     for raw in xml.split('<').skip(1) {
         let tag = raw.split('>').next().unwrap_or_default();
         let name = attr(tag, "name").unwrap_or_default();
@@ -171,7 +172,23 @@ fn members(xml: &str, iface: &str) -> Vec<String> {
             inside = false;
         } else if !inside {
         } else if tag.starts_with("property ") {
-            out.push(format!("{iface} property {name} {}", attr(tag, "type").unwrap()));
+            let line = format!("{iface} property {name} {}", attr(tag, "type").unwrap());
+            if tag.ends_with('/') {
+                out.push(format!("{line} true"));
+            } else {
+                property = Some((line, "true".to_string()));
+            }
+        } else if tag.starts_with("annotation ") {
+            // A property without the annotation emits changes (the D-Bus default).
+            if let Some((_, emits)) = property.as_mut() {
+                if name == "org.freedesktop.DBus.Property.EmitsChangedSignal" {
+                    *emits = attr(tag, "value").unwrap();
+                }
+            }
+        } else if tag.starts_with("/property") {
+            if let Some((line, emits)) = property.take() {
+                out.push(format!("{line} {emits}"));
+            }
         } else if tag.starts_with("method ") || tag.starts_with("signal ") {
             let kind = tag.split(' ').next().unwrap().to_string();
             let line = format!("{iface} {kind} {name}");

@@ -16,9 +16,10 @@ pub enum Member {
         name: &'static str,
         args: &'static [Arg],
     },
-    /// A read-only property.
+    /// A read-only property; `emits`: its `EmitsChangedSignal` annotation.
     Property {
         name: &'static str,
+        emits: &'static str,
         ty: &'static str,
     },
 }
@@ -50,9 +51,9 @@ const CONTROLLER: &[Member] = &[
         name: "JobRemoved",
         args: &[("id", "u"), ("job", "o"), ("node", "s"), ("unit", "s"), ("result", "s")],
     },
-    Property { name: "Status", ty: "s" },
-    Property { name: "LogLevel", ty: "s" },
-    Property { name: "LogTarget", ty: "s" },
+    Property { name: "Status", emits: "true", ty: "s" },
+    Property { name: "LogLevel", emits: "false", ty: "s" },
+    Property { name: "LogTarget", emits: "const", ty: "s" },
 ];
 
 const NODE: &[Member] = &[
@@ -110,20 +111,20 @@ const NODE: &[Member] = &[
         ins: &[("defaulttarget", "s"), ("force", "b")],
         outs: &[("out", "a(sss)")],
     },
-    Property { name: "Name", ty: "s" },
-    Property { name: "Status", ty: "s" },
-    Property { name: "PeerIp", ty: "s" },
-    Property { name: "LastSeenTimestamp", ty: "t" },
-    Property { name: "LastSeenTimestampMonotonic", ty: "t" },
+    Property { name: "Name", emits: "const", ty: "s" },
+    Property { name: "Status", emits: "true", ty: "s" },
+    Property { name: "PeerIp", emits: "false", ty: "s" },
+    Property { name: "LastSeenTimestamp", emits: "false", ty: "t" },
+    Property { name: "LastSeenTimestampMonotonic", emits: "false", ty: "t" },
 ];
 
 const JOB_MEMBERS: &[Member] = &[
     Method { name: "Cancel", ins: &[], outs: &[] },
-    Property { name: "Id", ty: "u" },
-    Property { name: "Node", ty: "s" },
-    Property { name: "Unit", ty: "s" },
-    Property { name: "JobType", ty: "s" },
-    Property { name: "State", ty: "s" },
+    Property { name: "Id", emits: "const", ty: "u" },
+    Property { name: "Node", emits: "const", ty: "s" },
+    Property { name: "Unit", emits: "const", ty: "s" },
+    Property { name: "JobType", emits: "const", ty: "s" },
+    Property { name: "State", emits: "true", ty: "s" },
 ];
 
 const MONITOR: &[Member] = &[
@@ -254,8 +255,10 @@ impl Interface {
                     args(&mut x, a, None);
                     x.push_str("    </signal>\n");
                 }
-                Property { name, ty } => x.push_str(&format!(
-                    "    <property name=\"{name}\" type=\"{ty}\" access=\"read\"/>\n"
+                Property { name, emits, ty } => x.push_str(&format!(
+                    "    <property name=\"{name}\" type=\"{ty}\" access=\"read\">\n      \
+                     <annotation name=\"org.freedesktop.DBus.Property.EmitsChangedSignal\" \
+                     value=\"{emits}\"/>\n    </property>\n"
                 )),
             }
         }
