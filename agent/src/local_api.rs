@@ -110,7 +110,9 @@ impl LocalApi {
     pub fn claim_name(sd: &Connection) {
         for name in [protocol::AGENT_BUS_NAME, crate::bluechi_api::BUS_NAME] {
             match sd.request_name(name, false, false, true) {
-                Ok(dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner) => {
+                Ok(
+                    dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner,
+                ) => {
                     log_info!("Serving {name} on the node bus");
                 }
                 Ok(_) => log_warn!(
@@ -207,11 +209,14 @@ mod tests {
             .on_link_event(FromLink::Connected("tcp:host=b,port=1".into()));
         // Announced on both objects: ours and BlueChi's.
         let changed: Vec<Message> = h.sd().sent.borrow_mut().drain(..).collect();
-        let paths: Vec<String> = changed.iter().map(|m| m.path().unwrap().to_string()).collect();
+        let paths: Vec<String> = changed
+            .iter()
+            .map(|m| m.path().unwrap().to_string())
+            .collect();
         assert_eq!(paths, [protocol::MANAGER_PATH, crate::bluechi_api::PATH]);
         assert!(changed
             .iter()
-            .all(|m| m.member().unwrap().to_string() == "PropertiesChanged"));
+            .all(|m| &*m.member().unwrap() == "PropertiesChanged"));
         assert_eq!(status(get(&mut h, "Status")), NODE_ONLINE);
         assert_eq!(status(get(&mut h, "ManagerAddress")), "tcp:host=b,port=1");
         // The same state again is not announced.

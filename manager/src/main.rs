@@ -93,10 +93,9 @@ impl fmt::Display for FatalError {
                 f,
                 "cannot own {name} on the system bus: {e} (is the D-Bus policy installed?)"
             ),
-            FatalError::NameTaken(name) => write!(
-                f,
-                "{name} is already owned: is another manager running?"
-            ),
+            FatalError::NameTaken(name) => {
+                write!(f, "{name} is already owned: is another manager running?")
+            }
             FatalError::OpenActivatedSocket => write!(
                 f,
                 "AllowedNodeNames is empty while the activated socket listens on all \
@@ -192,8 +191,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         let owned = conn
             .request_name(*name, false, false, true)
             .map_err(|e| FatalError::BusName(name, text(e)))?;
-        if owned != dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner
-        {
+        if owned != dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner {
             return Err(FatalError::NameTaken(name));
         }
     }

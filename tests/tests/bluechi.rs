@@ -108,7 +108,10 @@ fn bluechi_python_bindings_drive_the_cluster() {
         "ok monitor offline event",
         "ok monitor close",
     ] {
-        assert!(text.lines().any(|l| l == check), "missing '{check}' in:\n{text}");
+        assert!(
+            text.lines().any(|l| l == check),
+            "missing '{check}' in:\n{text}"
+        );
     }
 }
 
@@ -283,7 +286,11 @@ fn bluechi_introspection_equals_bluechi_member_for_member() {
         );
     }
     let node_bus = c.node_bus(NODE).unwrap();
-    let xml = introspect(&node_bus, "org.eclipse.bluechi.Agent", "/org/eclipse/bluechi");
+    let xml = introspect(
+        &node_bus,
+        "org.eclipse.bluechi.Agent",
+        "/org/eclipse/bluechi",
+    );
     let iface = "org.eclipse.bluechi.Agent";
     assert_eq!(members(&xml, iface), expected(iface), "{xml}");
 }
@@ -312,11 +319,15 @@ fn bluechi_config_keys_we_do_not_use_are_named_in_a_warning() {
     let err = stderr(&out);
     for key in ["UseTCP", "TCPKeepAliveCount"] {
         assert!(
-            err.lines().any(|l| l.contains("WARN") && l.contains(&format!("{key}="))),
+            err.lines()
+                .any(|l| l.contains("WARN") && l.contains(&format!("{key}="))),
             "no warning naming {key}:\n{err}"
         );
     }
-    assert!(err.contains("port 842"), "ControllerPort= not applied:\n{err}");
+    assert!(
+        err.contains("port 842"),
+        "ControllerPort= not applied:\n{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

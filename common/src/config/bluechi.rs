@@ -30,7 +30,10 @@ pub(super) fn our_key(key: &str) -> &str {
 /// controller): here the agent always watches the manager, so 0 means our default, said once.
 pub(super) fn zero_means_default(e: &Entry) -> bool {
     let zero = e.key == "ControllerHeartbeatThreshold"
-        && e.value.as_text().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0";
+        && e.value
+            .as_text()
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            == "0";
     if zero {
         log_warn!(
             "{}: ControllerHeartbeatThreshold=0 (BlueChi: never) means the default here: \
@@ -43,13 +46,19 @@ pub(super) fn zero_means_default(e: &Entry) -> bool {
 
 /// BlueChi keys without a counterpart here, and why they may be dropped.
 const IGNORED: &[(&str, &str)] = &[
-    ("UseTCP", "the manager always listens on TCP; ManagerSocket= adds a Unix socket"),
+    (
+        "UseTCP",
+        "the manager always listens on TCP; ManagerSocket= adds a Unix socket",
+    ),
     ("UseUDS", "set ManagerSocket= for a Unix socket"),
     ("IPReceiveErrors", "link errors are always reported"),
     ("TCPKeepAliveTime", "heartbeats detect a dead link"),
     ("TCPKeepAliveInterval", "heartbeats detect a dead link"),
     ("TCPKeepAliveCount", "heartbeats detect a dead link"),
-    ("ConnectionRetryCountUntilQuiet", "reconnect attempts are logged at debug level"),
+    (
+        "ConnectionRetryCountUntilQuiet",
+        "reconnect attempts are logged at debug level",
+    ),
     ("RequiredSelinuxContext", "no SELinux check of the peer"),
 ];
 
@@ -65,7 +74,10 @@ pub(super) fn ignored_with_warning(e: &Entry, manager: bool) -> bool {
     let Some((key, why)) = IGNORED.iter().chain(extra).find(|(k, _)| *k == e.key) else {
         return false;
     };
-    log_warn!("{}: BlueChi's {key}= has no effect here and is ignored ({why})", e.at);
+    log_warn!(
+        "{}: BlueChi's {key}= has no effect here and is ignored ({why})",
+        e.at
+    );
     true
 }
 
@@ -77,7 +89,8 @@ mod tests {
     const CONTROLLER: &str = "[bluechi-controller]\nControllerPort=842\nAllowedNodeNames=a,b\n\
                               LogLevel=DEBUG\nLogTarget=journald\nUseTCP=true\n\
                               HeartbeatInterval=0\nNodeHeartbeatThreshold=6000ms\n";
-    const AGENT: &str = "[bluechi-agent]\nNodeName=a\nControllerHost=10.0.0.1\nControllerPort=842\n\
+    const AGENT: &str =
+        "[bluechi-agent]\nNodeName=a\nControllerHost=10.0.0.1\nControllerPort=842\n\
                          HeartbeatInterval=2000ms\nControllerHeartbeatThreshold=0s\n\
                          TCPKeepAliveTime=1\nIPReceiveErrors=true\n";
 
@@ -105,16 +118,21 @@ mod tests {
         assert_eq!(m.allowed_node_names, ["a", "b"]);
         let a = agent(AGENT).unwrap();
         assert_eq!(a.manager_address(), "tcp:host=10.0.0.1,port=842");
-        let a = agent("[bluechi-agent]\nNodeName=a\nControllerAddress=tcp:host=h,port=9\n").unwrap();
+        let a =
+            agent("[bluechi-agent]\nNodeName=a\nControllerAddress=tcp:host=h,port=9\n").unwrap();
         assert_eq!(a.manager_address(), "tcp:host=h,port=9");
     }
 
     // [utest->req~bluechi.config~1]
     #[test]
     fn bluechi_keys_keep_their_spelling_in_errors_and_unknown_keys_stay_errors() {
-        let e = agent("[bluechi-agent]\nControllerPort=x\n").unwrap_err().to_string();
+        let e = agent("[bluechi-agent]\nControllerPort=x\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ControllerPort"), "{e}");
-        let e = manager("[bluechi-controller]\nControllerPrt=1\n").unwrap_err().to_string();
+        let e = manager("[bluechi-controller]\nControllerPrt=1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ControllerPrt"), "{e}");
         // The other daemon's section is still refused.
         assert!(agent("[bluechi-controller]\nNodeName=a\n").is_err());

@@ -195,7 +195,9 @@ impl Gateway {
         call.set_sender(msg.sender().map(|s| s.into_static()));
         call.set_no_reply(msg.get_no_reply());
         // A copy has serial 0 (libdbus resets it): the answer must name the caller's.
-        let mut original = msg.duplicate().map_err(|e| refuse(msg, error::PROTOCOL, e))?;
+        let mut original = msg
+            .duplicate()
+            .map_err(|e| refuse(msg, error::PROTOCOL, e))?;
         original.set_serial(msg.get_serial().unwrap_or(1));
         Ok((call, Translated { original, answer }))
     }
@@ -218,7 +220,8 @@ impl Gateway {
         }
         let now = Instant::now();
         if self.pending.len() >= BLUECHI_PENDING_CALLS {
-            self.pending.retain(|p| now.duration_since(p.since) < STALE_PENDING);
+            self.pending
+                .retain(|p| now.duration_since(p.since) < STALE_PENDING);
         }
         if self.pending.len() >= BLUECHI_PENDING_CALLS {
             log_warn!(
@@ -272,7 +275,11 @@ impl Gateway {
     pub fn new(hirte: bool) -> Self {
         log_info!(
             "Serving {BUS_NAME} at {PATH}{}",
-            if hirte { " besides org.containers.hirte" } else { " only" }
+            if hirte {
+                " besides org.containers.hirte"
+            } else {
+                " only"
+            }
         );
         Gateway {
             pending: Vec::with_capacity(BLUECHI_PENDING_CALLS),
@@ -374,10 +381,7 @@ pub fn introspection(xml: &str) -> String {
             .find("</interface>")
             .map_or(tail.len(), |e| e + "</interface>".len());
         let section = tail.get(..end).unwrap_or_default();
-        let name = section
-            .split('"')
-            .nth(1)
-            .unwrap_or_default();
+        let name = section.split('"').nth(1).unwrap_or_default();
         if name.starts_with("org.freedesktop.") {
             out.push_str(section);
         } else if let Some(bc) = members::by_hirte(name) {
@@ -388,7 +392,6 @@ pub fn introspection(xml: &str) -> String {
     out.push_str(rest);
     out
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -412,12 +415,18 @@ mod tests {
         assert!(is_bluechi_path("/org/eclipse/bluechi"));
         assert!(is_bluechi_path("/org/eclipse/bluechi/node/a"));
         assert!(!is_bluechi_path("/org/eclipse/bluechix"));
-        assert_eq!(to_hirte_path("/org/eclipse/bluechi/job/3"), "/org/containers/hirte/job/3");
+        assert_eq!(
+            to_hirte_path("/org/eclipse/bluechi/job/3"),
+            "/org/containers/hirte/job/3"
+        );
         assert_eq!(
             to_bluechi_path("/org/containers/hirte/node/agent_2d1").as_deref(),
             Some("/org/eclipse/bluechi/node/agent_2d1")
         );
-        assert_eq!(to_bluechi_path("/org/containers/hirte/internal/agent"), None);
+        assert_eq!(
+            to_bluechi_path("/org/containers/hirte/internal/agent"),
+            None
+        );
         assert_eq!(to_bluechi_path("/org/freedesktop/systemd1/job/4"), None);
     }
 
@@ -429,7 +438,10 @@ mod tests {
             bluechi_error(error::NODE_NOT_FOUND),
             "org.freedesktop.DBus.Error.ServiceUnknown"
         );
-        assert_eq!(bluechi_error(error::BUSY), "org.freedesktop.DBus.Error.Failed");
+        assert_eq!(
+            bluechi_error(error::BUSY),
+            "org.freedesktop.DBus.Error.Failed"
+        );
         assert_eq!(
             bluechi_error("org.freedesktop.systemd1.NoSuchUnit"),
             "org.freedesktop.systemd1.NoSuchUnit"
@@ -443,9 +455,15 @@ mod tests {
         let node = "/org/eclipse/bluechi/node/a";
         // Hirte's extra: not under BlueChi's name.
         let refused = gw.incoming(&call(node, "org.eclipse.bluechi.Node", "Exec"));
-        assert_eq!(error_of(refused.err().flatten()), "org.freedesktop.DBus.Error.UnknownMethod");
+        assert_eq!(
+            error_of(refused.err().flatten()),
+            "org.freedesktop.DBus.Error.UnknownMethod"
+        );
         let refused = gw.incoming(&call(node, "org.eclipse.bluechi.Node", "StartUnit"));
-        assert_eq!(error_of(refused.err().flatten()), "org.freedesktop.DBus.Error.InvalidArgs");
+        assert_eq!(
+            error_of(refused.err().flatten()),
+            "org.freedesktop.DBus.Error.InvalidArgs"
+        );
         let set = call(node, PROPERTIES, "Set").append3(
             "org.eclipse.bluechi.Node",
             "Name",
@@ -457,8 +475,14 @@ mod tests {
         );
         let start = call(node, "org.eclipse.bluechi.Node", "StartUnit").append2("u", "replace");
         let (hirte, _) = gw.incoming(&start).ok().unwrap();
-        assert_eq!(hirte.path().unwrap().to_string(), "/org/containers/hirte/node/a");
-        assert_eq!(hirte.interface().unwrap().to_string(), "org.containers.hirte.Node");
+        assert_eq!(
+            hirte.path().unwrap().to_string(),
+            "/org/containers/hirte/node/a"
+        );
+        assert_eq!(
+            hirte.interface().unwrap().to_string(),
+            "org.containers.hirte.Node"
+        );
         assert_eq!(hirte.get_serial(), Some(7));
         assert_eq!(hirte.read2::<&str, &str>().unwrap(), ("u", "replace"));
         let get = call(node, PROPERTIES, "Get").append2("org.eclipse.bluechi.Node", "Status");
@@ -470,8 +494,12 @@ mod tests {
     #[test]
     fn answers_and_signals_carry_bluechi_paths() {
         let mut gw = Gateway::new(true);
-        let start = call("/org/eclipse/bluechi/node/a", "org.eclipse.bluechi.Node", "StartUnit")
-            .append2("u", "replace");
+        let start = call(
+            "/org/eclipse/bluechi/node/a",
+            "org.eclipse.bluechi.Node",
+            "StartUnit",
+        )
+        .append2("u", "replace");
         let (hirte, t) = gw.incoming(&start).ok().unwrap();
         // Answered later (relayed to the agent): remembered, then translated.
         let mut out = Vec::new();
@@ -484,13 +512,17 @@ mod tests {
         let job: Path = out.pop().unwrap().read1().unwrap();
         assert_eq!(job.to_string(), "/org/eclipse/bluechi/job/9");
 
-        let job_new = Message::new_signal(protocol::MANAGER_PATH, protocol::MANAGER_IFACE, "JobNew")
-            .unwrap()
-            .append2(9u32, Path::new("/org/containers/hirte/job/9").unwrap());
+        let job_new =
+            Message::new_signal(protocol::MANAGER_PATH, protocol::MANAGER_IFACE, "JobNew")
+                .unwrap()
+                .append2(9u32, Path::new("/org/containers/hirte/job/9").unwrap());
         gw.outgoing(job_new, &mut out);
         assert_eq!(out.len(), 2, "sent on both trees");
         let twin = out.pop().unwrap();
-        assert_eq!(twin.interface().unwrap().to_string(), "org.eclipse.bluechi.Controller");
+        assert_eq!(
+            twin.interface().unwrap().to_string(),
+            "org.eclipse.bluechi.Controller"
+        );
         let (_, p): (u32, Path) = twin.read2().unwrap();
         assert_eq!(p.to_string(), "/org/eclipse/bluechi/job/9");
         // BlueChi has no NodeConnectionStateChanged.
@@ -525,13 +557,20 @@ mod tests {
         let mut gw = Gateway::new(true);
         let mut out = Vec::new();
         for i in 0..=BLUECHI_PENDING_CALLS {
-            let mut m = call("/org/eclipse/bluechi", "org.eclipse.bluechi.Controller", "ListUnits");
+            let mut m = call(
+                "/org/eclipse/bluechi",
+                "org.eclipse.bluechi.Controller",
+                "ListUnits",
+            );
             m.set_serial(u32::try_from(i).unwrap() + 1);
             let (_, t) = gw.incoming(&m).ok().unwrap();
             gw.answered(t, Vec::new(), &mut out);
         }
         assert_eq!(gw.pending.len(), BLUECHI_PENDING_CALLS);
-        assert_eq!(error_of(out.pop()), "org.freedesktop.DBus.Error.LimitsExceeded");
+        assert_eq!(
+            error_of(out.pop()),
+            "org.freedesktop.DBus.Error.LimitsExceeded"
+        );
         assert!(out.is_empty());
     }
 

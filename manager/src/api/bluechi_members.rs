@@ -38,36 +38,118 @@ const JOB: &[Arg] = &[("job", "o")];
 const NAME: &[Arg] = &[("name", "s")];
 
 const CONTROLLER: &[Member] = &[
-    Method { name: "ListUnits", ins: &[], outs: &[("units", "a{sa(ssssssouso)}")] },
-    Method { name: "ListUnitFiles", ins: &[], outs: &[("unitfiles", "a{sa(ss)}")] },
-    Method { name: "ListNodes", ins: &[], outs: &[("nodes", "a(soss)")] },
-    Method { name: "GetNode", ins: NAME, outs: &[("path", "o")] },
-    Method { name: "CreateMonitor", ins: &[], outs: &[("monitor", "o")] },
-    Method { name: "EnableMetrics", ins: &[], outs: &[] },
-    Method { name: "DisableMetrics", ins: &[], outs: &[] },
-    Method { name: "SetLogLevel", ins: &[("loglevel", "s")], outs: &[] },
-    Signal { name: "JobNew", args: &[("id", "u"), ("job", "o")] },
+    Method {
+        name: "ListUnits",
+        ins: &[],
+        outs: &[("units", "a{sa(ssssssouso)}")],
+    },
+    Method {
+        name: "ListUnitFiles",
+        ins: &[],
+        outs: &[("unitfiles", "a{sa(ss)}")],
+    },
+    Method {
+        name: "ListNodes",
+        ins: &[],
+        outs: &[("nodes", "a(soss)")],
+    },
+    Method {
+        name: "GetNode",
+        ins: NAME,
+        outs: &[("path", "o")],
+    },
+    Method {
+        name: "CreateMonitor",
+        ins: &[],
+        outs: &[("monitor", "o")],
+    },
+    Method {
+        name: "EnableMetrics",
+        ins: &[],
+        outs: &[],
+    },
+    Method {
+        name: "DisableMetrics",
+        ins: &[],
+        outs: &[],
+    },
+    Method {
+        name: "SetLogLevel",
+        ins: &[("loglevel", "s")],
+        outs: &[],
+    },
+    Signal {
+        name: "JobNew",
+        args: &[("id", "u"), ("job", "o")],
+    },
     Signal {
         name: "JobRemoved",
-        args: &[("id", "u"), ("job", "o"), ("node", "s"), ("unit", "s"), ("result", "s")],
+        args: &[
+            ("id", "u"),
+            ("job", "o"),
+            ("node", "s"),
+            ("unit", "s"),
+            ("result", "s"),
+        ],
     },
-    Property { name: "Status", emits: "true", ty: "s" },
-    Property { name: "LogLevel", emits: "false", ty: "s" },
-    Property { name: "LogTarget", emits: "const", ty: "s" },
+    Property {
+        name: "Status",
+        emits: "true",
+        ty: "s",
+    },
+    Property {
+        name: "LogLevel",
+        emits: "false",
+        ty: "s",
+    },
+    Property {
+        name: "LogTarget",
+        emits: "const",
+        ty: "s",
+    },
 ];
 
 const NODE: &[Member] = &[
-    Method { name: "StartUnit", ins: NAME_MODE, outs: JOB },
     Method {
-        name: "StartTransientUnit",
-        ins: &[("name", "s"), ("mode", "s"), ("props", "a(sv)"), ("aux", "a(sa(sv))")],
+        name: "StartUnit",
+        ins: NAME_MODE,
         outs: JOB,
     },
-    Method { name: "StopUnit", ins: NAME_MODE, outs: JOB },
-    Method { name: "FreezeUnit", ins: NAME, outs: &[] },
-    Method { name: "ThawUnit", ins: NAME, outs: &[] },
-    Method { name: "ReloadUnit", ins: NAME_MODE, outs: JOB },
-    Method { name: "RestartUnit", ins: NAME_MODE, outs: JOB },
+    Method {
+        name: "StartTransientUnit",
+        ins: &[
+            ("name", "s"),
+            ("mode", "s"),
+            ("props", "a(sv)"),
+            ("aux", "a(sa(sv))"),
+        ],
+        outs: JOB,
+    },
+    Method {
+        name: "StopUnit",
+        ins: NAME_MODE,
+        outs: JOB,
+    },
+    Method {
+        name: "FreezeUnit",
+        ins: NAME,
+        outs: &[],
+    },
+    Method {
+        name: "ThawUnit",
+        ins: NAME,
+        outs: &[],
+    },
+    Method {
+        name: "ReloadUnit",
+        ins: NAME_MODE,
+        outs: JOB,
+    },
+    Method {
+        name: "RestartUnit",
+        ins: NAME_MODE,
+        outs: JOB,
+    },
     Method {
         name: "KillUnit",
         ins: &[("name", "s"), ("who", "s"), ("signal", "i")],
@@ -98,49 +180,150 @@ const NODE: &[Member] = &[
         ins: &[("files", "as"), ("runtime", "b")],
         outs: &[("changes", "a(sss)")],
     },
-    Method { name: "ListUnits", ins: &[], outs: &[("units", "a(ssssssouso)")] },
-    Method { name: "ListUnitFiles", ins: &[], outs: &[("unitfiles", "a(ss)")] },
-    Method { name: "GetUnitFileState", ins: &[("file", "s")], outs: &[("state", "s")] },
-    Method { name: "Reload", ins: &[], outs: &[] },
-    Method { name: "SetLogLevel", ins: &[("level", "s")], outs: &[] },
-    Method { name: "ResetFailed", ins: &[], outs: &[] },
-    Method { name: "ResetFailedUnit", ins: NAME, outs: &[] },
-    Method { name: "GetDefaultTarget", ins: &[], outs: &[("defaulttarget", "s")] },
+    Method {
+        name: "ListUnits",
+        ins: &[],
+        outs: &[("units", "a(ssssssouso)")],
+    },
+    Method {
+        name: "ListUnitFiles",
+        ins: &[],
+        outs: &[("unitfiles", "a(ss)")],
+    },
+    Method {
+        name: "GetUnitFileState",
+        ins: &[("file", "s")],
+        outs: &[("state", "s")],
+    },
+    Method {
+        name: "Reload",
+        ins: &[],
+        outs: &[],
+    },
+    Method {
+        name: "SetLogLevel",
+        ins: &[("level", "s")],
+        outs: &[],
+    },
+    Method {
+        name: "ResetFailed",
+        ins: &[],
+        outs: &[],
+    },
+    Method {
+        name: "ResetFailedUnit",
+        ins: NAME,
+        outs: &[],
+    },
+    Method {
+        name: "GetDefaultTarget",
+        ins: &[],
+        outs: &[("defaulttarget", "s")],
+    },
     Method {
         name: "SetDefaultTarget",
         ins: &[("defaulttarget", "s"), ("force", "b")],
         outs: &[("out", "a(sss)")],
     },
-    Property { name: "Name", emits: "const", ty: "s" },
-    Property { name: "Status", emits: "true", ty: "s" },
-    Property { name: "PeerIp", emits: "false", ty: "s" },
-    Property { name: "LastSeenTimestamp", emits: "false", ty: "t" },
-    Property { name: "LastSeenTimestampMonotonic", emits: "false", ty: "t" },
+    Property {
+        name: "Name",
+        emits: "const",
+        ty: "s",
+    },
+    Property {
+        name: "Status",
+        emits: "true",
+        ty: "s",
+    },
+    Property {
+        name: "PeerIp",
+        emits: "false",
+        ty: "s",
+    },
+    Property {
+        name: "LastSeenTimestamp",
+        emits: "false",
+        ty: "t",
+    },
+    Property {
+        name: "LastSeenTimestampMonotonic",
+        emits: "false",
+        ty: "t",
+    },
 ];
 
 const JOB_MEMBERS: &[Member] = &[
-    Method { name: "Cancel", ins: &[], outs: &[] },
-    Property { name: "Id", emits: "const", ty: "u" },
-    Property { name: "Node", emits: "const", ty: "s" },
-    Property { name: "Unit", emits: "const", ty: "s" },
-    Property { name: "JobType", emits: "const", ty: "s" },
-    Property { name: "State", emits: "true", ty: "s" },
+    Method {
+        name: "Cancel",
+        ins: &[],
+        outs: &[],
+    },
+    Property {
+        name: "Id",
+        emits: "const",
+        ty: "u",
+    },
+    Property {
+        name: "Node",
+        emits: "const",
+        ty: "s",
+    },
+    Property {
+        name: "Unit",
+        emits: "const",
+        ty: "s",
+    },
+    Property {
+        name: "JobType",
+        emits: "const",
+        ty: "s",
+    },
+    Property {
+        name: "State",
+        emits: "true",
+        ty: "s",
+    },
 ];
 
 const MONITOR: &[Member] = &[
-    Method { name: "Close", ins: &[], outs: &[] },
-    Method { name: "Subscribe", ins: &[("node", "s"), ("unit", "s")], outs: &[("id", "u")] },
-    Method { name: "Unsubscribe", ins: &[("id", "u")], outs: &[] },
+    Method {
+        name: "Close",
+        ins: &[],
+        outs: &[],
+    },
+    Method {
+        name: "Subscribe",
+        ins: &[("node", "s"), ("unit", "s")],
+        outs: &[("id", "u")],
+    },
+    Method {
+        name: "Unsubscribe",
+        ins: &[("id", "u")],
+        outs: &[],
+    },
     Method {
         name: "SubscribeList",
         ins: &[("node", "s"), ("units", "as")],
         outs: &[("id", "u")],
     },
-    Method { name: "AddPeer", ins: &[("name", "s")], outs: &[("id", "u")] },
-    Method { name: "RemovePeer", ins: &[("id", "u"), ("reason", "s")], outs: &[] },
+    Method {
+        name: "AddPeer",
+        ins: &[("name", "s")],
+        outs: &[("id", "u")],
+    },
+    Method {
+        name: "RemovePeer",
+        ins: &[("id", "u"), ("reason", "s")],
+        outs: &[],
+    },
     Signal {
         name: "UnitPropertiesChanged",
-        args: &[("node", "s"), ("unit", "s"), ("interface", "s"), ("props", "a{sv}")],
+        args: &[
+            ("node", "s"),
+            ("unit", "s"),
+            ("interface", "s"),
+            ("props", "a{sv}"),
+        ],
     },
     Signal {
         name: "UnitStateChanged",
@@ -152,9 +335,18 @@ const MONITOR: &[Member] = &[
             ("reason", "s"),
         ],
     },
-    Signal { name: "UnitNew", args: &[("node", "s"), ("unit", "s"), ("reason", "s")] },
-    Signal { name: "UnitRemoved", args: &[("node", "s"), ("unit", "s"), ("reason", "s")] },
-    Signal { name: "PeerRemoved", args: &[("reason", "s")] },
+    Signal {
+        name: "UnitNew",
+        args: &[("node", "s"), ("unit", "s"), ("reason", "s")],
+    },
+    Signal {
+        name: "UnitRemoved",
+        args: &[("node", "s"), ("unit", "s"), ("reason", "s")],
+    },
+    Signal {
+        name: "PeerRemoved",
+        args: &[("reason", "s")],
+    },
 ];
 
 const METRICS: &[Member] = &[
@@ -186,7 +378,11 @@ pub const INTERFACES: &[Interface] = &[
         hirte: "org.containers.hirte.Manager",
         members: CONTROLLER,
     },
-    Interface { name: "org.eclipse.bluechi.Node", hirte: "org.containers.hirte.Node", members: NODE },
+    Interface {
+        name: "org.eclipse.bluechi.Node",
+        hirte: "org.containers.hirte.Node",
+        members: NODE,
+    },
     Interface {
         name: "org.eclipse.bluechi.Job",
         hirte: "org.containers.hirte.Job",
@@ -238,7 +434,9 @@ impl Interface {
         let mut x = format!("  <interface name=\"{}\">\n", self.name);
         let args = |x: &mut String, args: &[Arg], dir: Option<&str>| {
             for (n, t) in args {
-                let d = dir.map(|d| format!(" direction=\"{d}\"")).unwrap_or_default();
+                let d = dir
+                    .map(|d| format!(" direction=\"{d}\""))
+                    .unwrap_or_default();
                 x.push_str(&format!("      <arg name=\"{n}\" type=\"{t}\"{d}/>\n"));
             }
         };
