@@ -3,14 +3,12 @@
 //! `bluechi-proxy` and the `bluechi` Python bindings work against this agent. Same state as
 //! `org.containers.hirte.Agent`; `CreateProxy`/`RemoveProxy` go to the core like ours.
 
-use crate::local_api::Status;
+use crate::local_api::{read, Status};
 use dbus::Message;
 use dbus_crossroads::{Crossroads, IfaceBuilder, MethodErr};
-use hirte_common::log;
-use hirte_common::protocol::{NODE_OFFLINE, NODE_ONLINE};
 use hirte_common::wait::{now_monotonic_us, now_realtime_us};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 pub const BUS_NAME: &str = "org.eclipse.bluechi.Agent";
 pub const IFACE: &str = "org.eclipse.bluechi.Agent";
@@ -43,19 +41,7 @@ pub fn export(
     let st = status.clone();
     let seen = last_seen_us.clone();
     let token = cr.register(IFACE, move |b: &mut IfaceBuilder<()>| {
-        let s = st.clone();
-        b.property::<String, _>("Status")
-            .get(move |_, _| {
-                let up = s.lock().unwrap_or_else(PoisonError::into_inner).connected;
-                Ok(if up { NODE_ONLINE } else { NODE_OFFLINE }.to_string())
-            })
-            .emits_changed_true();
-        b.property::<String, _>("LogLevel")
-            .get(|_, _| Ok(log::level().to_string()))
-            .emits_changed_false();
-        b.property::<String, _>("LogTarget")
-            .get(|_, _| Ok(log::target().to_string()))
-            .emits_changed_const();
+        crate::local_api::shared_properties(b, &st);
         let stamps: [(&str, bool, bool); 4] = [
             ("DisconnectTimestamp", false, false),
             ("DisconnectTimestampMonotonic", false, true),
@@ -69,9 +55,7 @@ pub fn export(
                     let us = if last_seen {
                         seen.load(Ordering::Relaxed)
                     } else {
-                        s.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .disconnect_us
+                        read(&s, |st| st.disconnect_us)
                     };
                     Ok(if monotonic { monotonic_of(us) } else { us })
                 })
@@ -79,12 +63,7 @@ pub fn export(
         }
         let s = st.clone();
         b.property::<String, _>("ControllerAddress")
-            .get(move |_, _| {
-                Ok(s.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .manager_address
-                    .clone())
-            })
+            .get(move |_, _| Ok(read(&s, |st| st.manager_address.clone())))
             .emits_changed_true();
         for name in proxy_methods {
             b.method(

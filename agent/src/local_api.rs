@@ -35,6 +35,28 @@ pub(crate) struct Status {
     pub(crate) disconnect_us: u64,
 }
 
+/// Reads the shared status.
+pub(crate) fn read<T>(st: &Arc<Mutex<Status>>, f: impl FnOnce(&Status) -> T) -> T {
+    f(&st.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// The properties ours and BlueChi's interface share: `Status`, `LogLevel`, `LogTarget`.
+pub(crate) fn shared_properties(b: &mut IfaceBuilder<()>, st: &Arc<Mutex<Status>>) {
+    let s = st.clone();
+    b.property::<String, _>("Status")
+        .get(move |_, _| {
+            let up = read(&s, |st| st.connected);
+            Ok(if up { NODE_ONLINE } else { NODE_OFFLINE }.to_string())
+        })
+        .emits_changed_true();
+    b.property::<String, _>("LogLevel")
+        .get(|_, _| Ok(log::level().to_string()))
+        .emits_changed_false();
+    b.property::<String, _>("LogTarget")
+        .get(|_, _| Ok(log::target().to_string()))
+        .emits_changed_const();
+}
+
 pub struct LocalApi {
     cr: Crossroads,
     status: Arc<Mutex<Status>>,
@@ -52,21 +74,10 @@ impl LocalApi {
         crate::bluechi_api::export(&mut cr, &status, &last_seen_us, PROXY_METHODS);
         let st = status.clone();
         let token = cr.register(protocol::AGENT_IFACE, move |b: &mut IfaceBuilder<()>| {
-            let s = st.clone();
-            b.property::<String, _>("Status")
-                .get(move |_, _| {
-                    let connected = s.lock().unwrap_or_else(PoisonError::into_inner).connected;
-                    Ok(if connected { NODE_ONLINE } else { NODE_OFFLINE }.to_string())
-                })
-                .emits_changed_true();
+            shared_properties(b, &st);
             let s = st.clone();
             b.property::<String, _>("ManagerAddress")
-                .get(move |_, _| {
-                    Ok(s.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .manager_address
-                        .clone())
-                })
+                .get(move |_, _| Ok(read(&s, |st| st.manager_address.clone())))
                 .emits_changed_false();
             let seen = last_seen_us.clone();
             b.property::<u64, _>("LastSeenTimestamp")
@@ -74,18 +85,8 @@ impl LocalApi {
                 .emits_changed_false();
             let s = st.clone();
             b.property::<u64, _>("DisconnectTimestamp")
-                .get(move |_, _| {
-                    Ok(s.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .disconnect_us)
-                })
+                .get(move |_, _| Ok(read(&s, |st| st.disconnect_us)))
                 .emits_changed_false();
-            b.property::<String, _>("LogLevel")
-                .get(|_, _| Ok(log::level().to_string()))
-                .emits_changed_false();
-            b.property::<String, _>("LogTarget")
-                .get(|_, _| Ok(log::target().to_string()))
-                .emits_changed_const();
             // Answered by the core (`dependencies.rs`), which may answer later; declared here
             // so that introspection shows them.
             for name in PROXY_METHODS {
