@@ -126,12 +126,14 @@ impl Core {
                     dbus::message::MessageType::MethodCall => {
                         // [impl->req~audit.records~1]
                         core.audit.borrow_mut().on_call(&core.conn, &msg);
+                        if core.bluechi_call(&msg) {
+                            return;
+                        }
                         let sender = Audited {
                             conn: &core.conn,
                             audit: &core.audit,
                         };
-                        if core.bluechi_call(&msg) {
-                        } else if let Some(refusal) =
+                        if let Some(refusal) =
                             core.check_arguments(&msg).or_else(|| core.check_exec(&msg))
                         {
                             let _ = dbus::channel::Sender::send(&sender, refusal);
