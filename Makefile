@@ -51,7 +51,8 @@ SYSTEM_UNITS := packaging/systemd/hirte.service packaging/systemd/hirte.socket p
         packaging/systemd/hirte-web.service
 USER_UNITS := packaging/systemd/user/hirte-agent.service \
         packaging/systemd/user/hirte-proxy@.service packaging/systemd/user/hirte-dep@.service
-POLICIES := manager/dbus/org.containers.hirte.conf manager/dbus/org.containers.hirte.Agent.conf
+POLICIES := manager/dbus/org.containers.hirte.conf manager/dbus/org.containers.hirte.Agent.conf \
+            manager/dbus/org.eclipse.bluechi.conf manager/dbus/org.eclipse.bluechi.Agent.conf
 CONFIGS := packaging/config/hirte.conf packaging/config/agent.conf packaging/config/web.conf
 SYSUSERS := packaging/sysusers.d/hirte.conf packaging/sysusers.d/hirte-web.conf
 DOCS := docs/operations.md docs/stunnel.md README.md LICENSE

@@ -20,6 +20,9 @@ const PROXY_METHODS: [&str; 2] = ["CreateProxy", "RemoveProxy"];
 
 /// Whether a call on the node's bus is `CreateProxy`/`RemoveProxy` on our object.
 pub fn is_proxy_call(msg: &Message) -> bool {
+    if crate::bluechi_api::is_proxy_call(msg, &PROXY_METHODS) {
+        return true;
+    }
     msg.interface().as_deref() == Some(protocol::AGENT_IFACE)
         && msg.path().as_deref() == Some(protocol::MANAGER_PATH)
         && msg
@@ -28,10 +31,32 @@ pub fn is_proxy_call(msg: &Message) -> bool {
 }
 
 #[derive(Default)]
-struct Status {
-    connected: bool,
-    manager_address: String,
-    disconnect_us: u64,
+pub(crate) struct Status {
+    pub(crate) connected: bool,
+    pub(crate) manager_address: String,
+    pub(crate) disconnect_us: u64,
+}
+
+/// Reads the shared status.
+pub(crate) fn read<T>(st: &Arc<Mutex<Status>>, f: impl FnOnce(&Status) -> T) -> T {
+    f(&st.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// The properties ours and BlueChi's interface share: `Status`, `LogLevel`, `LogTarget`.
+pub(crate) fn shared_properties(b: &mut IfaceBuilder<()>, st: &Arc<Mutex<Status>>) {
+    let s = st.clone();
+    b.property::<String, _>("Status")
+        .get(move |_, _| {
+            let up = read(&s, |st| st.connected);
+            Ok(if up { NODE_ONLINE } else { NODE_OFFLINE }.to_string())
+        })
+        .emits_changed_true();
+    b.property::<String, _>("LogLevel")
+        .get(|_, _| Ok(log::level().to_string()))
+        .emits_changed_false();
+    b.property::<String, _>("LogTarget")
+        .get(|_, _| Ok(log::target().to_string()))
+        .emits_changed_const();
 }
 
 pub struct LocalApi {
@@ -52,23 +77,13 @@ impl LocalApi {
             ..Status::default()
         }));
         let mut cr = Crossroads::new();
+        crate::bluechi_api::export(&mut cr, &status, &last_seen_us, PROXY_METHODS);
         let st = status.clone();
         let token = cr.register(protocol::AGENT_IFACE, move |b: &mut IfaceBuilder<()>| {
-            let s = st.clone();
-            b.property::<String, _>("Status")
-                .get(move |_, _| {
-                    let connected = s.lock().unwrap_or_else(PoisonError::into_inner).connected;
-                    Ok(if connected { NODE_ONLINE } else { NODE_OFFLINE }.to_string())
-                })
-                .emits_changed_true();
+            shared_properties(b, &st);
             let s = st.clone();
             b.property::<String, _>("ManagerAddress")
-                .get(move |_, _| {
-                    Ok(s.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .manager_address
-                        .clone())
-                })
+                .get(move |_, _| Ok(read(&s, |st| st.manager_address.clone())))
                 .emits_changed_false();
             let seen = last_seen_us.clone();
             b.property::<u64, _>("LastSeenTimestamp")
@@ -76,18 +91,8 @@ impl LocalApi {
                 .emits_changed_false();
             let s = st.clone();
             b.property::<u64, _>("DisconnectTimestamp")
-                .get(move |_, _| {
-                    Ok(s.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .disconnect_us)
-                })
+                .get(move |_, _| Ok(read(&s, |st| st.disconnect_us)))
                 .emits_changed_false();
-            b.property::<String, _>("LogLevel")
-                .get(|_, _| Ok(log::level().to_string()))
-                .emits_changed_false();
-            b.property::<String, _>("LogTarget")
-                .get(|_, _| Ok(log::target().to_string()))
-                .emits_changed_const();
             // BlueChi's `SwitchController(s dbus_address)`: leave the current manager and
             // register with this one (the link thread does it within a tick).
             // [impl->req~agent.switch-controller~1]
@@ -126,19 +131,22 @@ impl LocalApi {
     /// Owns the well-known name, best effort (a missing D-Bus policy must not stop the agent
     /// from doing its real job).
     pub fn claim_name(sd: &Connection) {
-        match sd.request_name(protocol::AGENT_BUS_NAME, false, false, true) {
-            Ok(dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner) => {
-                log_info!("Serving {} on the node bus", protocol::AGENT_BUS_NAME);
+        for name in [protocol::AGENT_BUS_NAME, crate::bluechi_api::BUS_NAME] {
+            match sd.request_name(name, false, false, true) {
+                Ok(
+                    dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner,
+                ) => {
+                    log_info!("Serving {name} on the node bus");
+                }
+                Ok(_) => log_warn!(
+                    "{name} is owned by another process; local status API not available under it"
+                ),
+                Err(e) => log_warn!(
+                    "Cannot own {name} on the node bus ({}); local status API not available \
+                     under it",
+                    e.message().unwrap_or("unknown error")
+                ),
             }
-            Ok(_) => log_warn!(
-                "{} is owned by another process; local status API not available",
-                protocol::AGENT_BUS_NAME
-            ),
-            Err(e) => log_warn!(
-                "Cannot own {} on the node bus ({}); local status API not available",
-                protocol::AGENT_BUS_NAME,
-                e.message().unwrap_or("unknown error")
-            ),
         }
     }
 
@@ -161,17 +169,24 @@ impl LocalApi {
             }
         }
         let value = if connected { NODE_ONLINE } else { NODE_OFFLINE };
-        let mut changed = PropMap::new();
-        changed.insert(
-            "Status".to_string(),
-            Variant(Box::new(value.to_string()) as Box<dyn RefArg>),
-        );
-        if let Ok(sig) = Message::new_signal(
-            protocol::MANAGER_PATH,
-            "org.freedesktop.DBus.Properties",
-            "PropertiesChanged",
-        ) {
-            sd.send(sig.append3(protocol::AGENT_IFACE, changed, Vec::<String>::new()));
+        let changed = || {
+            let mut m = PropMap::new();
+            m.insert(
+                "Status".to_string(),
+                Variant(Box::new(value.to_string()) as Box<dyn RefArg>),
+            );
+            m
+        };
+        let objects = [
+            (protocol::MANAGER_PATH, protocol::AGENT_IFACE),
+            (crate::bluechi_api::PATH, crate::bluechi_api::IFACE),
+        ];
+        for (path, iface) in objects {
+            if let Ok(sig) =
+                Message::new_signal(path, "org.freedesktop.DBus.Properties", "PropertiesChanged")
+            {
+                sd.send(sig.append3(iface, changed(), Vec::<String>::new()));
+            }
         }
     }
 }
@@ -215,8 +230,16 @@ mod tests {
         assert_eq!(status(get(&mut h, "Status")), NODE_OFFLINE);
         h.core
             .on_link_event(FromLink::Connected("tcp:host=b,port=1".into()));
-        let changed = h.sd().sent.borrow_mut().pop().unwrap();
-        assert_eq!(changed.member().unwrap().to_string(), "PropertiesChanged");
+        // Announced on both objects: ours and BlueChi's.
+        let changed: Vec<Message> = h.sd().sent.borrow_mut().drain(..).collect();
+        let paths: Vec<String> = changed
+            .iter()
+            .map(|m| m.path().unwrap().to_string())
+            .collect();
+        assert_eq!(paths, [protocol::MANAGER_PATH, crate::bluechi_api::PATH]);
+        assert!(changed
+            .iter()
+            .all(|m| &*m.member().unwrap() == "PropertiesChanged"));
         assert_eq!(status(get(&mut h, "Status")), NODE_ONLINE);
         assert_eq!(status(get(&mut h, "ManagerAddress")), "tcp:host=b,port=1");
         // The same state again is not announced.

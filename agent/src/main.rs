@@ -2,6 +2,7 @@
 //!
 //! Threads: the core (systemd bus, executes calls) and the link (manager connection).
 
+mod bluechi_api;
 mod core;
 mod dependencies;
 mod error;

@@ -178,3 +178,7 @@ pub const MAX_AUDIT_OPEN: usize = 4096;
 /// Longest the manager's core waits for the bus daemon's credentials of a new client (once
 /// per client connection); without an answer the record says `?`.
 pub const AUDIT_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Calls through `org.eclipse.bluechi` whose answer is still to come (relayed to agents); one
+/// more is refused with `LimitsExceeded`.
+pub const BLUECHI_PENDING_CALLS: usize = 1024;

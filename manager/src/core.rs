@@ -4,6 +4,7 @@
 //! either at once and never spins; timers (heartbeats, call deadlines) are checked on every
 //! wake-up and at least every `CORE_TICK`.
 
+use crate::api::bluechi::{is_bluechi_path, Gateway};
 use crate::api::{job_object_path, Tokens};
 use crate::audit::Audit;
 use crate::events::LinkEvent;
@@ -59,6 +60,8 @@ pub struct Core {
     /// `AllowExec=`: with `no`, the calls that would run a command some other way are refused
     /// here, before the API sees them (`Exec` itself is refused by its handler).
     pub allow_exec: bool,
+    /// The `org.eclipse.bluechi` face; `None` when `BlueChiBusName=no`.
+    pub bluechi: Option<Gateway>,
 }
 
 /// The bus connection as dbus-crossroads sends its answers through it, with each answer
@@ -123,6 +126,9 @@ impl Core {
                     dbus::message::MessageType::MethodCall => {
                         // [impl->req~audit.records~1]
                         core.audit.borrow_mut().on_call(&core.conn, &msg);
+                        if core.bluechi_call(&msg) {
+                            return;
+                        }
                         let sender = Audited {
                             conn: &core.conn,
                             audit: &core.audit,
@@ -260,9 +266,55 @@ impl Core {
                 }
             }
         }
+        let outbox = match self.bluechi.as_mut() {
+            Some(gw) => {
+                let mut out = Vec::with_capacity(outbox.len() * 2);
+                for msg in outbox {
+                    gw.outgoing(msg, &mut out);
+                }
+                out
+            }
+            None => outbox,
+        };
         for msg in outbox {
             self.audit.borrow_mut().on_reply(&msg);
             let _ = self.conn.channel().send(msg);
         }
+    }
+
+    /// Answers a call on the BlueChi tree through the same objects; `false` when the call is
+    /// not for that tree (or the tree is off).
+    // [impl->req~bluechi.one-state~1]
+    fn bluechi_call(&mut self, msg: &dbus::Message) -> bool {
+        if self.bluechi.is_none() || !msg.path().is_some_and(|p| is_bluechi_path(&p)) {
+            return false;
+        }
+        let Some(mut gw) = self.bluechi.take() else {
+            return false;
+        };
+        let mut out = Vec::new();
+        match gw.incoming(msg) {
+            Err(refusal) => out.extend(refusal),
+            Ok((call, t)) => {
+                // The translated call is Hirte's: audited and checked as one.
+                self.audit.borrow_mut().on_call(&self.conn, &call);
+                let sink = crate::objects::VecSender::default();
+                match self.check_exec(&call) {
+                    Some(refusal) => out.push(refusal),
+                    None => {
+                        let _ = self.cr.handle_message(call, &sink);
+                    }
+                }
+                let mut replies = sink.take();
+                replies.append(&mut out);
+                gw.answered(t, replies, &mut out);
+            }
+        }
+        self.bluechi = Some(gw);
+        for m in out {
+            self.audit.borrow_mut().on_reply(&m);
+            let _ = self.conn.channel().send(m);
+        }
+        true
     }
 }

@@ -69,8 +69,8 @@ enum FatalError {
     Config(ConfigError),
     Signals(std::io::Error),
     Bus(String),
-    BusName(String),
-    NameTaken,
+    BusName(&'static str, String),
+    NameTaken(&'static str),
     OpenActivatedSocket,
     Listen(IpAddr, u16, std::io::Error),
     Socket(String),
@@ -89,16 +89,13 @@ impl fmt::Display for FatalError {
             FatalError::Config(e) => write!(f, "{e}"),
             FatalError::Signals(e) => write!(f, "cannot install signal handler: {e}"),
             FatalError::Bus(e) => write!(f, "cannot connect to the system bus: {e}"),
-            FatalError::BusName(e) => write!(
+            FatalError::BusName(name, e) => write!(
                 f,
-                "cannot own {} on the system bus: {e} (is the D-Bus policy installed?)",
-                protocol::MANAGER_BUS_NAME
+                "cannot own {name} on the system bus: {e} (is the D-Bus policy installed?)"
             ),
-            FatalError::NameTaken => write!(
-                f,
-                "{} is already owned: is another manager running?",
-                protocol::MANAGER_BUS_NAME
-            ),
+            FatalError::NameTaken(name) => {
+                write!(f, "{name} is already owned: is another manager running?")
+            }
             FatalError::OpenActivatedSocket => write!(
                 f,
                 "AllowedNodeNames is empty while the activated socket listens on all \
@@ -185,12 +182,22 @@ fn run(cli: Cli) -> Result<(), FatalError> {
     let text = |e: dbus::Error| e.message().unwrap_or("unknown error").to_string();
     let conn = hirte_common::sys::open_bus(dbus::channel::BusType::System)
         .map_err(|e| FatalError::Bus(text(e)))?;
-    let owned = conn
-        .request_name(protocol::MANAGER_BUS_NAME, false, false, true)
-        .map_err(|e| FatalError::BusName(text(e)))?;
-    if owned != dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner {
-        return Err(FatalError::NameTaken);
+    // [impl->req~bluechi.bus-name~1]
+    let names = [
+        (cfg.hirte_bus_name, protocol::MANAGER_BUS_NAME),
+        (cfg.bluechi_bus_name, api::bluechi::BUS_NAME),
+    ];
+    for (_, name) in names.iter().filter(|(on, _)| *on) {
+        let owned = conn
+            .request_name(*name, false, false, true)
+            .map_err(|e| FatalError::BusName(name, text(e)))?;
+        if owned != dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner {
+            return Err(FatalError::NameTaken(name));
+        }
     }
+    let bluechi = cfg
+        .bluechi_bus_name
+        .then(|| api::bluechi::Gateway::new(cfg.hirte_bus_name));
 
     let addr = cfg.address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let port = cfg.port;
@@ -275,6 +282,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         bus_writer: Default::default(),
         audit: Default::default(),
         allow_exec,
+        bluechi,
     };
     let result = core.run().map_err(FatalError::Core);
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -104,12 +104,20 @@ pub fn properties_changed(path: &str, iface: &str, name: &str, value: String) ->
 
 /// The messages crossroads' `Context` holds (its reply), so they go through the outbox.
 pub fn context_messages(ctx: &mut Context) -> Vec<Message> {
-    let sink = VecSender(RefCell::new(Vec::new()));
+    let sink = VecSender::default();
     let _ = ctx.flush_messages(&sink);
-    sink.0.into_inner()
+    sink.take()
 }
 
-struct VecSender(RefCell<Vec<Message>>);
+/// Collects the messages crossroads sends, for the caller to pass on.
+#[derive(Default)]
+pub struct VecSender(RefCell<Vec<Message>>);
+
+impl VecSender {
+    pub fn take(self) -> Vec<Message> {
+        self.0.into_inner()
+    }
+}
 
 impl dbus::channel::Sender for VecSender {
     fn send(&self, msg: Message) -> Result<u32, ()> {

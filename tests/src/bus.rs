@@ -55,6 +55,13 @@ pub(crate) fn write_config(dir: &Path, socket: &Path) -> Result<(PathBuf, bool),
             false
         }
     };
+    // BlueChi's name (manager/dbus/org.eclipse.bluechi.conf) beside ours, with the same rules.
+    let bluechi = src.with_file_name("org.eclipse.bluechi.conf");
+    if let Ok(bytes) = std::fs::read(&bluechi) {
+        let dest = sysd.join("org.eclipse.bluechi.conf");
+        std::fs::write(&dest, bytes)
+            .map_err(|e| HarnessError::io(format!("writing {}", dest.display()), e))?;
+    }
     let conf = format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">

@@ -304,7 +304,7 @@ fn badinput_config_every_key_wrong_type_range_duplicate_refused_naming_file_line
     for (d, key) in [
         (&MANAGER, "Bogus"),
         (&MANAGER, "NodeName"),
-        (&MANAGER, "HeartbeatInterval"),
+        (&MANAGER, "ReconnectInterval"), // HeartbeatInterval is BlueChi's: a warning (bluechi.rs)
         (&MANAGER, "managerport"),
         (&AGENT, "Bogus"),
         (&AGENT, "AllowedNodeNames"),

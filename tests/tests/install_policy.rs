@@ -152,8 +152,70 @@ fn check_agent_policy(c: &Cluster, op: &Operator) {
     server.join().unwrap().unwrap();
 }
 
+/// BlueChi's name (manager/dbus/org.eclipse.bluechi.conf) has the same rules: the operator
+/// reads and is refused every change, through either name's interfaces; root acts.
+fn check_bluechi_policy(c: &Cluster, op: &Operator) {
+    const DEST: &str = "org.eclipse.bluechi";
+    const ROOT: &str = "/org/eclipse/bluechi";
+    let installed = std::fs::read(c.dir().join("system.d/org.eclipse.bluechi.conf")).unwrap();
+    assert_eq!(
+        installed,
+        std::fs::read(repo_file("manager/dbus/org.eclipse.bluechi.conf")).unwrap()
+    );
+    let addr = c.bus_address();
+    let bus_log = c.dir().join("bus.log");
+    let node = "/org/eclipse/bluechi/node/n2";
+    let as_op = |p: &str, a: &[&str]| op.command(p, a);
+    let op_call = |path: &str, iface: &str, member: &str, args: &[&str]| {
+        busctl_call(Some(&as_op), &addr, DEST, path, iface, member, args)
+    };
+    let out = assert_ok(
+        &op_call(ROOT, "org.eclipse.bluechi.Controller", "ListNodes", &[]),
+        "operator BlueChi ListNodes",
+    );
+    assert!(out.contains("/org/eclipse/bluechi/node/n2"), "{out}");
+    let out = assert_ok(
+        &op_call(
+            node,
+            PROPS,
+            "Get",
+            &["ss", "org.eclipse.bluechi.Node", "Status"],
+        ),
+        "operator BlueChi Node Status",
+    );
+    assert!(out.contains("online"), "{out}");
+    let start = ["ss", "policy-probe.service", "replace"];
+    for (path, iface) in [
+        (node, "org.eclipse.bluechi.Node"),
+        // Our interface through BlueChi's name: the same refusal.
+        ("/org/containers/hirte/node/n2", "org.containers.hirte.Node"),
+    ] {
+        let o = op_call(path, iface, "StartUnit", &start);
+        assert_refused_by_bus(
+            &o,
+            &format!("operator {iface}.StartUnit"),
+            &bus_log,
+            op.uid,
+            "StartUnit",
+        );
+    }
+    assert_ok(
+        &busctl_call(
+            None,
+            &addr,
+            DEST,
+            node,
+            "org.eclipse.bluechi.Node",
+            "StartUnit",
+            &start,
+        ),
+        "root BlueChi StartUnit",
+    );
+}
+
 // [itest->req~install.policy-operators~1]
 // [itest->req~api.policy~1]
+// [itest->req~bluechi.bus-name~1]
 #[test]
 fn operators_read_and_only_root_acts_on_a_system_bus() {
     if !hirte_tests::require_root("operators_read_and_only_root_acts_on_a_system_bus") {
@@ -172,6 +234,7 @@ fn operators_read_and_only_root_acts_on_a_system_bus() {
     let installed = std::fs::read(c.dir().join("system.d/org.containers.hirte.conf")).unwrap();
     assert_eq!(installed, std::fs::read(&policy).unwrap());
     check_manager_policy(&c, &op);
+    check_bluechi_policy(&c, &op);
     check_agent_policy(&c, &op);
     drop(c);
     drop(op);

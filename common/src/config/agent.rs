@@ -83,7 +83,7 @@ impl AgentConfig {
         if self.log.apply(e)? || apply_tls(&mut self.tls, e)? {
             return Ok(());
         }
-        match e.key.as_str() {
+        match super::bluechi::our_key(&e.key) {
             "NodeName" => {
                 let n = single(e)?;
                 validate_node_name(n).map_err(|err| bad(e, err.to_string()))?;
@@ -142,6 +142,9 @@ impl AgentConfig {
             "ReconnectInterval" => {
                 self.reconnect_interval = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
             }
+            "ManagerHeartbeatThreshold" if super::bluechi::zero_means_default(e) => {
+                self.manager_timeout = None;
+            }
             "ManagerHeartbeatThreshold" => {
                 self.manager_timeout = Some(span(e, MIN_INTERVAL, MAX_INTERVAL)?);
             }
@@ -155,6 +158,7 @@ impl AgentConfig {
                 }
                 self.manager_name = (!n.is_empty()).then(|| n.to_string());
             }
+            _ if super::bluechi::ignored_with_warning(e, false) => {}
             _ => return Err(unknown_key(e)),
         }
         Ok(())

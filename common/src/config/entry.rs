@@ -16,7 +16,7 @@ pub enum RawValue {
 }
 
 impl RawValue {
-    fn as_text(&self) -> String {
+    pub(super) fn as_text(&self) -> String {
         match self {
             RawValue::Str(s) => s.clone(),
             RawValue::List(l) => l.join(","),

@@ -47,7 +47,10 @@ pub(super) fn parse_key_value(
                     })?;
                     Some(n.to_string())
                 }
-                _ if name == section => None,
+                // [impl->req~bluechi.config~1]
+                _ if name == section || super::bluechi::section_alias(section) == Some(name) => {
+                    None
+                }
                 _ => {
                     return Err(ConfigError::UnknownSection {
                         at,

@@ -40,6 +40,10 @@ pub struct ManagerConfig {
     pub socket_allowed_users: Vec<String>,
     /// `CertificateFile=` and friends: all three set, the TCP link is mutual TLS.
     pub tls: TlsFiles,
+    /// `HirteBusName=`: own `org.containers.hirte` (the default).
+    pub hirte_bus_name: bool,
+    /// `BlueChiBusName=`: also own `org.eclipse.bluechi` and serve BlueChi's API (the default).
+    pub bluechi_bus_name: bool,
 }
 
 /// Settings of one node (`[node NAME]` in `hirte.conf`).
@@ -65,6 +69,8 @@ impl Default for ManagerConfig {
             socket: None,
             socket_allowed_users: Vec::new(),
             tls: TlsFiles::default(),
+            hirte_bus_name: true,
+            bluechi_bus_name: true,
         }
     }
 }
@@ -83,7 +89,7 @@ impl ManagerConfig {
         if self.log.apply(e)? || apply_tls(&mut self.tls, e)? {
             return Ok(());
         }
-        match e.key.as_str() {
+        match super::bluechi::our_key(&e.key) {
             "ManagerPort" => self.port = port(e)?,
             "ManagerAddress" => {
                 let s = single(e)?;
@@ -101,6 +107,10 @@ impl ManagerConfig {
                 self.agent_call_timeout = span(e, MIN_INTERVAL, MAX_INTERVAL)?;
             }
             "AllowExec" => self.allow_exec = boolean(e)?,
+            // [impl->req~bluechi.switch~1]
+            "HirteBusName" => self.hirte_bus_name = boolean(e)?,
+            "BlueChiBusName" => self.bluechi_bus_name = boolean(e)?,
+            _ if super::bluechi::ignored_with_warning(e, true) => {}
             // [impl->req~link.unix-socket~1]
             "ManagerSocket" => {
                 let s = single(e)?;
@@ -141,6 +151,7 @@ impl ManagerConfig {
                 );
                 Ok(())
             }
+            _ if super::bluechi::ignored_with_warning(e, true) => Ok(()),
             _ => Err(unknown_key(e)),
         }
     }
@@ -161,6 +172,13 @@ impl ManagerConfig {
             return Err(ConfigError::Invalid {
                 reason: "AllowedNodeNames is empty while the manager listens on all interfaces; \
                          list the nodes that may connect"
+                    .to_string(),
+            });
+        }
+        if !self.hirte_bus_name && !self.bluechi_bus_name {
+            return Err(ConfigError::Invalid {
+                reason: "HirteBusName and BlueChiBusName are both off: the manager would have \
+                         no API"
                     .to_string(),
             });
         }

@@ -19,6 +19,7 @@
 
 mod address;
 mod agent;
+mod bluechi;
 mod entry;
 mod error;
 mod key_value;

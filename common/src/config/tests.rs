@@ -395,3 +395,39 @@ fn manager_lists_keep_their_order_and_are_checked() {
     assert!(e.to_string().contains("'b c': expected a host name"), "{e}");
     assert!(agent("[hirte-agent]\nManagerPreferFirst=maybe\n").is_err());
 }
+
+/// BlueChi's own files, renamed only: the sample configurations of BlueChi 1.2's docs.
+const BLUECHI_CONTROLLER: &str = "[bluechi-controller]\nControllerPort=842\nAllowedNodeNames=a,b\n\
+                          LogLevel=DEBUG\nLogTarget=journald\nUseTCP=true\n\
+                          HeartbeatInterval=0\nNodeHeartbeatThreshold=6000ms\n";
+const BLUECHI_AGENT: &str =
+    "[bluechi-agent]\nNodeName=a\nControllerHost=10.0.0.1\nControllerPort=842\n\
+                     HeartbeatInterval=2000ms\nControllerHeartbeatThreshold=0s\n\
+                     TCPKeepAliveTime=1\nIPReceiveErrors=true\n";
+
+// [utest->req~bluechi.config~1]
+#[test]
+fn bluechi_files_work_after_a_rename() {
+    let m = manager(BLUECHI_CONTROLLER).unwrap();
+    assert_eq!(m.port, 842);
+    assert_eq!(m.allowed_node_names, ["a", "b"]);
+    let a = agent(BLUECHI_AGENT).unwrap();
+    assert_eq!(a.manager_address(), "tcp:host=10.0.0.1,port=842");
+    let a = agent("[bluechi-agent]\nNodeName=a\nControllerAddress=tcp:host=h,port=9\n").unwrap();
+    assert_eq!(a.manager_address(), "tcp:host=h,port=9");
+}
+
+// [utest->req~bluechi.config~1]
+#[test]
+fn bluechi_keys_keep_their_spelling_in_errors_and_unknown_keys_stay_errors() {
+    let e = agent("[bluechi-agent]\nControllerPort=x\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ControllerPort"), "{e}");
+    let e = manager("[bluechi-controller]\nControllerPrt=1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ControllerPrt"), "{e}");
+    // The other daemon's section is still refused.
+    assert!(agent("[bluechi-controller]\nNodeName=a\n").is_err());
+}

@@ -3,6 +3,8 @@
 //! type-check arguments (crossroads answers `InvalidArgs` on a wrong signature) and hand the
 //! work to the model in `state`.
 
+pub mod bluechi;
+mod bluechi_members;
 mod job;
 mod manager;
 mod monitor;
