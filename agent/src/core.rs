@@ -177,8 +177,22 @@ impl<S: Systemd> Core<S> {
     pub(crate) fn on_link_event(&mut self, ev: FromLink) {
         match ev {
             FromLink::Frame(msg) => {
+                // Built before the handler runs: a call it fails on still gets its answer.
+                // [impl->req~agent.panic-answered~1]
+                let failed = (msg.msg_type() == MessageType::MethodCall)
+                    .then(|| {
+                        error_reply(
+                            &msg,
+                            "org.freedesktop.DBus.Error.Failed",
+                            "internal error in the agent handling this call",
+                        )
+                    })
+                    .flatten();
                 if catch_unwind(AssertUnwindSafe(|| self.on_manager_message(msg))).is_err() {
-                    log_error!("Internal error handling a manager call; continuing");
+                    log_error!("Internal error handling a manager call; call answered, continuing");
+                    if let Some(reply) = failed {
+                        self.send(reply);
+                    }
                 }
             }
             FromLink::Connected(addr) => {
