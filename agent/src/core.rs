@@ -23,7 +23,7 @@ use hirte_common::frame::SerialCounter;
 use hirte_common::notify;
 use hirte_common::protocol::{error, error_reply};
 use hirte_common::queue::BoundedQueue;
-use hirte_common::sys::bus_fd;
+use hirte_common::sys::{wait_for_bus, BusWait};
 use hirte_common::wait::poll_readable;
 use hirte_common::{log_error, log_info, log_warn};
 use std::collections::VecDeque;
@@ -276,8 +276,10 @@ impl Core<SystemdBus> {
             } else {
                 CORE_TICK
             };
-            poll_readable([bus_fd(conn), self.events.wake_fd()], tick).map_err(PollError)?;
-            if conn.channel().read_write(Some(Duration::ZERO)).is_err() {
+            let waited = wait_for_bus(conn, self.events.wake_fd(), tick).map_err(PollError)?;
+            if waited == BusWait::Disconnected
+                || conn.channel().read_write(Some(Duration::ZERO)).is_err()
+            {
                 return Ok(Exit::BusLost(
                     "connection to the node's bus closed".to_string(),
                 ));
