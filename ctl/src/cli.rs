@@ -213,8 +213,9 @@ pub enum Command {
     },
     /// Run a command on a node; prints its output and exits with its status
     ///
-    /// One argument with spaces is a shell command line (`exec n1 "pg_isready -U postgres"`);
-    /// several arguments are run as they are. The command runs as a transient unit of the
+    /// One argument is split into words like systemd's ExecStart= (`exec n1 "pg_isready -U
+    /// postgres"`), never given to a shell (write `sh -c '...'` for one); several arguments
+    /// are run as they are. The command runs as a transient unit of the
     /// node's systemd. Options of hirtectl go before NODE.
     Exec {
         /// Longest time the command may run, in seconds

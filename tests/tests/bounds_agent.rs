@@ -25,7 +25,7 @@ fn exec(addr: &str, argv: &[&str]) -> ExecResult {
     proxy.method_call(NODE_IFACE, "Exec", (argv, 20_000_000u64))
 }
 
-// [itest->req~agent.exec~1]
+// [itest->req~agent.exec~2]
 #[test]
 fn bounds_agent_runs_at_most_16_commands_at_once() {
     if !hirte_tests::require_root("bounds_agent_runs_at_most_16_commands_at_once") {
@@ -156,7 +156,7 @@ fn bounds_agent_tracks_at_most_1024_jobs() {
 /// `EXEC_GRACE` in agent/src/exec.rs.
 const EXEC_GRACE: Duration = Duration::from_secs(5);
 
-// [itest->req~agent.exec~1]
+// [itest->req~agent.exec~2]
 #[test]
 fn bounds_agent_exec_ignoring_sigterm_is_stopped_and_answered_after_the_grace() {
     if !hirte_tests::require_root(
