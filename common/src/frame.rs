@@ -173,7 +173,19 @@ fn carries_unix_fd(mut it: dbus::arg::Iter<'_>, depth: u8) -> bool {
         match t {
             ArgType::Invalid => return false,
             ArgType::UnixFd => return true,
-            ArgType::Array | ArgType::Struct | ArgType::DictEntry | ArgType::Variant => {
+            // The dbus crate panics building the signature of a bare dict entry (`{sv}` is
+            // not a valid signature alone): entries are only reached through an array whose
+            // signature already said it holds a variant, so they are entered without looking.
+            ArgType::DictEntry => {
+                if depth >= MAX_NESTING
+                    || it
+                        .recurse(t)
+                        .is_some_and(|sub| carries_unix_fd(sub, depth + 1))
+                {
+                    return true;
+                }
+            }
+            ArgType::Array | ArgType::Struct | ArgType::Variant => {
                 let sig = it.signature();
                 if sig.contains('h') || depth >= MAX_NESTING {
                     return true;
@@ -377,6 +389,16 @@ mod tests {
                 other => panic!("fd accepted: {other:?}"),
             }
         }
+        // A dict of variants (every PropertiesChanged) is walked without a panic; an fd
+        // inside one is refused too.
+        let mut props = dbus::arg::PropMap::new();
+        props.insert("A".into(), dbus::arg::Variant(Box::new(7u32)));
+        let dict = encode_message(&bare(4).append1(props), 4096).unwrap();
+        assert!(decode_message(&dict[HEADER_LEN..]).is_ok());
+        let mut props = dbus::arg::PropMap::new();
+        props.insert("A".into(), dbus::arg::Variant(Box::new(7u32)));
+        let fd_in_dict = patched(&bare(5).append1(props), b"\x01u\x00", b"\x01h\x00");
+        assert!(decode_message(&fd_in_dict[HEADER_LEN..]).is_err());
         // Variants of other types still pass, and re-append cleanly.
         let ok = encode_message(&bare(3).append1(dbus::arg::Variant(7u32)), 4096).unwrap();
         let msg = decode_message(&ok[HEADER_LEN..]).unwrap();
