@@ -176,14 +176,13 @@ fn carries_unix_fd(mut it: dbus::arg::Iter<'_>, depth: u8) -> bool {
             // The dbus crate panics building the signature of a bare dict entry (`{sv}` is
             // not a valid signature alone): entries are only reached through an array whose
             // signature already said it holds a variant, so they are entered without looking.
-            ArgType::DictEntry => {
+            ArgType::DictEntry
                 if depth >= MAX_NESTING
                     || it
                         .recurse(t)
-                        .is_some_and(|sub| carries_unix_fd(sub, depth + 1))
-                {
-                    return true;
-                }
+                        .is_some_and(|sub| carries_unix_fd(sub, depth + 1)) =>
+            {
+                return true;
             }
             ArgType::Array | ArgType::Struct | ArgType::Variant => {
                 let sig = it.signature();
