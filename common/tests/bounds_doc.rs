@@ -152,3 +152,20 @@ fn stated_values_parse() {
     assert_eq!(stated("4096 events from connection threads"), Some(4096));
     assert_eq!(stated("about"), None);
 }
+
+/// Release builds unwind (a panic stays in its thread) and keep overflow checks (an overflow
+/// in a bound's arithmetic is a contained panic, not a silently wrong value).
+// [utest->req~bounds.overflow-checks~1]
+#[test]
+fn release_builds_unwind_and_keep_overflow_checks() {
+    let manifest: toml::Table = include_str!("../../Cargo.toml").parse().unwrap();
+    let release = &manifest["profile"]["release"];
+    assert_eq!(
+        release.get("overflow-checks").and_then(|v| v.as_bool()),
+        Some(true)
+    );
+    assert_eq!(
+        release.get("panic").and_then(|v| v.as_str()),
+        Some("unwind")
+    );
+}
