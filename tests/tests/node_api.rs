@@ -971,9 +971,12 @@ fn node_api_exec_passes_dollar_signs_and_percent_unchanged() {
     );
     let out = c.hirtectl(&["exec", A1, "printf", "[%s]", "$$", "${HOME}"]);
     assert_eq!(stdout(&out), "[$$][${HOME}]", "{}", show(&out));
-    // The shell form: the shell, not systemd, expands.
-    let out = c.hirtectl(&["exec", A1, "x=5; echo \"$x ${x}\""]);
+    // A shell named by the caller expands, not systemd.
+    let out = c.hirtectl(&["exec", A1, "sh", "-c", "x=5; echo \"$x ${x}\""]);
     assert_eq!(stdout(&out), "5 5\n", "{}", show(&out));
+    // One string is split into words: `$` reaches the command unchanged.
+    let out = c.hirtectl(&["exec", A1, "echo \"$x ${x}\""]);
+    assert_eq!(stdout(&out), "$x ${x}\n", "{}", show(&out));
 }
 
 const MONITOR_IFACE: &str = "org.containers.hirte.Monitor";
