@@ -62,6 +62,12 @@ fn actual(name: &str) -> Option<u128> {
         "WEB_MAX_JOB_SERIES" => n(WEB_MAX_JOB_SERIES),
         "WEB_REFRESH_INTERVAL" => ms(WEB_REFRESH_INTERVAL),
         "WEB_CALL_TIMEOUT" => ms(WEB_CALL_TIMEOUT),
+        "MAX_CERT_CHAIN_LEN" => n(MAX_CERT_CHAIN_LEN),
+        "MAX_CERT_CHAIN_BYTES" => n(MAX_CERT_CHAIN_BYTES),
+        "MAX_PEM_FILE_SIZE" => n(MAX_PEM_FILE_SIZE),
+        "MAX_AUDIT_CALLERS" => n(MAX_AUDIT_CALLERS),
+        "MAX_AUDIT_OPEN" => n(MAX_AUDIT_OPEN),
+        "AUDIT_CREDENTIALS_TIMEOUT" => ms(AUDIT_CREDENTIALS_TIMEOUT),
         _ => return None,
     })
 }
@@ -73,7 +79,8 @@ fn stated(cell: &str) -> Option<u128> {
     let cell = cell.strip_prefix("1 to ").unwrap_or(cell);
     let mut words = cell.split_whitespace();
     let number: u128 = words.next()?.replace(',', "").parse().ok()?;
-    let scale = match words.next().unwrap_or("") {
+    let unit = words.next().unwrap_or("").trim_end_matches([',', ';', '.']);
+    let scale = match unit {
         "KiB" => 1024,
         "MiB" => 1024 * 1024,
         "s" => 1000,
@@ -150,6 +157,7 @@ fn stated_values_parse() {
     assert_eq!(stated("100 ms"), Some(100));
     assert_eq!(stated("1 to 256 units per subscription"), Some(256));
     assert_eq!(stated("4096 events from connection threads"), Some(4096));
+    assert_eq!(stated("1 s, once per client"), Some(1000));
     assert_eq!(stated("about"), None);
 }
 

@@ -346,6 +346,7 @@ fn tls_keys_manager_name_and_socket_users() {
     assert!(agent("[hirte-agent]\nManagerName=has space\n").is_err());
     assert!(!agent("[hirte-agent]\nAllowExec=no\n").unwrap().allow_exec);
     assert!(AgentConfig::default().allow_exec);
+}
 
 /// `read_file` on `path` in a thread, so a read that blocks fails the test instead of hanging it.
 fn read_within_5s(path: PathBuf) -> Option<Result<String, ConfigError>> {
