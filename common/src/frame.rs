@@ -151,7 +151,10 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, FrameError> {
         FrameError::BadMessage(e.message().unwrap_or("unknown demarshal error").to_string())
     })?;
     // [impl->req~link.unsupported-types~1]
-    if carries_unix_fd(msg.iter_init(), 0) {
+    // The top-level signature names every type but those inside variants: only one with an
+    // `h`, or with a variant that could hide one, needs a walk through the arguments.
+    let sig = crate::protocol::signature_of(&msg);
+    if sig.contains('h') || (sig.contains('v') && carries_unix_fd(msg.iter_init(), 0)) {
         return Err(FrameError::BadMessage(
             "file descriptors (type 'h') cannot cross the link".to_string(),
         ));
