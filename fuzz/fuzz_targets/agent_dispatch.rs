@@ -33,6 +33,8 @@ mod local_api;
 mod manager_calls;
 #[path = "../../agent/src/proxy.rs"]
 mod proxy;
+#[path = "../../agent/src/reconnect.rs"]
+mod reconnect;
 #[path = "../../agent/src/systemd.rs"]
 mod systemd;
 #[path = "../../agent/src/testing.rs"]

@@ -20,6 +20,8 @@ mod agent_msg;
 mod agents;
 #[path = "../../manager/src/api/mod.rs"]
 mod api;
+#[path = "../../manager/src/audit.rs"]
+mod audit;
 #[path = "../../manager/src/calls.rs"]
 mod calls;
 #[path = "../../manager/src/core.rs"]
