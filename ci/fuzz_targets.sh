@@ -21,3 +21,13 @@ fuzz_config_parse() {
 fuzz_ctl_args() {
   fuzz_target ctl_args
 }
+
+# [utest->req~fault.fuzz~1]
+fuzz_agent_dispatch() {
+  fuzz_target agent_dispatch
+}
+
+# [utest->req~fault.fuzz~1]
+fuzz_manager_on_frame() {
+  fuzz_target manager_on_frame
+}

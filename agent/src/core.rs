@@ -23,7 +23,7 @@ use hirte_common::frame::SerialCounter;
 use hirte_common::notify;
 use hirte_common::protocol::{error, error_reply};
 use hirte_common::queue::BoundedQueue;
-use hirte_common::sys::bus_fd;
+use hirte_common::sys::{wait_for_bus, BusWait};
 use hirte_common::wait::poll_readable;
 use hirte_common::{log_error, log_info, log_warn};
 use std::collections::VecDeque;
@@ -177,8 +177,22 @@ impl<S: Systemd> Core<S> {
     pub(crate) fn on_link_event(&mut self, ev: FromLink) {
         match ev {
             FromLink::Frame(msg) => {
+                // Built before the handler runs: a call it fails on still gets its answer.
+                // [impl->req~agent.panic-answered~1]
+                let failed = (msg.msg_type() == MessageType::MethodCall)
+                    .then(|| {
+                        error_reply(
+                            &msg,
+                            "org.freedesktop.DBus.Error.Failed",
+                            "internal error in the agent handling this call",
+                        )
+                    })
+                    .flatten();
                 if catch_unwind(AssertUnwindSafe(|| self.on_manager_message(msg))).is_err() {
-                    log_error!("Internal error handling a manager call; continuing");
+                    log_error!("Internal error handling a manager call; call answered, continuing");
+                    if let Some(reply) = failed {
+                        self.send(reply);
+                    }
                 }
             }
             FromLink::Connected(addr) => {
@@ -262,8 +276,10 @@ impl Core<SystemdBus> {
             } else {
                 CORE_TICK
             };
-            poll_readable([bus_fd(conn), self.events.wake_fd()], tick).map_err(PollError)?;
-            if conn.channel().read_write(Some(Duration::ZERO)).is_err() {
+            let waited = wait_for_bus(conn, self.events.wake_fd(), tick).map_err(PollError)?;
+            if waited == BusWait::Disconnected
+                || conn.channel().read_write(Some(Duration::ZERO)).is_err()
+            {
                 return Ok(Exit::BusLost(
                     "connection to the node's bus closed".to_string(),
                 ));

@@ -45,25 +45,87 @@ pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// The argv systemd runs: one string with spaces is a shell command line (the guide's
-/// `hirtectl exec primary "pg_isready -U postgres"`); several words are run as they are,
-/// looked up in PATH by the shell.
-pub fn command_line(argv: &[String]) -> Vec<String> {
-    match argv {
-        [one] if one.contains(char::is_whitespace) => {
-            vec!["/bin/sh".into(), "-c".into(), one.clone()]
-        }
-        _ => {
-            let mut v = vec![
-                "/bin/sh".to_string(),
-                "-c".to_string(),
-                "exec \"$@\"".to_string(),
-                "hirte-exec".to_string(),
-            ];
-            v.extend(argv.iter().cloned());
-            v
+/// Why a one-string command cannot be split into words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WordsError {
+    UnclosedQuote(char),
+    TrailingBackslash,
+    Empty,
+}
+
+impl std::fmt::Display for WordsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WordsError::UnclosedQuote(q) => write!(f, "command has an unclosed {q} quote"),
+            WordsError::TrailingBackslash => f.write_str("command ends in a backslash"),
+            WordsError::Empty => f.write_str("command is empty"),
         }
     }
+}
+
+/// Splits one command string into words as systemd splits `ExecStart=`: blanks separate
+/// words, `'...'` and `"..."` group, a backslash takes the next character literally (not
+/// inside single quotes). Nothing else is special: no variables, globs, pipes or `;`.
+// [impl->req~agent.exec-words~1]
+pub fn split_words(line: &str) -> Result<Vec<String>, WordsError> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('\''), c) => word.get_or_insert_with(String::new).push(c),
+            (_, '\\') => {
+                let next = chars.next().ok_or(WordsError::TrailingBackslash)?;
+                word.get_or_insert_with(String::new).push(next);
+            }
+            (Some(_), c) => word.get_or_insert_with(String::new).push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                word.get_or_insert_with(String::new);
+            }
+            (None, c) if c.is_whitespace() => words.extend(word.take()),
+            (None, c) => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if let Some(q) = quote {
+        return Err(WordsError::UnclosedQuote(q));
+    }
+    words.extend(word);
+    if words.is_empty() {
+        return Err(WordsError::Empty);
+    }
+    Ok(words)
+}
+
+/// The words of the command: one argument is split into words ([`split_words`]), several
+/// are taken as they are. No shell ever interprets them; who wants one writes `sh -c '...'`.
+pub fn command_words(argv: &[String]) -> Result<Vec<String>, WordsError> {
+    match argv {
+        [one] => split_words(one),
+        _ => Ok(argv.to_vec()),
+    }
+}
+
+/// The argv systemd runs: the words, the program looked up in PATH (systemd wants an
+/// absolute path over D-Bus), by a shell that only `exec`s its positional parameters.
+pub fn command_line(words: &[String]) -> Vec<String> {
+    let mut v = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        "exec \"$@\"".to_string(),
+        "hirte-exec".to_string(),
+    ];
+    v.extend(words.iter().cloned());
+    v
+}
+
+/// The program's name alone: arguments may hold secrets, and the unit's description is
+/// readable by every user of the node, as is the info log.
+// [impl->req~agent.exec-private~1]
+pub fn program_name(words: &[String]) -> &str {
+    words.first().map(String::as_str).unwrap_or_default()
 }
 
 /// Unit properties as systemd's `StartTransientUnit` takes them.
@@ -80,14 +142,17 @@ pub fn escape_for_exec_start(arg: &str) -> String {
 }
 
 /// Properties of the transient unit.
-pub fn unit_properties(argv: &[String], out: &Path, err: &Path, timeout: Duration) -> Props {
-    let line: Vec<String> = command_line(argv)
+pub fn unit_properties(words: &[String], out: &Path, err: &Path, timeout: Duration) -> Props {
+    let line: Vec<String> = command_line(words)
         .iter()
         .map(|a| escape_for_exec_start(a))
         .collect();
     let exec_start = vec![("/bin/sh".to_string(), line.clone(), false)];
     vec![
-        prop("Description", format!("hirte exec: {}", argv.join(" "))),
+        prop(
+            "Description",
+            format!("hirte exec: {}", program_name(words)),
+        ),
         prop("Type", "oneshot".to_string()),
         prop("ExecStart", exec_start),
         prop("StandardOutputFileToTruncate", out.display().to_string()),
@@ -121,12 +186,13 @@ pub fn exit_status(code: i32, status: i32) -> i32 {
 
 impl<S: Systemd> Core<S> {
     /// `Exec(argv, timeout_us)`: answered when the command ends.
-    // [impl->req~agent.exec~1]
+    // [impl->req~agent.exec~2]
     pub(crate) fn start_exec(&mut self, msg: &Message) -> Result<(), CallError> {
         let (argv, timeout_us) = msg.read2::<Vec<String>, u64>().map_err(bad_args)?;
         if argv.is_empty() {
             return Err(bad_args("Exec needs a command"));
         }
+        let words = command_words(&argv).map_err(bad_args)?;
         if self.jobs.exec_count() >= MAX_AGENT_EXECS {
             return Err(CallError::Busy(format!(
                 "{MAX_AGENT_EXECS} commands already running on node '{}'",
@@ -146,14 +212,18 @@ impl<S: Systemd> Core<S> {
         let out = dir.join(format!("{unit}.out"));
         let err = dir.join(format!("{unit}.err"));
         let timeout = Duration::from_micros(timeout_us.max(1));
-        let props = unit_properties(&argv, &out, &err, timeout);
+        let props = unit_properties(&words, &out, &err, timeout);
         let aux: Vec<(String, Props)> = Vec::new();
         let call = systemd::manager_call("StartTransientUnit")?
             .append3(unit.as_str(), "fail", props)
             .append1(aux);
         let path = self.sd.job_call(call)?;
         let call = keep_call(msg)?;
-        log_info!("Exec '{}' as {unit}", argv.join(" "));
+        log_info!(
+            "Exec of '{}' ({} arguments) as {unit}",
+            program_name(&words),
+            words.len().saturating_sub(1)
+        );
         let pending = PendingExec {
             call,
             unit: unit.clone(),
@@ -233,20 +303,76 @@ mod tests {
     use super::*;
     use crate::testing::{error_name, job_removed, member, Harness};
 
-    // [utest->req~agent.exec~1]
+    // [utest->req~agent.exec~2]
+    // [utest->req~agent.exec-words~1]
     #[test]
     fn command_lines() {
+        let w = |s: &[&str]| s.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        // The guide's form: one string, split into words, no shell.
         assert_eq!(
-            command_line(&["pg_isready -U postgres".into()]),
-            vec!["/bin/sh", "-c", "pg_isready -U postgres"]
+            command_words(&w(&["pg_isready -U postgres"])),
+            Ok(w(&["pg_isready", "-U", "postgres"]))
         );
         assert_eq!(
-            command_line(&["echo".into(), "a b".into()]),
-            vec!["/bin/sh", "-c", "exec \"$@\"", "hirte-exec", "echo", "a b"]
+            command_line(&w(&["pg_isready", "-U", "postgres"])),
+            w(&[
+                "/bin/sh",
+                "-c",
+                "exec \"$@\"",
+                "hirte-exec",
+                "pg_isready",
+                "-U",
+                "postgres"
+            ])
         );
+        // Quotes group and backslashes escape as in ExecStart=; shell syntax is a word.
+        assert_eq!(
+            split_words(r#"  echo 'a  b' "c \"d\"" e\ f ; $HOME|x '' "#),
+            Ok(w(&["echo", "a  b", r#"c "d""#, "e f", ";", "$HOME|x", ""]))
+        );
+        assert_eq!(split_words("echo 'x"), Err(WordsError::UnclosedQuote('\'')));
+        assert_eq!(split_words("echo \\"), Err(WordsError::TrailingBackslash));
+        assert_eq!(split_words("  "), Err(WordsError::Empty));
+        // Several arguments pass unchanged.
+        assert_eq!(command_words(&w(&["echo", "a b"])), Ok(w(&["echo", "a b"])));
         assert_eq!(exit_status(1, 3), 3);
         assert_eq!(escape_for_exec_start("${HOME} $$ $1"), "$${HOME} $$$$ $$1");
         assert_eq!(exit_status(2, 9), 137);
+    }
+
+    // [utest->req~agent.exec-private~1]
+    #[test]
+    fn arguments_stay_out_of_the_unit_description() {
+        let mut h = Harness::new();
+        exec(&mut h, &["mysql --password=hunter2 -e 'select 1'"]);
+        let calls = h.sd().calls.borrow();
+        let call = calls.last().unwrap();
+        let (_, _, props) = call
+            .read3::<String, String, Vec<(String, Variant<Box<dyn RefArg>>)>>()
+            .unwrap();
+        let desc = props
+            .iter()
+            .find(|(k, _)| k == "Description")
+            .and_then(|(_, v)| v.0.as_str().map(str::to_string))
+            .unwrap();
+        assert_eq!(desc, "hirte exec: mysql");
+        let exec_start = format!(
+            "{:?}",
+            props.iter().find(|(k, _)| k == "ExecStart").unwrap().1
+        );
+        assert!(exec_start.contains("--password=hunter2"), "{exec_start}");
+        assert!(exec_start.contains("select 1"), "{exec_start}");
+    }
+
+    #[test]
+    fn a_command_that_cannot_be_split_is_refused() {
+        let mut h = Harness::new();
+        let out = exec(&mut h, &["echo 'unclosed"]);
+        assert_eq!(
+            error_name(&out[0]).as_deref(),
+            Some("org.containers.hirte.Error.InvalidArgs")
+        );
+        assert!(h.sd().calls.borrow().is_empty(), "systemd not called");
     }
 
     #[test]
@@ -264,7 +390,7 @@ mod tests {
         h.to_manager()
     }
 
-    // [utest->req~agent.exec~1]
+    // [utest->req~agent.exec~2]
     #[test]
     fn a_command_runs_as_a_transient_unit_and_answers_when_it_ends() {
         let mut h = Harness::new();

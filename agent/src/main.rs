@@ -120,6 +120,31 @@ fn tls_policy(cfg: &AgentConfig) -> Result<Option<ClientPolicy>, TlsError> {
     ClientPolicy::load(&cfg.tls, cfg.effective_manager_name(), &cfg.node_name).map(Some)
 }
 
+/// Start-up check of the watchdog against the systemd call timeout: says which timeout the
+/// calls get, and warns when WatchdogSec forced it below `SYSTEMD_CALL_TIMEOUT`.
+// [impl->req~ops.watchdog-call-timeout~1]
+fn check_watchdog() {
+    use hirte_common::timespan::format_timespan;
+    let Some(watchdog) = hirte_common::notify::watchdog_interval() else {
+        return;
+    };
+    let timeout = systemd::call_timeout();
+    if timeout < hirte_common::bounds::SYSTEMD_CALL_TIMEOUT {
+        log_warn!(
+            "WatchdogSec={} is short for systemd calls: they time out after {} instead of {}",
+            format_timespan(watchdog),
+            format_timespan(timeout),
+            format_timespan(hirte_common::bounds::SYSTEMD_CALL_TIMEOUT)
+        );
+    } else {
+        log_info!(
+            "Watchdog every {}; systemd calls time out after {}",
+            format_timespan(watchdog),
+            format_timespan(timeout)
+        );
+    }
+}
+
 fn run(cli: Cli) -> Result<(), AgentError> {
     let cfg = load_config(&cli)?;
     // Before anything else: TLS files that do not load stop the daemon at once.
@@ -149,6 +174,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             cfg.manager_endpoint()
         );
     }
+    check_watchdog();
     // [impl->req~agent.sigterm~1]
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

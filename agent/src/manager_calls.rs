@@ -198,6 +198,27 @@ mod tests {
         out.remove(0)
     }
 
+    // [utest->req~agent.panic-answered~1]
+    #[test]
+    fn a_call_whose_handler_panics_is_still_answered() {
+        let mut h = Harness::new();
+        h.sd().answer("GetDefaultTarget", |_| panic!("handler bug"));
+        let m = h.manager_call("GetDefaultTarget");
+        let serial = m.get_serial();
+        let r = answer(&mut h, m);
+        assert_eq!(r.get_reply_serial(), serial);
+        assert_eq!(
+            error_name(&r).as_deref(),
+            Some("org.freedesktop.DBus.Error.Failed")
+        );
+        // The core goes on: the next call is served.
+        h.sd().answer("GetDefaultTarget", |m| {
+            Ok(m.method_return().append1("x.target"))
+        });
+        let m = h.manager_call("GetDefaultTarget");
+        assert_eq!(answer(&mut h, m).read1::<&str>().unwrap(), "x.target");
+    }
+
     #[test]
     fn relayed_calls_carry_systemds_answer_and_errors() {
         let mut h = Harness::new();

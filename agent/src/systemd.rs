@@ -140,11 +140,15 @@ pub trait Systemd {
 /// The libdbus client: the connection to the node's bus that systemd is on.
 pub struct SystemdBus {
     conn: Connection,
+    call_timeout: std::time::Duration,
 }
 
 impl SystemdBus {
     pub fn new(conn: Connection) -> Self {
-        SystemdBus { conn }
+        SystemdBus {
+            conn,
+            call_timeout: call_timeout(),
+        }
     }
 
     pub fn conn(&self) -> &Connection {
@@ -170,18 +174,29 @@ impl Systemd for SystemdBus {
     /// Signals that arrive meanwhile stay queued in libdbus for the core loop, in order,
     /// after this answer.
     fn call(&self, msg: Message) -> Result<Message, CallError> {
-        // A blocking call may take up to its timeout: feed the watchdog first, so only a call
-        // that outlasts WatchdogSec on its own, not a series of slow ones, trips it.
-        hirte_common::notify::watchdog_tick();
+        // A blocking call may take up to its timeout, which is shorter than WatchdogSec
+        // (`call_timeout`): pinging right before it, whenever the last ping was, keeps even
+        // a call that runs into its timeout from starving the watchdog.
+        // [impl->req~ops.watchdog-call-timeout~1]
+        hirte_common::notify::watchdog_ping();
         self.conn
             .channel()
-            .send_with_reply_and_block(msg, SYSTEMD_CALL_TIMEOUT)
+            .send_with_reply_and_block(msg, self.call_timeout)
             .map_err(|e| CallError::from_dbus(&e))
     }
 
     fn send(&self, msg: Message) {
         let _ = self.conn.send(msg);
     }
+}
+
+/// The timeout of one call to systemd: `SYSTEMD_CALL_TIMEOUT`, shortened under a
+/// `WatchdogSec` too short for it (see `notify::call_timeout_under_watchdog`).
+pub fn call_timeout() -> std::time::Duration {
+    hirte_common::notify::call_timeout_under_watchdog(
+        SYSTEMD_CALL_TIMEOUT,
+        hirte_common::notify::watchdog_interval(),
+    )
 }
 
 /// Why the agent could not subscribe to systemd's signals.

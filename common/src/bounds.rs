@@ -3,6 +3,7 @@
 //! `safety/bounds.md` lists each constant with what happens at the bound and the test that
 //! shows it. Bounds an operator may tune are config keys instead (see `config`).
 
+// [impl->req~bounds.documented~1]
 use std::time::Duration;
 
 /// Largest frame (one D-Bus message) accepted on the manager<->agent link.

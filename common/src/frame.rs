@@ -147,9 +147,66 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, FrameError> {
             message: needed,
         });
     }
-    Message::demarshal(payload).map_err(|e| {
+    let msg = Message::demarshal(payload).map_err(|e| {
         FrameError::BadMessage(e.message().unwrap_or("unknown demarshal error").to_string())
-    })
+    })?;
+    // [impl->req~link.unsupported-types~1]
+    // The top-level signature names every type but those inside variants: only one with an
+    // `h`, or with a variant that could hide one, needs a walk through the arguments.
+    let sig = crate::protocol::signature_of(&msg);
+    if sig.contains('h') || (sig.contains('v') && carries_unix_fd(msg.iter_init(), 0)) {
+        return Err(FrameError::BadMessage(
+            "file descriptors (type 'h') cannot cross the link".to_string(),
+        ));
+    }
+    Ok(msg)
+}
+
+/// D-Bus' limit on container nesting (libdbus enforces it at demarshal; kept as a backstop).
+const MAX_NESTING: u8 = 64;
+
+/// Whether any argument, also inside variants, is a file descriptor (`h`). A link carries
+/// no fds, and the dbus crate panics reading or re-appending one without them; every other
+/// type libdbus accepted at demarshal reads and re-appends cleanly. Only containers whose
+/// signature holds a variant are entered, so a large array of plain values costs one look.
+fn carries_unix_fd(mut it: dbus::arg::Iter<'_>, depth: u8) -> bool {
+    use dbus::arg::ArgType;
+    loop {
+        let t = it.arg_type();
+        match t {
+            ArgType::Invalid => return false,
+            ArgType::UnixFd => return true,
+            // The dbus crate panics building the signature of a bare dict entry (`{sv}` is
+            // not a valid signature alone): entries are only reached through an array whose
+            // signature already said it holds a variant, so they are entered without looking.
+            ArgType::DictEntry
+                if depth >= MAX_NESTING
+                    || it
+                        .recurse(t)
+                        .is_some_and(|sub| carries_unix_fd(sub, depth + 1)) =>
+            {
+                return true;
+            }
+            ArgType::Array | ArgType::Struct | ArgType::Variant => {
+                let sig = it.signature();
+                if sig.contains('h') || depth >= MAX_NESTING {
+                    return true;
+                }
+                let holds_variant = t == ArgType::Variant || sig.contains('v');
+                if holds_variant
+                    && it
+                        .recurse(t)
+                        .is_some_and(|sub| carries_unix_fd(sub, depth + 1))
+                {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        if !it.next() {
+            return false;
+        }
+    }
 }
 
 /// Serialises a message (whose serial must already be set) into one frame.
@@ -291,6 +348,64 @@ mod tests {
         let mut d = FrameDecoder::new(1024);
         d.push(&good).unwrap();
         assert!(matches!(d.next_message(), Err(FrameError::BadMessage(_))));
+    }
+
+    fn bare(serial: u32) -> Message {
+        let mut m = Message::new_signal("/org/example", "org.example.Iface", "Tick").unwrap();
+        m.set_serial(serial);
+        m
+    }
+
+    /// `msg` framed, with the first `from` byte after the fixed header turned into `to`.
+    fn patched(msg: &Message, from: &[u8], to: &[u8]) -> Vec<u8> {
+        let mut bytes = encode_message(msg, 4096).unwrap();
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("pattern present");
+        bytes[at..at + to.len()].copy_from_slice(to);
+        bytes
+    }
+
+    // [utest->req~link.unsupported-types~1]
+    #[test]
+    fn file_descriptors_are_refused_at_decode() {
+        // A `u` argument whose header signature now says `h`: libdbus demarshals it, and
+        // before this check the dbus crate panicked re-appending it.
+        let top = patched(
+            &bare(1).append1(7u32),
+            b"\x08\x01g\x00\x01u\x00",
+            b"\x08\x01g\x00\x01h\x00",
+        );
+        // The same inside a variant, where only the body names the type.
+        let inner = patched(
+            &bare(2).append1(dbus::arg::Variant(7u32)),
+            b"\x01u\x00\x00\x07",
+            b"\x01h\x00\x00\x07",
+        );
+        for bytes in [top, inner] {
+            let mut d = FrameDecoder::new(4096);
+            d.push(&bytes).unwrap();
+            match d.next_message() {
+                Err(FrameError::BadMessage(e)) => assert!(e.contains("'h'"), "{e}"),
+                other => panic!("fd accepted: {other:?}"),
+            }
+        }
+        // A dict of variants (every PropertiesChanged) is walked without a panic; an fd
+        // inside one is refused too.
+        let mut props = dbus::arg::PropMap::new();
+        props.insert("A".into(), dbus::arg::Variant(Box::new(7u32)));
+        let dict = encode_message(&bare(4).append1(props), 4096).unwrap();
+        assert!(decode_message(&dict[HEADER_LEN..]).is_ok());
+        let mut props = dbus::arg::PropMap::new();
+        props.insert("A".into(), dbus::arg::Variant(Box::new(7u32)));
+        let fd_in_dict = patched(&bare(5).append1(props), b"\x01u\x00", b"\x01h\x00");
+        assert!(decode_message(&fd_in_dict[HEADER_LEN..]).is_err());
+        // Variants of other types still pass, and re-append cleanly.
+        let ok = encode_message(&bare(3).append1(dbus::arg::Variant(7u32)), 4096).unwrap();
+        let msg = decode_message(&ok[HEADER_LEN..]).unwrap();
+        let mut copy = Message::new_signal("/a", "a.b", "C").unwrap();
+        copy.append_items(&msg.get_items());
     }
 
     #[test]

@@ -36,6 +36,38 @@ pub fn watchdog_tick() {
         .watchdog_tick();
 }
 
+/// Pings the watchdog now, whenever it was last pinged: call right before a blocking call,
+/// so the call's own timeout is all the time that can pass without a ping.
+pub fn watchdog_ping() {
+    global()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .watchdog_ping();
+}
+
+/// `WatchdogSec` of this process (from `$WATCHDOG_USEC`), if systemd watches it.
+pub fn watchdog_interval() -> Option<Duration> {
+    global()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .watchdog
+}
+
+/// Time the watchdog needs left after a blocking call for the loop turn that follows it.
+pub const WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
+
+/// The longest a blocking call may take under a watchdog of `interval`: `max_timeout`, but
+/// never so long that the call plus the rest of its loop turn could outlast the interval
+/// (at least `WATCHDOG_MARGIN` or half the interval is left). Callers ping right before
+/// the call ([`watchdog_ping`]), so by construction no call can starve the watchdog.
+// [impl->req~ops.watchdog-call-timeout~1]
+pub fn call_timeout_under_watchdog(max_timeout: Duration, interval: Option<Duration>) -> Duration {
+    match interval {
+        None => max_timeout,
+        Some(w) => max_timeout.min((w / 2).max(w.saturating_sub(WATCHDOG_MARGIN))),
+    }
+}
+
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
@@ -103,8 +135,14 @@ impl Notifier {
         let Some(interval) = self.watchdog else {
             return;
         };
-        let due = self.last_ping.is_none_or(|t| t.elapsed() >= interval / 2);
-        if due {
+        if self.last_ping.is_none_or(|t| t.elapsed() >= interval / 2) {
+            self.watchdog_ping();
+        }
+    }
+
+    /// Pings now (before a blocking call), if systemd watches this process.
+    pub fn watchdog_ping(&mut self) {
+        if self.watchdog.is_some() {
             self.notify("WATCHDOG=1");
             self.last_ping = Some(Instant::now());
         }
@@ -135,6 +173,40 @@ mod tests {
         n.watchdog_tick();
         rx.set_nonblocking(true).unwrap();
         assert!(rx.recv(&mut buf).is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    // [utest->req~ops.watchdog-call-timeout~1]
+    #[test]
+    fn a_blocking_call_never_outlasts_the_watchdog() {
+        let max = Duration::from_secs(25);
+        // The shipped WatchdogSec=30s keeps the full systemd call timeout.
+        assert_eq!(
+            call_timeout_under_watchdog(max, Some(Duration::from_secs(30))),
+            max
+        );
+        assert_eq!(call_timeout_under_watchdog(max, None), max);
+        for ms in [
+            1, 500, 2_000, 5_000, 9_999, 10_000, 29_999, 30_000, 60_000, 3_600_000,
+        ] {
+            let w = Duration::from_millis(ms);
+            let t = call_timeout_under_watchdog(max, Some(w));
+            assert!(t <= max && t < w, "{w:?}: {t:?}");
+            assert!(t >= w / 2 || t == max, "{w:?}: {t:?} needlessly short");
+        }
+        // A ping before a call goes out even right after the loop's own ping.
+        let path = std::env::temp_dir().join(format!("hirte-notify-ping-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut n = Notifier::new(path.to_str(), Some(Duration::from_secs(30)));
+        n.watchdog_tick();
+        n.watchdog_ping();
+        let mut buf = [0u8; 64];
+        for _ in 0..2 {
+            let len = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..len], b"WATCHDOG=1");
+        }
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -6,20 +6,43 @@ use dbus::blocking::Connection;
 use dbus::channel::{BusType, Channel};
 use std::os::fd::BorrowedFd;
 
-/// Connects to a bus with fd watching enabled, as [`bus_fd`] requires.
+/// Connects to a bus with fd watching enabled, as [`wait_for_bus`] requires.
 pub fn open_bus(bus: BusType) -> Result<Connection, dbus::Error> {
     let mut channel = Channel::get_private(bus)?;
     channel.set_watch_enabled(true);
     Ok(Connection::from(channel))
 }
 
-/// The fd of the connection's socket, borrowed for no longer than the connection itself.
-/// The connection must come from [`open_bus`].
-pub fn bus_fd(conn: &Connection) -> BorrowedFd<'_> {
+/// What [`wait_for_bus`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusWait {
+    /// The bus, or `other`, may have something (or the timeout passed): `[bus, other]`.
+    Ready([bool; 2]),
+    /// libdbus has disconnected the connection (and closed its socket): nothing to wait on.
+    Disconnected,
+}
+
+/// Waits (bounded) until the connection's socket or `other` is readable. The connection must
+/// come from [`open_bus`]. The socket's fd never leaves this function: libdbus closes it when
+/// the connection disconnects, inside any libdbus call on it, long before the `Connection`
+/// is dropped, so a borrow kept across such a call could name a closed or reused fd.
+// [impl->req~common.bus-fd~1]
+pub fn wait_for_bus(
+    conn: &Connection,
+    other: BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> nix::Result<BusWait> {
+    if !conn.channel().is_connected() {
+        return Ok(BusWait::Disconnected);
+    }
     let raw = conn.channel().watch().fd;
-    // SAFETY: `raw` is the socket libdbus opened for `conn` and closes only when `conn` is
-    // dropped; the returned borrow is tied to `&conn`, so it cannot outlive the fd.
-    unsafe { BorrowedFd::borrow_raw(raw) }
+    // SAFETY: `raw` is the socket libdbus opened for `conn`; libdbus closes it only when the
+    // connection disconnects (which happens inside a libdbus call on `conn`) or is freed.
+    // It was connected just above, `Connection` is not `Sync` so no other thread can make
+    // a libdbus call on it, and this thread makes none until the borrow ends with this
+    // function: the fd is open for the whole borrow.
+    let bus = unsafe { BorrowedFd::borrow_raw(raw) };
+    crate::wait::poll_readable([bus, other], timeout).map(BusWait::Ready)
 }
 
 /// libdbus aborts the process on a failed argument check unless told otherwise. A peer must
@@ -57,4 +80,70 @@ pub fn activated_listener() -> Option<std::net::TcpListener> {
     // this function clears the variables so it can be taken only once.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FDS_START) };
     Some(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    // [utest->req~common.bus-fd~1]
+    #[test]
+    fn a_disconnected_bus_is_reported_not_polled() {
+        let dir = std::env::temp_dir().join(format!("hirte-sys-bus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = format!("unix:path={}", dir.join("bus").display());
+        let mut daemon = std::process::Command::new("dbus-daemon")
+            .args([
+                "--session",
+                "--nofork",
+                "--nopidfile",
+                &format!("--address={addr}"),
+            ])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut channel = loop {
+            match Channel::open_private(&addr) {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("no bus: {e}"),
+            }
+        };
+        channel.register().unwrap();
+        channel.set_watch_enabled(true);
+        let conn = Connection::from(channel);
+        let raw = conn.channel().watch().fd;
+        let wake = nix::sys::eventfd::EventFd::new().unwrap();
+        use std::os::fd::AsFd;
+        assert!(matches!(
+            wait_for_bus(&conn, wake.as_fd(), Duration::from_millis(1)),
+            Ok(BusWait::Ready(_))
+        ));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        while conn
+            .channel()
+            .read_write(Some(Duration::from_millis(100)))
+            .is_ok()
+        {
+            assert!(
+                Instant::now() < deadline + Duration::from_secs(5),
+                "never disconnected"
+            );
+        }
+        // libdbus closed its socket while `conn` lives: the number it reported is stale.
+        assert_eq!(
+            nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD),
+            Err(nix::errno::Errno::EBADF)
+        );
+        assert_eq!(
+            wait_for_bus(&conn, wake.as_fd(), Duration::from_millis(1)),
+            Ok(BusWait::Disconnected)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -78,8 +78,8 @@ pub enum Command {
         /// With -w: stop after N redraws caused by changes
         #[arg(long, value_name = "N", requires = "watch")]
         count: Option<u64>,
-        /// With -w: stop after SECS seconds
-        #[arg(long, value_name = "SECS", requires = "watch")]
+        /// With -w: stop after SECS seconds (1-86400)
+        #[arg(long, value_name = "SECS", requires = "watch", value_parser = wait_secs())]
         timeout: Option<u64>,
     },
     /// Enable unit files on a node (then reload its systemd)
@@ -213,13 +213,14 @@ pub enum Command {
     },
     /// Run a command on a node; prints its output and exits with its status
     ///
-    /// One argument with spaces is a shell command line (`exec n1 "pg_isready -U postgres"`);
-    /// several arguments are run as they are. The command runs as a transient unit of the
+    /// One argument is split into words like systemd's ExecStart= (`exec n1 "pg_isready -U
+    /// postgres"`), never given to a shell (write `sh -c '...'` for one); several arguments
+    /// are run as they are. The command runs as a transient unit of the
     /// node's systemd. Options of hirtectl go before NODE.
     Exec {
         /// Longest time the command may run, in seconds
         #[arg(long, value_name = "SECS", default_value_t = 30,
-              value_parser = clap::value_parser!(u64).range(1..=3600))]
+              value_parser = clap::value_parser!(u64).range(1..=EXEC_MAX_TIMEOUT_SECS))]
         timeout: u64,
         /// Node name
         node: String,
@@ -256,6 +257,19 @@ pub enum Command {
     },
 }
 
+/// Longest `exec --timeout` (the manager's `EXEC_MAX_TIMEOUT`).
+pub const EXEC_MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// Longest `--timeout` of the commands that wait (start, stop, `status -w`, monitor,
+/// `metrics listen`): one day. Checked when the arguments are parsed, so a huge value is an
+/// argument error, never an overflowing deadline after a job was already sent.
+// [impl->req~ctl.timeout-range~1]
+pub const MAX_WAIT_SECS: u64 = 86_400;
+
+fn wait_secs() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=MAX_WAIT_SECS)
+}
+
 #[derive(Args)]
 pub struct Filter {
     /// Only names matching this shell pattern (*, ?, [...])
@@ -272,8 +286,8 @@ pub struct UnitOp {
     /// Job mode, as systemctl's --job-mode
     #[arg(long, default_value = "replace")]
     pub mode: String,
-    /// Longest time to wait for the job, in seconds
-    #[arg(long, default_value_t = 900)]
+    /// Longest time to wait for the job, in seconds (1-86400)
+    #[arg(long, default_value_t = 900, value_parser = wait_secs())]
     pub timeout: u64,
 }
 
@@ -293,8 +307,8 @@ pub struct Bounds {
     /// Stop after N events
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// Stop after SECS seconds (an error if --count was given and not reached)
-    #[arg(long, value_name = "SECS")]
+    /// Stop after SECS seconds, 1-86400 (an error if --count was given and not reached)
+    #[arg(long, value_name = "SECS", value_parser = wait_secs())]
     pub timeout: Option<u64>,
 }
 
@@ -388,6 +402,45 @@ mod tests {
         let cli =
             Cli::try_parse_from(["hirtectl", "exec", "--timeout", "3", "n1", "true"]).unwrap();
         assert!(matches!(cli.command, Command::Exec { timeout: 3, .. }));
+    }
+
+    // [utest->req~ctl.timeout-range~1]
+    #[test]
+    fn every_timeout_is_range_checked_when_parsed() {
+        let huge = u64::MAX.to_string();
+        let commands: [&[&str]; 5] = [
+            &["start", "n1", "a.service"],
+            &["stop", "n1", "a.service"],
+            &["status", "n1", "a.service", "-w"],
+            &["monitor"],
+            &["metrics", "listen"],
+        ];
+        for cmd in commands {
+            for (value, ok) in [
+                ("1", true),
+                ("86400", true),
+                ("0", false),
+                ("86401", false),
+                (huge.as_str(), false),
+            ] {
+                let mut args = vec!["hirtectl"];
+                args.extend_from_slice(cmd);
+                args.extend_from_slice(&["--timeout", value]);
+                match Cli::try_parse_from(&args) {
+                    Ok(_) => assert!(ok, "{args:?} accepted"),
+                    Err(e) => {
+                        assert!(!ok, "{args:?} refused: {e}");
+                        assert!(e.to_string().contains("1..=86400"), "{e}");
+                    }
+                }
+            }
+        }
+        for value in ["0", "3601", huge.as_str()] {
+            assert!(
+                Cli::try_parse_from(["hirtectl", "exec", "--timeout", value, "n1", "true"])
+                    .is_err()
+            );
+        }
     }
 
     #[test]

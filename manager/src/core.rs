@@ -18,8 +18,7 @@ use hirte_common::config::{self, ManagerConfig};
 use hirte_common::notify;
 use hirte_common::protocol::{self, error, signature_of};
 use hirte_common::queue::BoundedQueue;
-use hirte_common::sys::bus_fd;
-use hirte_common::wait::poll_readable;
+use hirte_common::sys::{wait_for_bus, BusWait};
 use hirte_common::{log_error, log_info};
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -170,12 +169,17 @@ impl Core {
     }
 
     fn wait(&self, timeout: Duration) -> Result<(), CoreError> {
-        poll_readable(
-            [bus_fd(&self.conn), self.events.wake_fd()],
+        match wait_for_bus(
+            &self.conn,
+            self.events.wake_fd(),
             timeout.max(Duration::from_millis(1)),
-        )
-        .map(|_| ())
-        .map_err(CoreError::Poll)
+        ) {
+            Ok(BusWait::Ready(_)) => Ok(()),
+            Ok(BusWait::Disconnected) => Err(CoreError::Bus(
+                "connection to the system bus closed".to_string(),
+            )),
+            Err(e) => Err(CoreError::Poll(e)),
+        }
     }
 
     /// SIGHUP: re-reads the configuration; only the log level takes effect without a restart.

@@ -25,7 +25,7 @@ fn exec(addr: &str, argv: &[&str]) -> ExecResult {
     proxy.method_call(NODE_IFACE, "Exec", (argv, 20_000_000u64))
 }
 
-// [itest->req~agent.exec~1]
+// [itest->req~agent.exec~2]
 #[test]
 fn bounds_agent_runs_at_most_16_commands_at_once() {
     if !hirte_tests::require_root("bounds_agent_runs_at_most_16_commands_at_once") {
@@ -40,7 +40,10 @@ fn bounds_agent_runs_at_most_16_commands_at_once() {
         })
         .collect();
     c.wait_for("16 commands running", Duration::from_secs(10), || {
-        c.agent_log("n1").matches("Exec 'sleep 3'").count() == MAX_AGENT_EXECS
+        c.agent_log("n1")
+            .matches("Exec of 'sleep' (1 arguments)")
+            .count()
+            == MAX_AGENT_EXECS
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tails()));
     let err = exec(&addr, &["true"]).unwrap_err();
@@ -156,7 +159,7 @@ fn bounds_agent_tracks_at_most_1024_jobs() {
 /// `EXEC_GRACE` in agent/src/exec.rs.
 const EXEC_GRACE: Duration = Duration::from_secs(5);
 
-// [itest->req~agent.exec~1]
+// [itest->req~agent.exec~2]
 #[test]
 fn bounds_agent_exec_ignoring_sigterm_is_stopped_and_answered_after_the_grace() {
     if !hirte_tests::require_root(
@@ -172,7 +175,10 @@ fn bounds_agent_exec_ignoring_sigterm_is_stopped_and_answered_after_the_grace() 
     let call = std::thread::spawn(move || {
         let bus = connect_bus(&addr).unwrap();
         let proxy = bus.with_proxy("org.containers.hirte", N1_PATH, Duration::from_secs(60));
-        let argv = vec!["trap '' TERM; sleep 60".to_string()];
+        let argv: Vec<String> = ["sh", "-c", "trap '' TERM; sleep 60"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let r: Result<(i32, Vec<u8>, Vec<u8>), dbus::Error> =
             proxy.method_call(NODE_IFACE, "Exec", (argv, 1_000_000u64));
         (r, started.elapsed())

@@ -250,14 +250,19 @@ fn ctl_exec_relays_output_and_exit_status_and_reports_failures_in_one_line() {
         (stdout(&out).as_str(), stderr(&out).as_str()),
         ("out\n", "err\n")
     );
-    // The guide's single-string form runs through the node's shell, on that node.
+    // A shell when asked for, on that node; the guide's single-string form is split into
+    // words.
     let out = c.hirtectl(&[
         "exec",
         "agent2",
+        "sh",
+        "-c",
         "ip -4 -o addr show dev eth0 | grep -c 10.200.0.3/24",
     ]);
     assert_eq!(ok(&out, "exec shell form").trim(), "1");
-    let out = c.hirtectl(&["exec", "primary", "exit 0"]);
+    let out = c.hirtectl(&["exec", "agent2", "ip -4 -o addr show dev eth0"]);
+    assert!(ok(&out, "exec single string").contains("10.200.0.3/24"));
+    let out = c.hirtectl(&["exec", "primary", "sh -c 'exit 0'"]);
     ok(&out, "exec exit 0");
     // Over its timeout: exit 124 with one line.
     let out = c.hirtectl(&["exec", "--timeout", "1", "agent1", "sleep", "30"]);

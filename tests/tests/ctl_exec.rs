@@ -18,7 +18,7 @@ use hirte_tests::{Cluster, ClusterSpec};
 
 // [itest->req~ctl.exec~1]
 // [itest->req~api.exec~1]
-// [itest->req~agent.exec~1]
+// [itest->req~agent.exec~2]
 #[test]
 fn ctl_exec_passes_output_and_exit_status() {
     if !hirte_tests::require_root("ctl_exec_passes_output_and_exit_status") {
@@ -26,8 +26,8 @@ fn ctl_exec_passes_output_and_exit_status() {
     }
     let c = Cluster::start(ClusterSpec::new(&["n1", "n2"])).unwrap();
 
-    // One argument with spaces: a shell command line, as in the guide.
-    let o = c.hirtectl(&["exec", "n2", "echo out; echo err >&2; exit 3"]);
+    // A shell only when asked for with `sh -c`.
+    let o = c.hirtectl(&["exec", "n2", "sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!(o.status.code(), Some(3), "{}", show(&o));
     assert_eq!(stdout(&o), "out\n");
     assert_eq!(stderr(&o), "err\n");
@@ -43,7 +43,7 @@ fn ctl_exec_passes_output_and_exit_status() {
         show(&o)
     );
     // Killed by a signal: 128 + signal, as a shell reports it (`kill 0`: its own group).
-    let o = c.hirtectl(&["exec", "n1", "kill -9 0"]);
+    let o = c.hirtectl(&["exec", "n1", "sh", "-c", "kill -9 0"]);
     assert_eq!(o.status.code(), Some(137), "{}", show(&o));
     let o = c.hirtectl(&["exec", "n1", "false"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
@@ -132,21 +132,22 @@ fn ctl_exec_refused_when_allow_exec_is_no() {
 
 /// `$` must reach the command as typed: systemd expands `$VAR`, `${VAR}` and `$$` in
 /// ExecStart, so the agent has to escape them (`$$`) in the transient unit's command line.
-// [itest->req~agent.exec~1]
+// [itest->req~agent.exec~2]
+// [itest->req~agent.exec-words~1]
 #[test]
 fn ctl_exec_dollar_signs_reach_the_command() {
     if !hirte_tests::require_root("ctl_exec_dollar_signs_reach_the_command") {
         return;
     }
     let c = Cluster::start(ClusterSpec::new(&["n1"])).unwrap();
-    let o = c.hirtectl(&["exec", "n1", r#"x=ok; echo "[${x}]""#]);
+    let o = c.hirtectl(&["exec", "n1", "sh", "-c", r#"x=ok; echo "[${x}]""#]);
     assert_eq!(
         (o.status.code(), stdout(&o)),
         (Some(0), "[ok]\n".to_string()),
         "the shell, not systemd, must expand ${{x}}: {}",
         show(&o)
     );
-    let o = c.hirtectl(&["exec", "n1", "kill -9 $$"]);
+    let o = c.hirtectl(&["exec", "n1", "sh", "-c", "kill -9 $$"]);
     assert_eq!(
         o.status.code(),
         Some(137),
@@ -156,4 +157,42 @@ fn ctl_exec_dollar_signs_reach_the_command() {
     // Several arguments run without a shell: nothing expands them.
     let o = c.hirtectl(&["exec", "n1", "echo", "$HOME", "${HOME}"]);
     assert_eq!(stdout(&o), "$HOME ${HOME}\n", "{}", show(&o));
+    // Nor one argument: it is split into words, never given to a shell.
+    let o = c.hirtectl(&["exec", "n1", "echo $HOME 'a  b' ; exit 3"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o)),
+        (Some(0), "$HOME a  b ; exit 3\n".to_string()),
+        "{}",
+        show(&o)
+    );
+}
+
+/// Arguments may hold secrets: they stay out of the agent's log and out of the transient
+/// unit's description, which every user of the node can read.
+// [itest->req~agent.exec-private~1]
+#[test]
+fn ctl_exec_arguments_stay_out_of_logs_and_unit_descriptions() {
+    if !hirte_tests::require_root("ctl_exec_arguments_stay_out_of_logs_and_unit_descriptions") {
+        return;
+    }
+    let c = Cluster::start(ClusterSpec::new(&["n1"])).unwrap();
+    // `$0` of the shell is the secret; the command runs 3 s, long enough to look at its unit.
+    let (o, desc) = std::thread::scope(|s| {
+        let run = s.spawn(|| c.hirtectl(&["exec", "n1", "sh -c 'sleep 3' s3cr3t-token"]));
+        let mut desc = String::new();
+        for _ in 0..50 {
+            let o = c.systemctl("n1", &["show", "-p", "Description", "hirte-exec-*.service"]);
+            desc = stdout(&o);
+            if desc.contains("Description=") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (run.join().unwrap(), desc)
+    });
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(desc.trim(), "Description=hirte exec: sh", "{desc}");
+    let log = c.agent_log("n1");
+    assert!(log.contains("Exec of 'sh' (3 arguments)"), "{log}");
+    assert!(!log.contains("s3cr3t"), "{log}");
 }

@@ -861,7 +861,7 @@ fn node_api_transient_units_control_properties_unit_files_and_targets() {
 }
 
 // [itest->req~api.exec~1]
-// [itest->req~agent.exec~1]
+// [itest->req~agent.exec~2]
 #[test]
 fn node_api_exec_runs_on_the_node_with_status_output_and_bounds() {
     if !hirte_tests::require_root("node_api_exec_runs_on_the_node_with_status_output_and_bounds") {
@@ -887,11 +887,11 @@ fn node_api_exec_runs_on_the_node_with_status_output_and_bounds() {
         (st, String::from_utf8_lossy(&out).as_ref()),
         (0, "a b|'c'|")
     );
-    // One argument with blanks is a shell command line (the guide's form).
+    // One argument with blanks is split into words, no shell (the guide's form).
     let (st, out, _) = exec(A1, &["echo hello   world | tr a-z A-Z"], 0).unwrap();
     assert_eq!(
         (st, String::from_utf8_lossy(&out).as_ref()),
-        (0, "HELLO WORLD\n")
+        (0, "hello world | tr a-z A-Z\n")
     );
     // It runs on that node: its network, its systemd.
     let (_, out, _) = exec(A2, &["ip -4 -o addr show dev eth0"], 0).unwrap();
@@ -947,7 +947,7 @@ fn node_api_exec_refused_when_allow_exec_is_no() {
     assert!(line.contains("AllowExec=no"), "{line}");
 }
 
-// [itest->req~agent.exec~1]
+// [itest->req~agent.exec~2]
 // [itest->req~ctl.exec~1]
 #[test]
 fn node_api_exec_passes_dollar_signs_and_percent_unchanged() {
@@ -971,9 +971,12 @@ fn node_api_exec_passes_dollar_signs_and_percent_unchanged() {
     );
     let out = c.hirtectl(&["exec", A1, "printf", "[%s]", "$$", "${HOME}"]);
     assert_eq!(stdout(&out), "[$$][${HOME}]", "{}", show(&out));
-    // The shell form: the shell, not systemd, expands.
-    let out = c.hirtectl(&["exec", A1, "x=5; echo \"$x ${x}\""]);
+    // A shell named by the caller expands, not systemd.
+    let out = c.hirtectl(&["exec", A1, "sh", "-c", "x=5; echo \"$x ${x}\""]);
     assert_eq!(stdout(&out), "5 5\n", "{}", show(&out));
+    // One string is split into words: `$` reaches the command unchanged.
+    let out = c.hirtectl(&["exec", A1, "echo \"$x ${x}\""]);
+    assert_eq!(stdout(&out), "$x ${x}\n", "{}", show(&out));
 }
 
 const MONITOR_IFACE: &str = "org.containers.hirte.Monitor";

@@ -31,6 +31,10 @@ pub enum ConfigError {
     TooLarge {
         file: String,
     },
+    /// A FIFO, device, directory or socket where a config file was expected.
+    NotRegular {
+        file: String,
+    },
     Syntax {
         at: Origin,
         reason: String,
@@ -70,6 +74,7 @@ impl fmt::Display for ConfigError {
             ConfigError::TooLarge { file } => {
                 write!(f, "{file}: larger than {MAX_CONFIG_FILE_SIZE} bytes")
             }
+            ConfigError::NotRegular { file } => write!(f, "{file}: not a regular file"),
             ConfigError::Syntax { at, reason } => write!(f, "{at}: {reason}"),
             ConfigError::UnknownSection { at, section } => {
                 write!(f, "{at}: unknown section [{section}]")

@@ -348,6 +348,41 @@ fn tls_keys_manager_name_and_socket_users() {
     assert!(AgentConfig::default().allow_exec);
 }
 
+/// `read_file` on `path` in a thread, so a read that blocks fails the test instead of hanging it.
+fn read_within_5s(path: PathBuf) -> Option<Result<String, ConfigError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(super::layers::read_file(&path));
+    });
+    rx.recv_timeout(Duration::from_secs(5)).ok()
+}
+
+// [utest->req~config.regular-file~1]
+#[test]
+fn config_reader_refuses_fifos_devices_and_directories_at_once() {
+    let dir = std::env::temp_dir().join(format!("hirte-cfg-nonregular-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.conf");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for path in [fifo, PathBuf::from("/dev/zero"), dir.clone()] {
+        let shown = path.display().to_string();
+        match read_within_5s(path) {
+            Some(Err(e)) => assert_eq!(e.to_string(), format!("{shown}: not a regular file")),
+            Some(Ok(_)) => panic!("{shown} read as a config file"),
+            None => panic!("reading {shown} blocked"),
+        }
+    }
+    // A regular file just over the limit is still refused as too large.
+    let big = dir.join("big.conf");
+    std::fs::write(&big, vec![b'#'; 1024 * 1024 + 1]).unwrap();
+    assert!(matches!(
+        read_within_5s(big),
+        Some(Err(ConfigError::TooLarge { .. }))
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // [utest->req~agent.manager-list~1]
 // [utest->req~config.agent-keys~1]
 #[test]

@@ -3,13 +3,26 @@
 //! journald is written with its native datagram protocol so structured fields (NODE, UNIT, JOB)
 //! reach `journalctl`; when its socket is absent the logger falls back to syslog, then stderr,
 //! so a log line is never silently lost at start-up.
+//!
+//! Logging cannot be turned against the daemons:
+//! - The journald and syslog sockets are non-blocking: a stalled log daemon makes records
+//!   drop (counted, and reported as `N log records dropped` with the next record that goes
+//!   through), never a daemon thread wait.
+//! - What a peer can trigger at will (refused and unregistered connections) is logged with
+//!   [`log_peer!`]: at most `PEER_BURST` records per peer and `PEER_WINDOW`, the rest counted
+//!   and summarised (`N similar messages from PEER suppressed`). The table of peers is fixed
+//!   in size. Job and audit records (`log_fields!`) are never rate-limited.
 
 use std::fmt;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
+
+mod peers;
+pub use peers::{emit_peer, Admit, PeerLimiter, PEER_BURST, PEER_SLOTS, PEER_WINDOW};
+use std::time::Duration;
 
 /// Severity, in increasing order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -167,17 +180,34 @@ fn open_syslog(ident: &str, path: Option<&std::path::Path>) -> Option<Sink> {
         Some(p) => syslog::unix_custom(formatter, p),
     }
     .ok()
-    .map(|l| Sink::Syslog(Box::new(l)))
+    .map(|l| {
+        never_block(&l);
+        Sink::Syslog(Box::new(l))
+    })
 }
 
-/// Connects to journald's native socket, or to `path` (tests).
+/// Connects to journald's native socket, or to `path` (tests). Non-blocking: see the module doc.
 fn open_journald(path: Option<&std::path::Path>) -> Option<Sink> {
     let sock = UnixDatagram::unbound().ok()?;
     match path {
         None => sock.connect(JOURNAL_SOCKET).ok()?,
         Some(p) => sock.connect(p).ok()?,
     }
+    sock.set_nonblocking(true).ok()?;
     Some(Sink::Journald(sock))
+}
+
+/// Makes a syslog connection unable to block a daemon thread: datagram sockets (the usual
+/// `/dev/log`) non-blocking, streams with a short write timeout.
+// [impl->req~log.non-blocking~1]
+fn never_block(logger: &SyslogLogger) {
+    let short = Some(Duration::from_millis(10));
+    let _ = match &logger.backend {
+        syslog::LoggerBackend::Unix(s) => s.set_nonblocking(true),
+        syslog::LoggerBackend::UnixStream(s) => s.get_ref().set_write_timeout(short),
+        syslog::LoggerBackend::Udp(s, _) => s.set_nonblocking(true),
+        syslog::LoggerBackend::Tcp(s) => s.get_ref().set_write_timeout(short),
+    };
 }
 
 /// One record in journald's native format: `KEY=value` lines, structured fields included.
@@ -195,25 +225,57 @@ fn journal_record(ident: &str, level: Level, fields: &[(&str, &str)], message: &
     rec
 }
 
-/// Writes one record to a sink; false if the sink failed.
+/// What became of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Ok,
+    /// The sink is busy (its buffer full): the record is dropped and counted.
+    Busy,
+    /// The sink broke.
+    Failed,
+}
+
+fn outcome(r: std::io::Result<()>) -> Written {
+    match r {
+        Ok(()) => Written::Ok,
+        Err(e) if is_busy(&e) => Written::Busy,
+        Err(_) => Written::Failed,
+    }
+}
+
+fn is_busy(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) || e.raw_os_error() == Some(nix::libc::ENOBUFS)
+}
+
+/// Writes one record to a sink, never waiting for it.
 fn write_record(
     sink: &mut Sink,
     ident: &str,
     level: Level,
     fields: &[(&str, &str)],
     message: &str,
-) -> bool {
+) -> Written {
     match sink {
-        Sink::Journald(sock) => sock
-            .send(journal_record(ident, level, fields, message).as_bytes())
-            .is_ok(),
-        Sink::Syslog(l) => match level {
-            Level::Debug => l.debug(message),
-            Level::Info => l.info(message),
-            Level::Warn => l.warning(message),
-            Level::Error => l.err(message),
+        Sink::Journald(sock) => outcome(
+            sock.send(journal_record(ident, level, fields, message).as_bytes())
+                .map(|_| ()),
+        ),
+        Sink::Syslog(l) => {
+            let r = match level {
+                Level::Debug => l.debug(message),
+                Level::Info => l.info(message),
+                Level::Warn => l.warning(message),
+                Level::Error => l.err(message),
+            };
+            match r {
+                Ok(()) => Written::Ok,
+                Err(syslog::Error::Io(e) | syslog::Error::Write(e)) if is_busy(&e) => Written::Busy,
+                Err(_) => Written::Failed,
+            }
         }
-        .is_ok(),
         Sink::Stderr => {
             let mut line = format!(
                 "{} {:<5} {}",
@@ -225,7 +287,7 @@ fn write_record(
                 line.push_str(&format!(" {k}={}", one_line(v)));
             }
             line.push('\n');
-            std::io::stderr().write_all(line.as_bytes()).is_ok()
+            outcome(std::io::stderr().write_all(line.as_bytes()))
         }
     }
 }
@@ -308,6 +370,15 @@ fn one_line(s: &str) -> String {
     s.replace('\n', " ")
 }
 
+/// Records the sink refused as busy since the last one that went through.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Records dropped at a busy sink since start-up (a reported batch is not subtracted).
+pub fn dropped_total() -> u64 {
+    DROPPED_TOTAL.load(Ordering::Relaxed)
+}
+static DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
 /// Writes one log record, with optional structured fields (`NODE`, `UNIT`, `JOB`, ...).
 pub fn emit(level: Level, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
     if !enabled(level) {
@@ -335,8 +406,7 @@ fn write(level: Level, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
         return;
     };
     let mut sink = logger.sink.lock().unwrap_or_else(PoisonError::into_inner);
-    let ok = write_record(&mut sink, &logger.ident, level, fields, &message);
-    if !ok {
+    if !write_counted(&mut sink, &logger.ident, level, fields, &message) {
         // The sink broke (journald restarted, syslog gone): keep the line on stderr.
         eprintln!(
             "{} {:<5} {}",
@@ -345,6 +415,42 @@ fn write(level: Level, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
             message
         );
     }
+}
+
+/// Writes a record and the count of those dropped before it; false if the sink broke. The
+/// lock around it is held for one non-blocking send only.
+fn write_counted(
+    sink: &mut Sink,
+    ident: &str,
+    level: Level,
+    fields: &[(&str, &str)],
+    message: &str,
+) -> bool {
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let note = format!("{dropped} log records dropped: the log sink was busy");
+        if write_record(sink, ident, Level::Warn, &[], &note) != Written::Ok {
+            DROPPED.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+    match write_record(sink, ident, level, fields, message) {
+        Written::Ok => true,
+        Written::Busy => {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            DROPPED_TOTAL.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Written::Failed => false,
+    }
+}
+
+/// A record a peer can trigger at will, rate-limited per peer:
+/// `log_peer!(Warn, peer, "Refused connection from {peer}: ...")`.
+#[macro_export]
+macro_rules! log_peer {
+    ($lvl:ident, $peer:expr, $($arg:tt)*) => {
+        $crate::log::emit_peer($crate::log::Level::$lvl, &$peer.to_string(), format_args!($($arg)*))
+    };
 }
 
 #[macro_export]
@@ -372,84 +478,4 @@ macro_rules! log_fields {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    // [utest->req~log.targets~1]
-    #[test]
-    fn levels_and_targets_parse() {
-        assert_eq!("debug".parse::<Level>(), Ok(Level::Debug));
-        assert_eq!("WARN".parse::<Level>(), Ok(Level::Warn));
-        assert!("loud".parse::<Level>().is_err());
-        assert_eq!("journald".parse::<Target>(), Ok(Target::Journald));
-        assert_eq!("syslog".parse::<Target>(), Ok(Target::Syslog));
-        assert!("paper".parse::<Target>().is_err());
-        assert!(Level::Debug < Level::Error);
-    }
-
-    fn listener(name: &str) -> (std::path::PathBuf, UnixDatagram) {
-        let path = std::env::temp_dir().join(format!("hirte-log-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let rx = UnixDatagram::bind(&path).unwrap();
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .unwrap();
-        (path, rx)
-    }
-
-    // [utest->req~log.events~1]
-    // [utest->req~log.targets~1]
-    #[test]
-    fn journald_records_carry_structured_fields() {
-        let (path, rx) = listener("journal");
-        let mut sink = open_journald(Some(&path)).unwrap();
-        let fields = [("NODE", "agent1"), ("UNIT", "httpd.service"), ("JOB", "7")];
-        assert!(write_record(
-            &mut sink,
-            "hirte",
-            Level::Info,
-            &fields,
-            "Job 7 start\nof x"
-        ));
-        let mut buf = [0u8; 512];
-        let n = rx.recv(&mut buf).unwrap();
-        let rec = String::from_utf8_lossy(&buf[..n]).to_string();
-        assert_eq!(
-            rec,
-            "MESSAGE=Job 7 start of x\nPRIORITY=6\nSYSLOG_IDENTIFIER=hirte\nNODE=agent1\nUNIT=httpd.service\nJOB=7\n"
-        );
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    // [utest->req~log.targets~1]
-    #[test]
-    fn syslog_target_writes_rfc3164_lines() {
-        let (path, rx) = listener("syslog");
-        let mut sink = open_syslog("hirte-agent", Some(&path)).unwrap();
-        assert!(write_record(
-            &mut sink,
-            "hirte-agent",
-            Level::Warn,
-            &[],
-            "link lost"
-        ));
-        let mut buf = [0u8; 512];
-        let n = rx.recv(&mut buf).unwrap();
-        let line = String::from_utf8_lossy(&buf[..n]).to_string();
-        // <28> = facility daemon (3) * 8 + warning (4)
-        assert!(line.starts_with("<28>"), "{line}");
-        assert!(
-            line.contains("hirte-agent[") && line.ends_with("link lost"),
-            "{line}"
-        );
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
-    fn level_filter() {
-        set_level(Level::Warn);
-        assert!(!enabled(Level::Info));
-        assert!(enabled(Level::Error));
-        set_level(Level::Info);
-        assert_eq!(level(), Level::Info);
-    }
-}
+mod tests;
