@@ -34,6 +34,11 @@ pub const LINK_OUTBOUND_DEPTH: usize = 256;
 /// Calls awaiting an agent's reply, per node. Beyond it a caller gets `Busy`.
 pub const MAX_PENDING_CALLS_PER_NODE: usize = 128;
 
+/// Of those, the slots read-only calls (listings, property reads, subscriptions) cannot
+/// take: kept for calls that change state, so readers cannot delay root's start and stop.
+// [impl->req~bounds.control-reserve~1]
+pub const RESERVED_CONTROL_CALLS_PER_NODE: usize = 32;
+
 /// Jobs in flight across the whole manager. Beyond it a caller gets `Busy`.
 pub const MAX_JOBS: usize = 4096;
 
@@ -69,6 +74,11 @@ pub const SYSTEMD_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Longest the core threads sleep before re-checking timers and the shutdown flag.
 pub const CORE_TICK: Duration = Duration::from_millis(100);
+
+/// Events of one kind (bus messages, link events) a core thread handles per turn before it
+/// checks its timers, heartbeats and watchdog again; the rest waits for the next turn.
+// [impl->req~bounds.core-turn~1]
+pub const MAX_EVENTS_PER_TURN: usize = 64;
 
 /// Stack of a connection thread: it only frames bytes, it needs little.
 pub const CONNECTION_THREAD_STACK: usize = 256 * 1024;

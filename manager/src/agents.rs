@@ -81,8 +81,15 @@ impl<K> Agents<K> {
         if !node.is_online() {
             return fail(CallError::Offline { node: name }, kind);
         }
-        if !self.calls.has_room(idx) {
-            return fail(CallError::WindowFull { node: name }, kind);
+        if !self.calls.has_room(idx, member) {
+            let in_flight = self.calls.in_flight(idx);
+            return fail(
+                CallError::WindowFull {
+                    node: name,
+                    in_flight,
+                },
+                kind,
+            );
         }
         let Ok(mut msg) = Message::new_method_call(
             protocol::LINK_PEER,
@@ -225,15 +232,20 @@ impl<K> Agents<K> {
         };
         let mut now = current.clone();
         let timeout = self.call_timeout;
+        // A call too large for the link is final: retrying it would fail the same way.
+        let done = |r: Result<(), Box<(CallError, K)>>| match r {
+            Ok(()) => true,
+            Err(f) => matches!(f.0, CallError::TooLarge(_)),
+        };
         for unit in current.difference(&wanted) {
             let fill = |m: &mut Message| m.append_all((unit.clone(),));
-            if self.call(idx, "Unsubscribe", fill, kind(), timeout).is_ok() {
+            if done(self.call(idx, "Unsubscribe", fill, kind(), timeout)) {
                 now.remove(unit);
             }
         }
         for unit in wanted.difference(&current) {
             let fill = |m: &mut Message| m.append_all((unit.clone(),));
-            if self.call(idx, "Subscribe", fill, kind(), timeout).is_ok() {
+            if done(self.call(idx, "Subscribe", fill, kind(), timeout)) {
                 now.insert(unit.clone());
             }
         }
@@ -298,6 +310,30 @@ mod tests {
         assert!(sent(&h).is_empty());
     }
 
+    /// Read-only callers (and the manager's own subscriptions) cannot fill the window:
+    /// root's start and stop still get through.
+    // [utest->req~bounds.control-reserve~1]
+    #[test]
+    fn read_only_calls_leave_room_for_calls_that_change_state() {
+        let (mut a, h) = online();
+        let t = a.call_timeout();
+        let mut read_only = 0;
+        while a.call(0, "ListUnits", |_| {}, 0, t).is_ok() {
+            read_only += 1;
+            assert!(read_only <= MAX_PENDING_CALLS_PER_NODE);
+        }
+        let e = a.call(0, "Subscribe", |_| {}, 0, t).unwrap_err();
+        assert_eq!(
+            e.0.to_string(),
+            format!("node 'n1' has {read_only} calls in flight; try again later")
+        );
+        assert!(read_only < MAX_PENDING_CALLS_PER_NODE);
+        for member in ["StartUnit", "StopUnit"] {
+            a.call(0, member, |_| {}, 0, t).unwrap();
+        }
+        assert_eq!(sent(&h).len(), read_only + 2);
+    }
+
     #[test]
     fn a_disconnected_node_takes_its_calls_along() {
         let (mut a, h) = online();
@@ -336,6 +372,20 @@ mod tests {
         let calls: Vec<String> = sent(&h).iter().map(member).collect();
         assert_eq!(calls, ["Unsubscribe"]);
         assert!(a.unsynced().is_empty());
+    }
+
+    /// A name too large for a frame fails its Subscribe for good (logged once), not on
+    /// every tick.
+    #[test]
+    fn a_subscription_too_large_for_the_link_is_not_retried() {
+        let (mut a, h) = online();
+        let huge = "x".repeat(hirte_common::bounds::MAX_FRAME_SIZE);
+        a.sync_subscriptions(0, BTreeSet::from([huge.clone()]), || 0);
+        assert!(sent(&h).is_empty());
+        assert!(a.unsynced().is_empty());
+        a.sync_subscriptions(0, BTreeSet::from([huge]), || 0);
+        assert!(sent(&h).is_empty());
+        assert!(a.is_quiet());
     }
 
     #[test]
