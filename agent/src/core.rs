@@ -16,7 +16,7 @@ use crate::systemd::{bad_args, CallError, Systemd, SystemdBus};
 use crate::watch::Watch;
 use dbus::message::MessageType;
 use dbus::Message;
-use hirte_common::bounds::{CORE_TICK, MAX_EVENTS_PER_TURN, MAX_FRAME_SIZE};
+use hirte_common::bounds::{CORE_TICK, MAX_AGENT_SIGNAL_SIZE, MAX_EVENTS_PER_TURN, MAX_FRAME_SIZE};
 use hirte_common::bus::{BusWriter, WRITE_RETRY};
 use hirte_common::config::{self, AgentConfig};
 use hirte_common::frame::SerialCounter;
@@ -228,9 +228,16 @@ impl<S: Systemd> Core<S> {
         self.flush_retry();
     }
 
-    /// Frames and queues a message; one that cannot go is logged and dropped.
+    /// Frames and queues a message; one that cannot go is logged and dropped. A signal
+    /// above `MAX_AGENT_SIGNAL_SIZE` is one: the manager would cut the node off for it.
     pub(crate) fn send(&self, mut msg: Message) {
-        match self.serials.encode(&mut msg, MAX_FRAME_SIZE) {
+        // [impl->req~bounds.agent-flood~1]
+        let max = if msg.msg_type() == MessageType::Signal {
+            MAX_AGENT_SIGNAL_SIZE
+        } else {
+            MAX_FRAME_SIZE
+        };
+        match self.serials.encode(&mut msg, max) {
             Ok(bytes) => {
                 if self.outbound.try_push(bytes).is_err() {
                     log_warn!("Outgoing queue to the manager is full; message dropped");

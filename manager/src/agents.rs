@@ -7,7 +7,9 @@ use crate::events::{LinkHandle, LinkId};
 use crate::nodes::{NodeTable, RegisterError};
 use crate::objects::{signal, Outbox};
 use dbus::arg::messageitem::MessageItem;
+use dbus::message::MessageType;
 use dbus::Message;
+use hirte_common::bounds::MAX_AGENT_SIGNAL_SIZE;
 use hirte_common::protocol::{self, error, error_reply};
 use hirte_common::timespan::format_timespan;
 use hirte_common::{log_debug, log_warn};
@@ -143,6 +145,41 @@ impl<K> Agents<K> {
         let idx = self.nodes.by_link(link)?;
         self.nodes.touch(idx);
         Some(idx)
+    }
+
+    /// Whether a frame of `size` bytes from `link` goes on to be handled. An answer to a
+    /// call in flight always does; anything else is charged to the node's unasked budget,
+    /// and a signal larger than `MAX_AGENT_SIGNAL_SIZE` (agents never send one) breaks the
+    /// protocol: either way `Err` with the node to cut off and why, before any decoding.
+    // [impl->req~bounds.agent-flood~1]
+    pub fn admit(
+        &mut self,
+        link: LinkId,
+        msg: &Message,
+        size: usize,
+        now: Instant,
+    ) -> Result<bool, (usize, String)> {
+        let Some(idx) = self.nodes.by_link(link) else {
+            return Ok(false);
+        };
+        let kind = msg.msg_type();
+        let serial = msg.get_reply_serial().unwrap_or(0);
+        if matches!(kind, MessageType::MethodReturn | MessageType::Error)
+            && self.calls.is_waiting(idx, serial)
+        {
+            return Ok(true);
+        }
+        let verdict = if kind == MessageType::Signal && size > MAX_AGENT_SIGNAL_SIZE {
+            Err(format!(
+                "protocol error: a signal of {size} bytes, the limit is {MAX_AGENT_SIGNAL_SIZE}"
+            ))
+        } else {
+            self.nodes.charge_unasked(idx, size, now)
+        };
+        verdict.map(|()| true).map_err(|reason| {
+            log_warn!("Node '{}' cut off: {reason}", self.nodes.name(idx));
+            (idx, reason)
+        })
     }
 
     /// The call an agent's answer belongs to.

@@ -158,6 +158,13 @@ impl<K> CallTable<K> {
         self.calls.entry(node).or_default().insert(serial, call);
     }
 
+    /// Whether an answer with `serial` from `node` has a call waiting for it.
+    pub fn is_waiting(&self, node: usize, serial: u32) -> bool {
+        self.calls
+            .get(&node)
+            .is_some_and(|c| c.contains_key(&serial))
+    }
+
     /// The call an answer with `serial` from `node` belongs to.
     pub fn answer(&mut self, node: usize, serial: u32) -> Option<Call<K>> {
         let calls = self.calls.get_mut(&node)?;

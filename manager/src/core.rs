@@ -170,7 +170,11 @@ impl Core {
                         LinkEvent::Register { handle, name, call } => {
                             m.on_register(handle, &name, &call)
                         }
-                        LinkEvent::Frame { link, msg } => m.on_frame(link, msg),
+                        LinkEvent::Frame { link, msg, size } => {
+                            if m.admit(link, &msg, size) {
+                                m.on_frame(link, msg);
+                            }
+                        }
                         LinkEvent::Closed { link, reason } => m.on_link_closed(link, &reason),
                     }
                 });

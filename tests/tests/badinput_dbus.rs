@@ -111,6 +111,7 @@ const INVALID: [&str; 2] = [
 
 // [itest->req~api.errors~1]
 // [itest->req~link.max-frame~1]
+// [itest->req~common.unit-name~1]
 #[test]
 fn badinput_dbus_wrong_types_huge_strings_unknown_nodes_clear_errors() {
     if !hirte_tests::require_root(
@@ -454,7 +455,6 @@ fn badinput_dbus_wrong_types_huge_strings_unknown_nodes_clear_errors() {
 /// Unit names are checked before anything is done with them, monitors included (a 5 MiB
 /// name in `Subscribe` was re-sent to every node on every tick): `InvalidArgs` naming the
 /// problem, from the manager itself.
-// [itest->req~common.unit-name~1]
 fn unit_names_are_checked_at_the_api(
     bus: &Connection,
     agent1: &str,
@@ -464,7 +464,8 @@ fn unit_names_are_checked_at_the_api(
     const HIRTE_INVALID: [&str; 1] = ["org.containers.hirte.Error.InvalidArgs"];
     let (m,): (dbus::Path,) = call(bus, MANAGER_PATH, MANAGER_IFACE, "CreateMonitor", ()).unwrap();
     let long = format!("{}.service", "l".repeat(248));
-    let cases: Vec<(&str, Result<(u32,), (String, String)>, &str)> = vec![
+    type Answer = Result<(u32,), (String, String)>;
+    let cases: Vec<(&str, Answer, &str)> = vec![
         (
             "Subscribe(5 MiB unit name)",
             call(bus, &m, MONITOR_IFACE, "Subscribe", ("agent1", giant)),
@@ -732,6 +733,7 @@ fn badinput_dbus_thousands_of_monitors_and_subscriptions_busy_beyond_bounds() {
 /// manager accepts must take effect, i.e. its unit's events must reach the monitor.
 // [itest->req~manager.monitors~1]
 // [itest->req~bounds.pending-calls~1]
+// [itest->req~bounds.control-reserve~1]
 #[test]
 fn badinput_dbus_pipelined_subscriptions_all_take_effect() {
     if !hirte_tests::require_root("badinput_dbus_pipelined_subscriptions_all_take_effect") {
