@@ -216,7 +216,7 @@ impl LinkThread {
                     self.push_event(LinkEvent::Frame {
                         link: self.handle.id,
                         msg,
-                        size: decoder.last_frame_len(),
+                        size: link.last_frame_len(),
                     })?;
                     continue;
                 }
