@@ -79,6 +79,9 @@ impl dbus::channel::Sender for Audited<'_> {
 // [impl->req~manager.sigterm~1]
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest the timers wait while link events are still queued.
+const TIMERS_UNDER_BACKLOG: Duration = Duration::from_secs(1);
+
 /// How long the last answers may take to reach the bus at exit.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -87,6 +90,7 @@ impl Core {
         self.watch_clients()?;
         let mut drain_until: Option<Instant> = None;
         let mut more = false;
+        let mut last_timers = Instant::now();
         loop {
             notify::watchdog_tick();
             if self.reload.swap(false, Ordering::Relaxed) {
@@ -180,9 +184,16 @@ impl Core {
                 });
                 self.apply_effects();
             }
-            more |= !self.events.is_empty();
-            self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
-            self.apply_effects();
+            let backlog = !self.events.is_empty();
+            more |= backlog;
+            // Silence and lateness are judged once what the links delivered is handled, so
+            // queued heartbeats and answers count; under a lasting backlog at least every
+            // TIMERS_UNDER_BACKLOG, so timers cannot starve either.
+            if !backlog || last_timers.elapsed() >= TIMERS_UNDER_BACKLOG {
+                last_timers = Instant::now();
+                self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
+                self.apply_effects();
+            }
             // [impl->req~bounds.bus-write~1]
             self.bus_writer
                 .pump(&self.conn)
