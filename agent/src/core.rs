@@ -16,7 +16,7 @@ use crate::systemd::{bad_args, CallError, Systemd, SystemdBus};
 use crate::watch::Watch;
 use dbus::message::MessageType;
 use dbus::Message;
-use hirte_common::bounds::{CORE_TICK, MAX_FRAME_SIZE};
+use hirte_common::bounds::{CORE_TICK, MAX_AGENT_SIGNAL_SIZE, MAX_EVENTS_PER_TURN, MAX_FRAME_SIZE};
 use hirte_common::bus::{BusWriter, WRITE_RETRY};
 use hirte_common::config::{self, AgentConfig};
 use hirte_common::frame::SerialCounter;
@@ -242,9 +242,16 @@ impl<S: Systemd> Core<S> {
         self.flush_retry();
     }
 
-    /// Frames and queues a message; one that cannot go is logged and dropped.
+    /// Frames and queues a message; one that cannot go is logged and dropped. A signal
+    /// above `MAX_AGENT_SIGNAL_SIZE` is one: the manager would cut the node off for it.
     pub(crate) fn send(&self, mut msg: Message) {
-        match self.serials.encode(&mut msg, MAX_FRAME_SIZE) {
+        // [impl->req~bounds.agent-flood~1]
+        let max = if msg.msg_type() == MessageType::Signal {
+            MAX_AGENT_SIGNAL_SIZE
+        } else {
+            MAX_FRAME_SIZE
+        };
+        match self.serials.encode(&mut msg, max) {
             Ok(bytes) => {
                 if self.outbound.try_push(bytes).is_err() {
                     log_warn!("Outgoing queue to the manager is full; message dropped");
@@ -265,13 +272,17 @@ impl Core<SystemdBus> {
     }
 
     pub fn run(&mut self) -> Result<Exit, PollError> {
+        let mut more = false;
         while !self.shutdown.load(Ordering::Relaxed) {
             notify::watchdog_tick();
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload_config();
             }
             let conn = self.sd.conn();
-            let tick = if conn.channel().has_messages_to_send() {
+            let tick = if more {
+                // The last turn stopped at its cap: what is left is already read.
+                Duration::from_millis(1)
+            } else if conn.channel().has_messages_to_send() {
                 WRITE_RETRY
             } else {
                 CORE_TICK
@@ -284,14 +295,25 @@ impl Core<SystemdBus> {
                     "connection to the node's bus closed".to_string(),
                 ));
             }
-            self.drain_bus();
+            // [impl->req~bounds.core-turn~1]
+            // At most `MAX_EVENTS_PER_TURN` bus messages and link events per turn, so the
+            // watchdog and timers come round under a flood. Bus messages left over are
+            // handled before any further link event, to keep their order.
+            more = !self.drain_bus();
             self.events.clear_wake();
-            while let Some(ev) = self.events.try_pop() {
+            for _ in 0..MAX_EVENTS_PER_TURN {
+                if more {
+                    break;
+                }
+                let Some(ev) = self.events.try_pop() else {
+                    break;
+                };
                 self.on_link_event(ev);
                 // Signals that arrived during a blocking systemd call are handled in order,
                 // after the call whose job they may concern was recorded.
-                self.drain_bus();
+                more = !self.drain_bus();
             }
+            more |= !self.events.is_empty();
             self.on_tick();
             // [impl->req~bounds.bus-write~1]
             if let Err(e) = self.bus_writer.pump(self.sd.conn()) {
@@ -303,9 +325,14 @@ impl Core<SystemdBus> {
         Ok(Exit::Shutdown)
     }
 
-    fn drain_bus(&mut self) {
-        while let Some(msg) = self.sd.conn().channel().pop_message() {
+    /// Handles up to `MAX_EVENTS_PER_TURN` bus messages; false if it stopped at that cap.
+    fn drain_bus(&mut self) -> bool {
+        for _ in 0..MAX_EVENTS_PER_TURN {
+            let Some(msg) = self.sd.conn().channel().pop_message() else {
+                return true;
+            };
             self.on_bus_message(msg);
         }
+        false
     }
 }

@@ -29,11 +29,39 @@ pub const MAX_NODE_NAME_LEN: usize = 64;
 /// Events queued from connection threads to the manager's core thread.
 pub const CORE_QUEUE_DEPTH: usize = 4096;
 
+/// Bytes of frames queued from connection threads to the manager's core (each frame is
+/// held as it arrived, so this bounds the queue's memory; `CORE_QUEUE_DEPTH` x
+/// `MAX_FRAME_SIZE` would be 16 GiB). A connection thread waits for room as for a full queue.
+// [impl->req~bounds.core-queue-bytes~1]
+pub const CORE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bytes one agent may send unasked (anything but answers to the manager's calls) within
+/// `UNASKED_WINDOW`; more, and the manager cuts the node off (link closed, node offline).
+// [impl->req~bounds.agent-flood~1]
+pub const MAX_UNASKED_BYTES_PER_WINDOW: usize = 16 * 1024 * 1024;
+
+/// Messages one agent may send unasked within `UNASKED_WINDOW`; more, and it is cut off.
+// [impl->req~bounds.agent-flood~1]
+pub const MAX_UNASKED_FRAMES_PER_WINDOW: usize = 8192;
+
+/// The interval the two budgets above apply to.
+pub const UNASKED_WINDOW: Duration = Duration::from_secs(1);
+
+/// Largest signal an agent may send (its unit events are a few KiB): the agent drops a
+/// larger one with a warning; the manager cuts off a node that sends one, before decoding.
+// [impl->req~bounds.agent-flood~1]
+pub const MAX_AGENT_SIGNAL_SIZE: usize = 256 * 1024;
+
 /// Frames queued for sending on one link.
 pub const LINK_OUTBOUND_DEPTH: usize = 256;
 
 /// Calls awaiting an agent's reply, per node. Beyond it a caller gets `Busy`.
 pub const MAX_PENDING_CALLS_PER_NODE: usize = 128;
+
+/// Of those, the slots read-only calls (listings, property reads, subscriptions) cannot
+/// take: kept for calls that change state, so readers cannot delay root's start and stop.
+// [impl->req~bounds.control-reserve~1]
+pub const RESERVED_CONTROL_CALLS_PER_NODE: usize = 32;
 
 /// Jobs in flight across the whole manager. Beyond it a caller gets `Busy`.
 pub const MAX_JOBS: usize = 4096;
@@ -70,6 +98,11 @@ pub const SYSTEMD_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Longest the core threads sleep before re-checking timers and the shutdown flag.
 pub const CORE_TICK: Duration = Duration::from_millis(100);
+
+/// Events of one kind (bus messages, link events) a core thread handles per turn before it
+/// checks its timers, heartbeats and watchdog again; the rest waits for the next turn.
+// [impl->req~bounds.core-turn~1]
+pub const MAX_EVENTS_PER_TURN: usize = 64;
 
 /// Stack of a connection thread: it only frames bytes, it needs little.
 pub const CONNECTION_THREAD_STACK: usize = 256 * 1024;

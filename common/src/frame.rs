@@ -53,6 +53,8 @@ impl std::error::Error for FrameError {}
 pub struct FrameDecoder {
     buf: Vec<u8>,
     max_frame: usize,
+    /// Length prefix + payload of the last frame taken.
+    last_len: usize,
 }
 
 impl FrameDecoder {
@@ -60,12 +62,19 @@ impl FrameDecoder {
         FrameDecoder {
             buf: Vec::new(),
             max_frame,
+            last_len: 0,
         }
     }
 
     /// Tightens or loosens the bound, e.g. once a connection has registered.
     pub fn set_max_frame(&mut self, max_frame: usize) {
         self.max_frame = max_frame;
+    }
+
+    /// Bytes of the last frame taken (prefix included): what it cost to receive, for the
+    /// receiver's byte budgets.
+    pub fn last_frame_len(&self) -> usize {
+        self.last_len
     }
 
     /// Bytes held that do not yet form a frame.
@@ -107,6 +116,7 @@ impl FrameDecoder {
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
+        self.last_len = HEADER_LEN + len;
         let payload: Vec<u8> = self
             .buf
             .drain(..HEADER_LEN + len)

@@ -189,6 +189,11 @@ impl FrameLink {
         Ok(self.decoder.next_message()?)
     }
 
+    /// Bytes of the last message taken (see `FrameDecoder::last_frame_len`).
+    pub fn last_frame_len(&self) -> usize {
+        self.decoder.last_frame_len()
+    }
+
     /// Polls the socket and `other`; the socket counts as ready at once when TLS holds
     /// decrypted bytes not yet read.
     fn wait(

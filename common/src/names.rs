@@ -111,6 +111,87 @@ pub fn validate_proxy_target(unit: &str) -> Result<(), ProxyNameError> {
     }
 }
 
+/// Why a unit name was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitNameError {
+    Empty,
+    TooLong(usize),
+    BadChar(char),
+    NoSuffix,
+    BadSuffix(String),
+    BadInstance,
+}
+
+impl fmt::Display for UnitNameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnitNameError::Empty => write!(f, "unit name is empty"),
+            UnitNameError::TooLong(n) => write!(
+                f,
+                "unit name is {n} bytes long, the limit is {MAX_UNIT_NAME_LEN}"
+            ),
+            UnitNameError::BadChar(c) => write!(
+                f,
+                "unit name contains {c:?}; allowed are letters, digits, ':', '-', '_', '.', '\\' and one '@'"
+            ),
+            UnitNameError::NoSuffix => write!(f, "unit name has no type suffix (e.g. '.service')"),
+            UnitNameError::BadSuffix(s) => write!(f, "'.{s}' is not a unit type"),
+            UnitNameError::BadInstance => {
+                write!(f, "unit name has more than one '@' or nothing before it")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UnitNameError {}
+
+/// The unit types systemd knows (`unit_type_to_string`).
+const UNIT_SUFFIXES: [&str; 11] = [
+    "service",
+    "socket",
+    "target",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "timer",
+    "path",
+    "slice",
+    "scope",
+];
+
+/// A unit name as systemd's `unit_name_is_valid` accepts it: at most 255 bytes of
+/// `[A-Za-z0-9:_.\\-]` with at most one `@` (a template or instance, something before it),
+/// a non-empty name and a known type suffix.
+// [impl->req~common.unit-name~1]
+pub fn validate_unit_name(unit: &str) -> Result<(), UnitNameError> {
+    if unit.is_empty() {
+        return Err(UnitNameError::Empty);
+    }
+    if unit.len() > MAX_UNIT_NAME_LEN {
+        return Err(UnitNameError::TooLong(unit.len()));
+    }
+    if let Some(c) = unit
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@')))
+    {
+        return Err(UnitNameError::BadChar(c));
+    }
+    let Some((name, suffix)) = unit.rsplit_once('.') else {
+        return Err(UnitNameError::NoSuffix);
+    };
+    if name.is_empty() {
+        return Err(UnitNameError::Empty);
+    }
+    if !UNIT_SUFFIXES.contains(&suffix) {
+        return Err(UnitNameError::BadSuffix(suffix.to_string()));
+    }
+    if name.matches('@').count() > 1 || name.starts_with('@') {
+        return Err(UnitNameError::BadInstance);
+    }
+    Ok(())
+}
+
 /// Splits a proxy instance `NODE_UNIT.service` (as `hirte-proxy@.service` passes it) at the
 /// first `_` into the target node and unit. Node names with `_` cannot be targets.
 // [impl->req~proxy.templates~1]
@@ -204,6 +285,58 @@ mod tests {
         assert!(validate_proxy_target("a@b.service").is_err());
         assert!(validate_proxy_target("db.service").is_ok());
         assert!(validate_proxy_target(&format!("{}.service", "a".repeat(200))).is_err());
+    }
+
+    // [utest->req~common.unit-name~1]
+    #[test]
+    fn validates_unit_names_like_systemd() {
+        for ok in [
+            "a.service",
+            "getty@tty1.service",
+            "getty@.service",
+            "dev-sda1.device",
+            "sys-devices-x\\x2dy.device",
+            "-.mount",
+            "user.slice",
+        ] {
+            assert_eq!(validate_unit_name(ok), Ok(()), "{ok}");
+        }
+        let long = format!("{}.service", "a".repeat(248));
+        assert_eq!(long.len(), 256);
+        assert_eq!(validate_unit_name(&long), Err(UnitNameError::TooLong(256)));
+        assert!(validate_unit_name(&long[1..]).is_ok());
+        assert_eq!(validate_unit_name(""), Err(UnitNameError::Empty));
+        assert_eq!(validate_unit_name(".service"), Err(UnitNameError::Empty));
+        assert_eq!(
+            validate_unit_name("a b.service"),
+            Err(UnitNameError::BadChar(' '))
+        );
+        assert_eq!(
+            validate_unit_name("a/b.service"),
+            Err(UnitNameError::BadChar('/'))
+        );
+        assert_eq!(validate_unit_name("*"), Err(UnitNameError::BadChar('*')));
+        assert_eq!(
+            validate_unit_name("noservice"),
+            Err(UnitNameError::NoSuffix)
+        );
+        assert_eq!(
+            validate_unit_name("a.exe"),
+            Err(UnitNameError::BadSuffix("exe".into()))
+        );
+        assert_eq!(
+            validate_unit_name("a@b@c.service"),
+            Err(UnitNameError::BadInstance)
+        );
+        assert_eq!(
+            validate_unit_name("@a.service"),
+            Err(UnitNameError::BadInstance)
+        );
+        assert!(validate_unit_name("caf\u{e9}.service").is_err());
+        assert_eq!(
+            UnitNameError::TooLong(300).to_string(),
+            "unit name is 300 bytes long, the limit is 255"
+        );
     }
 
     // [utest->req~common.node-name~1]

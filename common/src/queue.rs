@@ -38,6 +38,14 @@ impl<T> fmt::Display for PushError<T> {
 struct Inner<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// Sum of the items' weights (see `with_byte_budget`).
+    bytes: usize,
+}
+
+/// A bound on the bytes queued besides the number of items.
+struct ByteBudget<T> {
+    max: usize,
+    weigh: fn(&T) -> usize,
 }
 
 /// Bounded multi-producer queue whose consumer waits with `poll()` on [`BoundedQueue::wake_fd`].
@@ -46,6 +54,7 @@ pub struct BoundedQueue<T> {
     inner: Mutex<Inner<T>>,
     not_full: Condvar,
     capacity: usize,
+    budget: Option<ByteBudget<T>>,
     wake: EventFd,
 }
 
@@ -55,11 +64,48 @@ impl<T> BoundedQueue<T> {
             inner: Mutex::new(Inner {
                 items: VecDeque::with_capacity(capacity),
                 closed: false,
+                bytes: 0,
             }),
             not_full: Condvar::new(),
             capacity,
+            budget: None,
             wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
         })
+    }
+
+    /// A queue bounded in items and in bytes: `weigh` says what an item holds. An item
+    /// heavier than the whole budget still goes into an empty queue (one at a time), so
+    /// nothing the bounds allow elsewhere can block for ever.
+    // [impl->req~bounds.core-queue-bytes~1]
+    pub fn with_byte_budget(
+        capacity: usize,
+        max_bytes: usize,
+        weigh: fn(&T) -> usize,
+    ) -> nix::Result<Self> {
+        let mut q = Self::new(capacity)?;
+        q.budget = Some(ByteBudget {
+            max: max_bytes,
+            weigh,
+        });
+        Ok(q)
+    }
+
+    fn weight(&self, item: &T) -> usize {
+        self.budget.as_ref().map_or(0, |b| (b.weigh)(item))
+    }
+
+    /// Whether `inner` has room for one more item of `weight` bytes.
+    fn has_room(&self, inner: &Inner<T>, weight: usize) -> bool {
+        inner.items.len() < self.capacity
+            && self
+                .budget
+                .as_ref()
+                .is_none_or(|b| inner.bytes == 0 || inner.bytes.saturating_add(weight) <= b.max)
+    }
+
+    /// Bytes queued (0 without a byte budget).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     // A producer that panicked mid-push cannot leave the deque inconsistent (push_back is
@@ -89,7 +135,9 @@ impl<T> BoundedQueue<T> {
             if inner.closed {
                 return Err(PushError::Closed(item));
             }
-            if inner.items.len() < self.capacity {
+            let weight = self.weight(&item);
+            if self.has_room(&inner, weight) {
+                inner.bytes += weight;
                 inner.items.push_back(item);
                 drop(inner);
                 // A failed eventfd write can only mean the counter is saturated: already woken.
@@ -110,9 +158,17 @@ impl<T> BoundedQueue<T> {
 
     /// Takes the oldest item, if any.
     pub fn try_pop(&self) -> Option<T> {
-        let item = self.lock().items.pop_front();
-        if item.is_some() {
-            self.not_full.notify_one();
+        let mut inner = self.lock();
+        let item = inner.items.pop_front();
+        if let Some(item) = &item {
+            inner.bytes = inner.bytes.saturating_sub(self.weight(item));
+            drop(inner);
+            // Room in bytes may fit any waiting producer, not just one.
+            if self.budget.is_some() {
+                self.not_full.notify_all();
+            } else {
+                self.not_full.notify_one();
+            }
         }
         item
     }
@@ -174,6 +230,24 @@ mod tests {
         assert_eq!(q.try_pop(), Some(1));
         assert!(t.join().unwrap());
         assert_eq!(q.try_pop(), Some(2));
+    }
+
+    // [utest->req~bounds.core-queue-bytes~1]
+    #[test]
+    fn a_byte_budget_bounds_what_is_queued() {
+        let q = BoundedQueue::with_byte_budget(100, 10, Vec::<u8>::len).unwrap();
+        // Larger than the budget: only into an empty queue.
+        q.try_push(vec![0; 25]).unwrap();
+        assert!(matches!(q.try_push(vec![1]), Err(PushError::Full(_))));
+        assert_eq!(q.try_pop().map(|v| v.len()), Some(25));
+        q.try_push(vec![0; 6]).unwrap();
+        q.try_push(vec![0; 4]).unwrap();
+        assert!(matches!(q.try_push(vec![0; 1]), Err(PushError::Full(_))));
+        assert!(q.try_push(Vec::new()).is_ok());
+        assert_eq!(q.bytes(), 10);
+        q.try_pop();
+        q.try_push(vec![0; 6]).unwrap();
+        assert_eq!((q.len(), q.bytes()), (3, 10));
     }
 
     #[test]

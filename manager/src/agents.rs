@@ -7,7 +7,9 @@ use crate::events::{LinkHandle, LinkId};
 use crate::nodes::{NodeTable, RegisterError};
 use crate::objects::{signal, Outbox};
 use dbus::arg::messageitem::MessageItem;
+use dbus::message::MessageType;
 use dbus::Message;
+use hirte_common::bounds::MAX_AGENT_SIGNAL_SIZE;
 use hirte_common::protocol::{self, error, error_reply};
 use hirte_common::timespan::format_timespan;
 use hirte_common::{log_debug, log_warn};
@@ -81,8 +83,15 @@ impl<K> Agents<K> {
         if !node.is_online() {
             return fail(CallError::Offline { node: name }, kind);
         }
-        if !self.calls.has_room(idx) {
-            return fail(CallError::WindowFull { node: name }, kind);
+        if !self.calls.has_room(idx, member) {
+            let in_flight = self.calls.in_flight(idx);
+            return fail(
+                CallError::WindowFull {
+                    node: name,
+                    in_flight,
+                },
+                kind,
+            );
         }
         let Ok(mut msg) = Message::new_method_call(
             protocol::LINK_PEER,
@@ -136,6 +145,41 @@ impl<K> Agents<K> {
         let idx = self.nodes.by_link(link)?;
         self.nodes.touch(idx);
         Some(idx)
+    }
+
+    /// Whether a frame of `size` bytes from `link` goes on to be handled. An answer to a
+    /// call in flight always does; anything else is charged to the node's unasked budget,
+    /// and a signal larger than `MAX_AGENT_SIGNAL_SIZE` (agents never send one) breaks the
+    /// protocol: either way `Err` with the node to cut off and why, before any decoding.
+    // [impl->req~bounds.agent-flood~1]
+    pub fn admit(
+        &mut self,
+        link: LinkId,
+        msg: &Message,
+        size: usize,
+        now: Instant,
+    ) -> Result<bool, (usize, String)> {
+        let Some(idx) = self.nodes.by_link(link) else {
+            return Ok(false);
+        };
+        let kind = msg.msg_type();
+        let serial = msg.get_reply_serial().unwrap_or(0);
+        if matches!(kind, MessageType::MethodReturn | MessageType::Error)
+            && self.calls.is_waiting(idx, serial)
+        {
+            return Ok(true);
+        }
+        let verdict = if kind == MessageType::Signal && size > MAX_AGENT_SIGNAL_SIZE {
+            Err(format!(
+                "protocol error: a signal of {size} bytes, the limit is {MAX_AGENT_SIGNAL_SIZE}"
+            ))
+        } else {
+            self.nodes.charge_unasked(idx, size, now)
+        };
+        verdict.map(|()| true).map_err(|reason| {
+            log_warn!("Node '{}' cut off: {reason}", self.nodes.name(idx));
+            (idx, reason)
+        })
     }
 
     /// The call an agent's answer belongs to.
@@ -225,15 +269,20 @@ impl<K> Agents<K> {
         };
         let mut now = current.clone();
         let timeout = self.call_timeout;
+        // A call too large for the link is final: retrying it would fail the same way.
+        let done = |r: Result<(), Box<(CallError, K)>>| match r {
+            Ok(()) => true,
+            Err(f) => matches!(f.0, CallError::TooLarge(_)),
+        };
         for unit in current.difference(&wanted) {
             let fill = |m: &mut Message| m.append_all((unit.clone(),));
-            if self.call(idx, "Unsubscribe", fill, kind(), timeout).is_ok() {
+            if done(self.call(idx, "Unsubscribe", fill, kind(), timeout)) {
                 now.remove(unit);
             }
         }
         for unit in wanted.difference(&current) {
             let fill = |m: &mut Message| m.append_all((unit.clone(),));
-            if self.call(idx, "Subscribe", fill, kind(), timeout).is_ok() {
+            if done(self.call(idx, "Subscribe", fill, kind(), timeout)) {
                 now.insert(unit.clone());
             }
         }
@@ -298,6 +347,30 @@ mod tests {
         assert!(sent(&h).is_empty());
     }
 
+    /// Read-only callers (and the manager's own subscriptions) cannot fill the window:
+    /// root's start and stop still get through.
+    // [utest->req~bounds.control-reserve~1]
+    #[test]
+    fn read_only_calls_leave_room_for_calls_that_change_state() {
+        let (mut a, h) = online();
+        let t = a.call_timeout();
+        let mut read_only = 0;
+        while a.call(0, "ListUnits", |_| {}, 0, t).is_ok() {
+            read_only += 1;
+            assert!(read_only <= MAX_PENDING_CALLS_PER_NODE);
+        }
+        let e = a.call(0, "Subscribe", |_| {}, 0, t).unwrap_err();
+        assert_eq!(
+            e.0.to_string(),
+            format!("node 'n1' has {read_only} calls in flight; try again later")
+        );
+        assert!(read_only < MAX_PENDING_CALLS_PER_NODE);
+        for member in ["StartUnit", "StopUnit"] {
+            a.call(0, member, |_| {}, 0, t).unwrap();
+        }
+        assert_eq!(sent(&h).len(), read_only + 2);
+    }
+
     #[test]
     fn a_disconnected_node_takes_its_calls_along() {
         let (mut a, h) = online();
@@ -336,6 +409,20 @@ mod tests {
         let calls: Vec<String> = sent(&h).iter().map(member).collect();
         assert_eq!(calls, ["Unsubscribe"]);
         assert!(a.unsynced().is_empty());
+    }
+
+    /// A name too large for a frame fails its Subscribe for good (logged once), not on
+    /// every tick.
+    #[test]
+    fn a_subscription_too_large_for_the_link_is_not_retried() {
+        let (mut a, h) = online();
+        let huge = "x".repeat(hirte_common::bounds::MAX_FRAME_SIZE);
+        a.sync_subscriptions(0, BTreeSet::from([huge.clone()]), || 0);
+        assert!(sent(&h).is_empty());
+        assert!(a.unsynced().is_empty());
+        a.sync_subscriptions(0, BTreeSet::from([huge]), || 0);
+        assert!(sent(&h).is_empty());
+        assert!(a.is_quiet());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (`K`, the caller's business). Bounded per node (`MAX_PENDING_CALLS_PER_NODE`).
 
 use crate::events::SendError;
-use hirte_common::bounds::MAX_PENDING_CALLS_PER_NODE;
+use hirte_common::bounds::{MAX_PENDING_CALLS_PER_NODE, RESERVED_CONTROL_CALLS_PER_NODE};
 use hirte_common::frame::FrameError;
 use hirte_common::protocol::error;
 use std::collections::{BTreeMap, HashMap};
@@ -17,9 +17,10 @@ pub enum CallError {
     Offline {
         node: String,
     },
-    /// The node's window of calls in flight is full.
+    /// The node's window of calls in flight is full (for this kind of call).
     WindowFull {
         node: String,
+        in_flight: usize,
     },
     BadMember,
     TooLarge(FrameError),
@@ -62,9 +63,9 @@ impl fmt::Display for CallError {
             CallError::ShuttingDown => write!(f, "the manager is shutting down"),
             CallError::NoSuchNode => write!(f, "no such node"),
             CallError::Offline { node } => write!(f, "node '{node}' is offline"),
-            CallError::WindowFull { node } => write!(
+            CallError::WindowFull { node, in_flight } => write!(
                 f,
-                "node '{node}' has {MAX_PENDING_CALLS_PER_NODE} calls in flight; try again later"
+                "node '{node}' has {in_flight} calls in flight; try again later"
             ),
             CallError::BadMember => write!(f, "bad member"),
             CallError::TooLarge(e) => write!(f, "call too large: {e}"),
@@ -105,11 +106,39 @@ impl<K> Default for CallTable<K> {
     }
 }
 
+/// Calls that only read (and the manager's own subscription calls): open to the read-only
+/// operators, so they may not take the slots kept for calls that change state.
+fn is_read_only(member: &str) -> bool {
+    matches!(
+        member,
+        "ListUnits"
+            | "GetUnitProperties"
+            | "GetUnitProperty"
+            | "ListUnitFiles"
+            | "GetUnitFileState"
+            | "GetDefaultTarget"
+            | "Subscribe"
+            | "Unsubscribe"
+    )
+}
+
 impl<K> CallTable<K> {
-    /// Whether one more call to `node` fits its window.
+    /// Calls to `node` awaiting their answer.
+    pub fn in_flight(&self, node: usize) -> usize {
+        self.calls.get(&node).map_or(0, BTreeMap::len)
+    }
+
+    /// Whether one more call `member` to `node` fits its window; read-only calls leave
+    /// `RESERVED_CONTROL_CALLS_PER_NODE` slots free for calls that change state.
     // [impl->req~bounds.pending-calls~1]
-    pub fn has_room(&self, node: usize) -> bool {
-        self.calls.get(&node).map_or(0, BTreeMap::len) < MAX_PENDING_CALLS_PER_NODE
+    // [impl->req~bounds.control-reserve~1]
+    pub fn has_room(&self, node: usize, member: &str) -> bool {
+        let limit = if is_read_only(member) {
+            MAX_PENDING_CALLS_PER_NODE - RESERVED_CONTROL_CALLS_PER_NODE
+        } else {
+            MAX_PENDING_CALLS_PER_NODE
+        };
+        self.in_flight(node) < limit
     }
 
     /// Records a call sent with `serial`, answered by `deadline`.
@@ -127,6 +156,13 @@ impl<K> CallTable<K> {
             kind,
         };
         self.calls.entry(node).or_default().insert(serial, call);
+    }
+
+    /// Whether an answer with `serial` from `node` has a call waiting for it.
+    pub fn is_waiting(&self, node: usize, serial: u32) -> bool {
+        self.calls
+            .get(&node)
+            .is_some_and(|c| c.contains_key(&serial))
     }
 
     /// The call an answer with `serial` from `node` belongs to.
@@ -191,13 +227,13 @@ mod tests {
         let mut t = CallTable::default();
         let now = Instant::now();
         for s in 0..MAX_PENDING_CALLS_PER_NODE as u32 {
-            assert!(t.has_room(0));
+            assert!(t.has_room(0, "X"));
             t.insert(0, s, "X", now, ());
         }
-        assert!(!t.has_room(0));
-        assert!(t.has_room(1));
+        assert!(!t.has_room(0, "X"));
+        assert!(t.has_room(1, "X"));
         assert!(t.answer(0, 0).is_some());
-        assert!(t.has_room(0));
+        assert!(t.has_room(0, "X"));
     }
 
     #[test]

@@ -5,18 +5,18 @@
 //! wake-up and at least every `CORE_TICK`.
 
 use crate::api::bluechi::{is_bluechi_path, Gateway};
-use crate::api::{job_object_path, Tokens};
+use crate::api::{check_unit_args, job_object_path, Tokens};
 use crate::audit::Audit;
 use crate::events::LinkEvent;
 use crate::objects::{monitor_path, ObjectOp};
 use crate::state::{lock, Shared};
 use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
-use hirte_common::bounds::CORE_TICK;
+use hirte_common::bounds::{CORE_TICK, MAX_EVENTS_PER_TURN};
 use hirte_common::bus::{flush_within, BusWriter, WRITE_RETRY};
 use hirte_common::config::{self, ManagerConfig};
 use hirte_common::notify;
-use hirte_common::protocol::{self, error, signature_of};
+use hirte_common::protocol::{self, error, error_reply, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::{wait_for_bus, BusWait};
 use hirte_common::{log_error, log_info};
@@ -81,6 +81,9 @@ impl dbus::channel::Sender for Audited<'_> {
 // [impl->req~manager.sigterm~1]
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest the timers wait while link events are still queued.
+const TIMERS_UNDER_BACKLOG: Duration = Duration::from_secs(1);
+
 /// How long the last answers may take to reach the bus at exit.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -88,6 +91,8 @@ impl Core {
     pub fn run(&mut self) -> Result<(), CoreError> {
         self.watch_clients()?;
         let mut drain_until: Option<Instant> = None;
+        let mut more = false;
+        let mut last_timers = Instant::now();
         loop {
             notify::watchdog_tick();
             if self.reload.swap(false, Ordering::Relaxed) {
@@ -115,12 +120,24 @@ impl Core {
             if self.conn.channel().has_messages_to_send() {
                 timeout = timeout.min(WRITE_RETRY);
             }
+            if more {
+                // The last turn stopped at its cap: what is left is already read.
+                timeout = Duration::ZERO;
+            }
             self.wait(timeout)?;
             self.conn
                 .channel()
                 .read_write(Some(Duration::ZERO))
                 .map_err(|()| CoreError::Bus("connection closed".to_string()))?;
-            while let Some(msg) = self.conn.channel().pop_message() {
+            // [impl->req~bounds.core-turn~1]
+            // At most `MAX_EVENTS_PER_TURN` of each kind per turn: timers (heartbeats, call
+            // deadlines) and the watchdog come round however much is queued.
+            let mut handled = 0;
+            while handled < MAX_EVENTS_PER_TURN {
+                let Some(msg) = self.conn.channel().pop_message() else {
+                    break;
+                };
+                handled += 1;
                 self.guarded("a D-Bus call", |core| match msg.msg_type() {
                     dbus::message::MessageType::MethodCall => {
                         // [impl->req~audit.records~1]
@@ -132,10 +149,15 @@ impl Core {
                             conn: &core.conn,
                             audit: &core.audit,
                         };
-                        if let Some(refusal) =
-                            core.check_arguments(&msg).or_else(|| core.check_exec(&msg))
-                        {
-                            let _ = dbus::channel::Sender::send(&sender, refusal);
+                        // Err(None): refused without an answer (the caller wants none).
+                        let refusal = match core.check_arguments(&msg) {
+                            Err(r) => Some(r),
+                            Ok(()) => core.check_exec(&msg).map(Some),
+                        };
+                        if let Some(refusal) = refusal {
+                            if let Some(refusal) = refusal {
+                                let _ = dbus::channel::Sender::send(&sender, refusal);
+                            }
                         } else {
                             let _ = core.cr.handle_message(msg, &sender);
                         }
@@ -145,22 +167,38 @@ impl Core {
                 });
                 self.apply_effects();
             }
+            more = handled == MAX_EVENTS_PER_TURN;
             self.events.clear_wake();
-            while let Some(ev) = self.events.try_pop() {
+            for _ in 0..MAX_EVENTS_PER_TURN {
+                let Some(ev) = self.events.try_pop() else {
+                    break;
+                };
                 self.guarded("an agent message", |core| {
                     let mut m = lock(&core.model);
                     match ev {
                         LinkEvent::Register { handle, name, call } => {
                             m.on_register(handle, &name, &call)
                         }
-                        LinkEvent::Frame { link, msg } => m.on_frame(link, msg),
+                        LinkEvent::Frame { link, msg, size } => {
+                            if m.admit(link, &msg, size) {
+                                m.on_frame(link, msg);
+                            }
+                        }
                         LinkEvent::Closed { link, reason } => m.on_link_closed(link, &reason),
                     }
                 });
                 self.apply_effects();
             }
-            self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
-            self.apply_effects();
+            let backlog = !self.events.is_empty();
+            more |= backlog;
+            // Silence and lateness are judged once what the links delivered is handled, so
+            // queued heartbeats and answers count; under a lasting backlog at least every
+            // TIMERS_UNDER_BACKLOG, so timers cannot starve either.
+            if !backlog || last_timers.elapsed() >= TIMERS_UNDER_BACKLOG {
+                last_timers = Instant::now();
+                self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
+                self.apply_effects();
+            }
             // [impl->req~bounds.bus-write~1]
             self.bus_writer
                 .pump(&self.conn)
@@ -187,19 +225,33 @@ impl Core {
         config::reload_config::<ManagerConfig>(self.extra_config.as_deref());
     }
 
-    /// An `InvalidArgs` answer when a call's arguments differ from the method's signature.
-    fn check_arguments(&self, msg: &dbus::Message) -> Option<dbus::Message> {
-        let iface = msg.interface()?.to_string();
-        let member = msg.member()?.to_string();
-        let expected = self.signatures.get(&(iface, member.clone()))?;
+    /// Refuses a call whose arguments differ from the method's signature or name an invalid
+    /// unit, with an `InvalidArgs` answer unless the caller wants none.
+    fn check_arguments(&self, msg: &dbus::Message) -> Result<(), Option<dbus::Message>> {
+        let (Some(iface), Some(member)) = (msg.interface(), msg.member()) else {
+            return Ok(());
+        };
+        let Some(expected) = self
+            .signatures
+            .get(&(iface.to_string(), member.to_string()))
+        else {
+            return Ok(());
+        };
         let got = signature_of(msg);
-        if &got == expected || msg.get_no_reply() {
-            return None;
-        }
-        let name = dbus::strings::ErrorName::new(error::INVALID_ARGS).ok()?;
-        let text =
-            std::ffi::CString::new(format!("{member} takes ({expected}), got ({got})")).ok()?;
-        Some(msg.error(&name, &text))
+        let text = if got != expected.sig {
+            if msg.get_no_reply() {
+                // Crossroads drops it: it cannot read the arguments.
+                return Ok(());
+            }
+            format!("{member} takes ({}), got ({got})", expected.sig)
+        } else {
+            // [impl->req~common.unit-name~1]
+            match check_unit_args(msg, expected) {
+                Ok(()) => return Ok(()),
+                Err(e) => format!("{member}: {e}"),
+            }
+        };
+        Err(error_reply(msg, error::INVALID_ARGS, &text))
     }
 
     /// `AllowExec=no` also closes `StartTransientUnit` with `Exec*` properties and

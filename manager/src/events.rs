@@ -95,8 +95,22 @@ pub enum LinkEvent {
         name: String,
         call: Message,
     },
-    /// Any later message from a registered link.
-    Frame { link: LinkId, msg: Message },
+    /// Any later message from a registered link, `size` bytes on the wire.
+    Frame {
+        link: LinkId,
+        msg: Message,
+        size: usize,
+    },
     /// A registered link ended.
     Closed { link: LinkId, reason: String },
+}
+
+impl LinkEvent {
+    /// Bytes the event holds, for the core queue's byte budget: a frame is kept as it came.
+    pub fn weight(&self) -> usize {
+        match self {
+            LinkEvent::Frame { size, .. } => *size,
+            LinkEvent::Register { .. } | LinkEvent::Closed { .. } => 0,
+        }
+    }
 }

@@ -216,6 +216,7 @@ impl LinkThread {
                     self.push_event(LinkEvent::Frame {
                         link: self.handle.id,
                         msg,
+                        size: link.last_frame_len(),
                     })?;
                     continue;
                 }

@@ -26,6 +26,7 @@ mod core;
 mod dependencies;
 mod events;
 mod fanout;
+mod flood;
 mod jobs;
 mod link;
 mod listener;
@@ -35,9 +36,10 @@ mod objects;
 mod proxy;
 mod state;
 
+use crate::events::LinkEvent;
 use clap::Parser;
 use dbus_crossroads::Crossroads;
-use hirte_common::bounds::CORE_QUEUE_DEPTH;
+use hirte_common::bounds::{CORE_QUEUE_BYTES, CORE_QUEUE_DEPTH};
 use hirte_common::config::{cli_entry, config_dir, ConfigError, ManagerConfig};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::tls::{Reloadable, ServerPolicy, TlsError};
@@ -240,7 +242,9 @@ fn run(cli: Cli) -> Result<(), FatalError> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, tls_reload.clone())
         .map_err(FatalError::Signals)?;
 
-    let events = Arc::new(BoundedQueue::new(CORE_QUEUE_DEPTH).map_err(FatalError::Queue)?);
+    let events =
+        BoundedQueue::with_byte_budget(CORE_QUEUE_DEPTH, CORE_QUEUE_BYTES, LinkEvent::weight);
+    let events = Arc::new(events.map_err(FatalError::Queue)?);
     let model = Arc::new(Mutex::new(state::Manager::new(cfg)));
     let mut cr = Crossroads::new();
     let tokens = api::export(&mut cr, &model);

@@ -361,12 +361,16 @@ fn signals(
     out: &mut Outbox,
 ) {
     let path = monitor_path(monitor);
+    // Encoded once; each recipient gets a byte copy (libdbus), not a re-encoding.
+    let Some(mut template) = signal(&path, protocol::MONITOR_IFACE, member) else {
+        return;
+    };
+    template.append_items(items);
     for r in recipients {
-        let Some(mut m) = signal(&path, protocol::MONITOR_IFACE, member) else {
+        let Ok(dest) = dbus::strings::BusName::new(r.clone()) else {
             continue;
         };
-        m.append_items(items);
-        let Ok(dest) = dbus::strings::BusName::new(r.clone()) else {
+        let Ok(mut m) = template.duplicate() else {
             continue;
         };
         m.set_destination(Some(dest));

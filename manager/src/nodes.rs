@@ -3,6 +3,7 @@
 //! status. Sending here means queueing a frame on the link; the connection thread writes it.
 
 use crate::events::{LinkHandle, LinkId, SendError};
+use crate::flood::FloodBudget;
 use crate::objects::{node_path, properties_changed, signal, Outbox};
 use dbus::Message;
 use hirte_common::frame::SerialCounter;
@@ -22,6 +23,8 @@ struct Session {
     agent_subs: BTreeSet<String>,
     /// Some (un)subscription could not be sent yet: retried every tick.
     subs_pending: bool,
+    /// What the agent sent unasked lately.
+    unasked: FloodBudget,
 }
 
 impl Session {
@@ -240,6 +243,7 @@ impl NodeTable {
                 serials,
                 agent_subs: BTreeSet::new(),
                 subs_pending: false,
+                unasked: FloodBudget::new(Instant::now()),
             });
         }
         self.touch(idx);
@@ -254,6 +258,15 @@ impl NodeTable {
         session.link.request_close(reason);
         self.links.remove(&session.link.id);
         true
+    }
+
+    /// Charges a message the node sent unasked to its budget; the reason to cut it off
+    /// when over (see `FloodBudget`).
+    pub fn charge_unasked(&mut self, idx: usize, size: usize, now: Instant) -> Result<(), String> {
+        match self.nodes.get_mut(idx).and_then(|n| n.session.as_mut()) {
+            Some(s) => s.unasked.charge(size, now),
+            None => Ok(()),
+        }
     }
 
     /// Something arrived from the node: it is alive.

@@ -594,5 +594,6 @@ impl Manager {
     }
 }
 
+mod inbound;
 #[cfg(test)]
 mod tests;

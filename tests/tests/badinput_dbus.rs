@@ -111,6 +111,7 @@ const INVALID: [&str; 2] = [
 
 // [itest->req~api.errors~1]
 // [itest->req~link.max-frame~1]
+// [itest->req~common.unit-name~1]
 #[test]
 fn badinput_dbus_wrong_types_huge_strings_unknown_nodes_clear_errors() {
     if !hirte_tests::require_root(
@@ -442,12 +443,79 @@ fn badinput_dbus_wrong_types_huge_strings_unknown_nodes_clear_errors() {
         c.wait_all_online(SOON).unwrap();
     }
     still_serves(&c, "5 MiB unit names");
+    unit_names_are_checked_at_the_api(&bus, &agent1, &giant, &mut problems);
     assert!(
         problems.is_empty(),
         "{} deviations:\n{}",
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// Unit names are checked before anything is done with them, monitors included (a 5 MiB
+/// name in `Subscribe` was re-sent to every node on every tick): `InvalidArgs` naming the
+/// problem, from the manager itself.
+fn unit_names_are_checked_at_the_api(
+    bus: &Connection,
+    agent1: &str,
+    giant: &str,
+    problems: &mut Vec<String>,
+) {
+    const HIRTE_INVALID: [&str; 1] = ["org.containers.hirte.Error.InvalidArgs"];
+    let (m,): (dbus::Path,) = call(bus, MANAGER_PATH, MANAGER_IFACE, "CreateMonitor", ()).unwrap();
+    let long = format!("{}.service", "l".repeat(248));
+    type Answer = Result<(u32,), (String, String)>;
+    let cases: Vec<(&str, Answer, &str)> = vec![
+        (
+            "Subscribe(5 MiB unit name)",
+            call(bus, &m, MONITOR_IFACE, "Subscribe", ("agent1", giant)),
+            "5242880 bytes long, the limit is 255",
+        ),
+        (
+            "Subscribe(256-byte unit name)",
+            call(bus, &m, MONITOR_IFACE, "Subscribe", ("*", long.as_str())),
+            "256 bytes long, the limit is 255",
+        ),
+        (
+            "SubscribeList with one bad name",
+            call(
+                bus,
+                &m,
+                MONITOR_IFACE,
+                "SubscribeList",
+                ("agent1", vec!["a.service", "b c.service"]),
+            ),
+            "'b c.service': unit name contains ' '",
+        ),
+        (
+            "Subscribe(no suffix)",
+            call(bus, &m, MONITOR_IFACE, "Subscribe", ("agent1", "nosuffix")),
+            "no type suffix",
+        ),
+    ];
+    for (what, r, says) in cases {
+        let text = expect_error(problems, r, &HIRTE_INVALID, what);
+        if !text.is_empty() && !text.contains(says) {
+            problems.push(format!("{what}: the error does not say '{says}': {text}"));
+        }
+    }
+    let start = call::<_, (dbus::Path,)>(
+        bus,
+        agent1,
+        NODE_IFACE,
+        "StartUnit",
+        ("../a.service", "replace"),
+    );
+    let text = expect_error(problems, start, &HIRTE_INVALID, "StartUnit(../a.service)");
+    if !text.is_empty() && !text.starts_with("StartUnit: '../a.service': unit name contains '/'") {
+        problems.push(format!("StartUnit(../a.service): {text}"));
+    }
+    // The wildcard and ordinary names still subscribe.
+    for unit in ["*", "getty@tty1.service"] {
+        if let Err(e) = call::<_, (u32,)>(bus, &m, MONITOR_IFACE, "Subscribe", ("agent1", unit)) {
+            problems.push(format!("Subscribe({unit}) refused: {e:?}"));
+        }
+    }
 }
 
 /// Calls `CreateMonitor` until it fails; returns the monitor paths and the first error.
@@ -665,6 +733,7 @@ fn badinput_dbus_thousands_of_monitors_and_subscriptions_busy_beyond_bounds() {
 /// manager accepts must take effect, i.e. its unit's events must reach the monitor.
 // [itest->req~manager.monitors~1]
 // [itest->req~bounds.pending-calls~1]
+// [itest->req~bounds.control-reserve~1]
 #[test]
 fn badinput_dbus_pipelined_subscriptions_all_take_effect() {
     if !hirte_tests::require_root("badinput_dbus_pipelined_subscriptions_all_take_effect") {

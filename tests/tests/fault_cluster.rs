@@ -27,6 +27,7 @@ use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::{
     CONNECT_TIMEOUT, CORE_TICK, HANDSHAKE_TIMEOUT, MAX_PENDING_CALLS_PER_NODE,
+    RESERVED_CONTROL_CALLS_PER_NODE,
 };
 use hirte_tests::{Cluster, ClusterSpec, Signal};
 
@@ -843,10 +844,12 @@ fn fault_stalled_agent_call_times_out_other_nodes_keep_answering() {
     );
 }
 
-/// At most 128 calls may await one node: with agent1 stopped, 128 calls are taken, the 129th
+/// At most 128 calls may await one node: with agent1 stopped, 96 read-only calls are taken
+/// (the 97th is Busy) and 32 calls that change state fill the window, the 129th call
 /// fails at once with Busy, calls to agent2 are answered meanwhile, and once agent1 resumes
 /// all 128 are answered.
 // [itest->req~bounds.pending-calls~1]
+// [itest->req~bounds.control-reserve~1]
 #[test]
 fn fault_stalled_node_takes_128_calls_and_refuses_the_129th_with_busy() {
     if !hirte_tests::require_root(
@@ -863,19 +866,32 @@ fn fault_stalled_node_takes_128_calls_and_refuses_the_129th_with_busy() {
     let mut first = Inbox::new(&c, &[]);
     let mut bus = Inbox::new(&c, &[]);
     let list = |node: &str| method(&node_path(node), NODE_IFACE, "ListUnits");
+    // A call that changes state (harmlessly): it may use the slots read-only calls leave.
+    let control = || method(&node_path("agent1"), NODE_IFACE, "SetLogLevel").append1("info");
+    let read_only_share = MAX_PENDING_CALLS_PER_NODE - RESERVED_CONTROL_CALLS_PER_NODE;
     c.signal_agent("agent1", Signal::SIGSTOP).unwrap();
-    let mut taken: Vec<(usize, u32)> = (0..100)
+    let mut taken: Vec<(usize, u32)> = (0..read_only_share)
         .map(|_| (0, first.send_call(list("agent1"))))
         .collect();
-    // The manager reads each client's calls in order: once this one is answered, the 100
+    // The manager reads each client's calls in order: once this one is answered, the 96
     // before it are in flight.
     first
         .call(list("agent2"))
-        .expect("a call to agent2 while agent1 has 100 calls in flight");
-    taken.extend((100..MAX_PENDING_CALLS_PER_NODE).map(|_| (1, bus.send_call(list("agent1")))));
+        .expect("a call to agent2 while agent1 has 96 calls in flight");
+    // Read-only calls stop at their share; the rest of the window is kept for control.
+    assert_eq!(
+        bus.call(list("agent1")).map(|_| ()),
+        Err((
+            "org.containers.hirte.Error.Busy".to_string(),
+            format!("node 'agent1' has {read_only_share} calls in flight; try again later")
+        ))
+    );
+    taken.extend(
+        (read_only_share..MAX_PENDING_CALLS_PER_NODE).map(|_| (1, bus.send_call(control()))),
+    );
     // ... and the next call of the second client finds the window full.
     let t = Instant::now();
-    let refused = bus.call(list("agent1"));
+    let refused = bus.call(control());
     let refused_after = t.elapsed();
     assert_eq!(
         refused.map(|_| ()),

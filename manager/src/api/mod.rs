@@ -11,7 +11,7 @@ mod monitor;
 mod node;
 mod signatures;
 
-pub use signatures::{input_signatures, Signatures};
+pub use signatures::{check_unit_args, input_signatures, Signatures};
 
 use crate::objects::{job_path, METRICS_PATH};
 use crate::state::{lock, Shared};
