@@ -395,4 +395,55 @@ mod tests {
         let c = audit.caller(":1.7", |_| known(7));
         assert_eq!(c.pid, "7");
     }
+
+    /// A bus daemon of our own (the real `dbus-daemon`), stopped with SIGSTOP so that it
+    /// does not answer; resumed and ended on drop.
+    struct Daemon(std::process::Child);
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    // [utest->req~audit.records~1]
+    #[test]
+    fn a_bus_daemon_that_does_not_answer_gives_unknown_credentials_after_the_timeout() {
+        use std::io::BufRead;
+        let child = std::process::Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon (ci/setup installs it)");
+        let mut daemon = Daemon(child);
+        let mut address = String::new();
+        std::io::BufReader::new(daemon.0.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        let mut channel = dbus::channel::Channel::open_private(address.trim()).unwrap();
+        channel.register().unwrap();
+        let conn = Connection::from(channel);
+        let me = conn.unique_name().to_string();
+        let mut audit = Audit::default();
+        // Answered: real credentials (ours).
+        let c = audit.caller(&me, |s| credentials(&conn, s));
+        assert_eq!(c.pid, std::process::id().to_string());
+        audit.forget(&me);
+
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.0.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let t0 = std::time::Instant::now();
+        let c = audit.caller(&me, |s| credentials(&conn, s));
+        let took = t0.elapsed();
+        assert_eq!(c, Caller::unknown());
+        // Tolerance: scheduling under load.
+        assert!(
+            took >= AUDIT_CREDENTIALS_TIMEOUT
+                && took < AUDIT_CREDENTIALS_TIMEOUT + std::time::Duration::from_secs(2),
+            "no answer took {took:?}, not {AUDIT_CREDENTIALS_TIMEOUT:?}"
+        );
+    }
 }
