@@ -90,7 +90,7 @@ impl Audit {
             return;
         };
         let sender = msg.sender().map(|s| s.to_string()).unwrap_or_default();
-        let caller = self.caller(conn, &sender);
+        let caller = self.caller(&sender, |s| credentials(conn, s));
         let path = msg.path().map(|p| p.to_string()).unwrap_or_default();
         let node = path
             .strip_prefix(NODE_PATH_PREFIX)
@@ -111,12 +111,27 @@ impl Audit {
             job,
         };
         let serial = msg.get_serial().unwrap_or(0);
-        if msg.get_no_reply() {
-            record(&open, "sent (no answer requested)");
+        if let Some((open, result)) = self.note(sender, serial, msg.get_no_reply(), open) {
+            record(&open, result);
+        }
+    }
+
+    /// Keeps `open` until its answer, or hands it back with the result to record at once:
+    /// no answer requested, or [`MAX_AUDIT_OPEN`] calls already waiting.
+    fn note(
+        &mut self,
+        sender: String,
+        serial: u32,
+        no_reply: bool,
+        open: Open,
+    ) -> Option<(Open, &'static str)> {
+        if no_reply {
+            Some((open, "sent (no answer requested)"))
         } else if self.open.len() >= MAX_AUDIT_OPEN {
-            record(&open, "answer not tracked (too many calls in flight)");
+            Some((open, "answer not tracked (too many calls in flight)"))
         } else {
             self.open.insert((sender, serial), open);
+            None
         }
     }
 
@@ -162,11 +177,13 @@ impl Audit {
         self.callers.remove(name);
     }
 
-    fn caller(&mut self, conn: &Connection, sender: &str) -> Caller {
+    /// The cached credentials of `sender`, else those `lookup` gets from the bus daemon
+    /// (`None`: no answer within [`AUDIT_CREDENTIALS_TIMEOUT`], or an error: all `?`).
+    fn caller(&mut self, sender: &str, lookup: impl FnOnce(&str) -> Option<Caller>) -> Caller {
         if let Some(c) = self.callers.get(sender) {
             return c.clone();
         }
-        let Some(c) = credentials(conn, sender) else {
+        let Some(c) = lookup(sender) else {
             return Caller::unknown();
         };
         if self.callers.len() >= MAX_AUDIT_CALLERS {
@@ -293,5 +310,140 @@ mod tests {
             .unwrap()
             .append3(vec!["a.service", "b.service"], false, false);
         assert_eq!(first_unit(&m, "EnableUnitFiles"), "a.service,b.service");
+    }
+
+    fn open_call(n: usize) -> Open {
+        Open {
+            caller: Caller::unknown(),
+            verb: "start",
+            node: "n".into(),
+            unit: format!("u{n}.service"),
+            job: String::new(),
+        }
+    }
+
+    fn known(n: usize) -> Option<Caller> {
+        Some(Caller {
+            uid: "0".into(),
+            pid: n.to_string(),
+            comm: "hirtectl".into(),
+        })
+    }
+
+    // [utest->req~audit.records~1]
+    #[test]
+    fn the_open_table_records_a_call_at_once_beyond_max_audit_open() {
+        let mut audit = Audit::default();
+        for n in 0..MAX_AUDIT_OPEN {
+            let serial = u32::try_from(n).unwrap();
+            assert!(audit
+                .note(":1.1".into(), serial, false, open_call(n))
+                .is_none());
+        }
+        let (open, result) = audit
+            .note(":1.1".into(), u32::MAX, false, open_call(MAX_AUDIT_OPEN))
+            .expect("the call beyond the bound is recorded at once");
+        assert_eq!(result, "answer not tracked (too many calls in flight)");
+        assert_eq!(open.unit, format!("u{MAX_AUDIT_OPEN}.service"));
+        assert_eq!(audit.open.len(), MAX_AUDIT_OPEN);
+        // An answer frees a place: the next call is tracked again.
+        assert!(audit.open.remove(&(":1.1".to_string(), 0)).is_some());
+        assert!(audit.note(":1.2".into(), 1, false, open_call(0)).is_none());
+    }
+
+    // [utest->req~audit.records~1]
+    #[test]
+    fn the_caller_cache_starts_over_beyond_max_audit_callers() {
+        let mut audit = Audit::default();
+        let mut asked = 0;
+        for n in 0..MAX_AUDIT_CALLERS {
+            audit.caller(&format!(":1.{n}"), |_| {
+                asked += 1;
+                known(n)
+            });
+        }
+        assert_eq!(asked, MAX_AUDIT_CALLERS);
+        assert_eq!(audit.callers.len(), MAX_AUDIT_CALLERS);
+        // Cached: no second question to the bus daemon.
+        let c = audit.caller(":1.0", |_| panic!("asked again"));
+        assert_eq!(c.pid, "0");
+        // Client 1025: the cache starts over and holds only it.
+        let c = audit.caller(":1.9999", |_| known(9999));
+        assert_eq!(c.pid, "9999");
+        assert_eq!(audit.callers.len(), 1);
+        // The first client's credentials are asked for again, once.
+        let mut again = 0;
+        let c = audit.caller(":1.0", |_| {
+            again += 1;
+            known(0)
+        });
+        assert_eq!((again, c.pid.as_str()), (1, "0"));
+    }
+
+    // [utest->req~audit.records~1]
+    #[test]
+    fn no_answer_about_the_credentials_makes_every_field_unknown() {
+        let mut audit = Audit::default();
+        // `credentials` gives `None` when the bus daemon does not answer in time.
+        let c = audit.caller(":1.7", |_| None);
+        assert_eq!(c, Caller::unknown());
+        assert_eq!(
+            (c.uid.as_str(), c.pid.as_str(), c.comm.as_str()),
+            ("?", "?", "?")
+        );
+        // Not cached: the next call of that client asks again.
+        let c = audit.caller(":1.7", |_| known(7));
+        assert_eq!(c.pid, "7");
+    }
+
+    /// A bus daemon of our own (the real `dbus-daemon`), stopped with SIGSTOP so that it
+    /// does not answer; resumed and ended on drop.
+    struct Daemon(std::process::Child);
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    // [utest->req~audit.records~1]
+    #[test]
+    fn a_bus_daemon_that_does_not_answer_gives_unknown_credentials_after_the_timeout() {
+        use std::io::BufRead;
+        let child = std::process::Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon (ci/setup installs it)");
+        let mut daemon = Daemon(child);
+        let mut address = String::new();
+        std::io::BufReader::new(daemon.0.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        let mut channel = dbus::channel::Channel::open_private(address.trim()).unwrap();
+        channel.register().unwrap();
+        let conn = Connection::from(channel);
+        let me = conn.unique_name().to_string();
+        let mut audit = Audit::default();
+        // Answered: real credentials (ours).
+        let c = audit.caller(&me, |s| credentials(&conn, s));
+        assert_eq!(c.pid, std::process::id().to_string());
+        audit.forget(&me);
+
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.0.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let t0 = std::time::Instant::now();
+        let c = audit.caller(&me, |s| credentials(&conn, s));
+        let took = t0.elapsed();
+        assert_eq!(c, Caller::unknown());
+        // Tolerance: scheduling under load.
+        assert!(
+            took >= AUDIT_CREDENTIALS_TIMEOUT
+                && took < AUDIT_CREDENTIALS_TIMEOUT + std::time::Duration::from_secs(2),
+            "no answer took {took:?}, not {AUDIT_CREDENTIALS_TIMEOUT:?}"
+        );
     }
 }

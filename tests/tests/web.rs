@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use ctl_common::*;
 use hirte_common::bounds::{
-    WEB_ACCEPT_QUEUE_DEPTH, WEB_MAX_REQUEST_HEAD, WEB_REQUEST_TIMEOUT, WEB_WORKERS,
+    WEB_ACCEPT_QUEUE_DEPTH, WEB_CALL_TIMEOUT, WEB_MAX_REQUEST_HEAD, WEB_REFRESH_INTERVAL,
+    WEB_REQUEST_TIMEOUT, WEB_WORKERS,
 };
 use hirte_tests::{Cluster, ClusterSpec, Signal};
 use web_common::*;
@@ -467,4 +468,72 @@ fn web_works_as_a_member_of_hirte_operators() {
     drop(web);
     drop(c);
     drop(op);
+}
+
+/// Sends SIGCONT to the stopped manager when dropped, so a failing test still lets the
+/// harness stop it.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+// [itest->req~web.live~1]
+#[test]
+fn web_serves_the_last_listing_while_the_manager_does_not_answer() {
+    if !hirte_tests::require_root("web_serves_the_last_listing_while_the_manager_does_not_answer") {
+        return;
+    }
+    let c = cluster_with_failed_unit();
+    let web = Web::start(&c);
+    let listed = c.wait_for("/api/nodes lists n1 and n2", SOON, || {
+        let r = web.get("/api/nodes");
+        r.status == 200 && r.body.contains("\"n1\"") && r.body.contains("\"n2\"")
+    });
+    assert!(listed.is_ok(), "{}", web.log_text());
+    let last = without_last_seen(&web.get("/api/nodes").body);
+
+    // The manager stops answering (SIGSTOP: still on the bus, its calls wait).
+    let pid = c.manager_pid().expect("the manager runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let resume = Resume(pid);
+    let stopped = Instant::now();
+
+    // Until a call has waited WEB_CALL_TIMEOUT, the last listing is served, and hirte-web's
+    // own requests are answered at once.
+    let limit = WEB_CALL_TIMEOUT + WEB_REFRESH_INTERVAL + Duration::from_secs(5);
+    let gave_up = loop {
+        let asked = Instant::now();
+        let r = web.get("/api/nodes");
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "a request took {:?} while the manager hung",
+            asked.elapsed()
+        );
+        if r.status != 200 {
+            assert_eq!(r.status, 503, "{r:?}");
+            break stopped.elapsed();
+        }
+        assert_eq!(without_last_seen(&r.body), last);
+        assert!(stopped.elapsed() < limit, "still reachable after {limit:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // Tolerance: a listing may have started up to 1 s before the SIGSTOP, and the next one
+    // up to WEB_REFRESH_INTERVAL after it.
+    assert!(
+        gave_up >= WEB_CALL_TIMEOUT - Duration::from_secs(1) && gave_up < limit,
+        "hirte-web gave the manager up after {gave_up:?}, not {WEB_CALL_TIMEOUT:?}"
+    );
+    let r = web.get("/api/nodes");
+    assert!(json(&r.body).s("error").contains("manager"), "{}", r.body);
+
+    // The manager answers again: so does the listing.
+    drop(resume);
+    let back = c.wait_for("/api/nodes 200 again", Duration::from_secs(30), || {
+        web.get("/api/nodes").status == 200
+    });
+    assert!(back.is_ok(), "{}", web.log_text());
+    assert_eq!(web.stop(), Some(0), "hirte-web exits 0 on SIGTERM");
 }

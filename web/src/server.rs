@@ -84,10 +84,38 @@ fn timeout() -> Response {
     )
 }
 
+/// Writes `bytes`, giving up when the kernel took none of them for [`WEB_WRITE_TIMEOUT`].
+///
+/// Not `write_all` under a write timeout of `WEB_WRITE_TIMEOUT`: a `send` that took some
+/// bytes waits out its whole timeout before returning, so a client that stops reading
+/// would hold the worker two or three timeouts long (15 s measured on loopback).
+fn write_with_progress(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(TICK))?;
+    let mut rest = bytes;
+    let mut progress = Instant::now();
+    while !rest.is_empty() {
+        match stream.write(rest) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                rest = rest.get(n..).unwrap_or_default();
+                progress = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if progress.elapsed() >= WEB_WRITE_TIMEOUT {
+                    return Err(e);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Sends `response` and closes the connection (after a short linger, see [`LINGER`]).
+// [impl->req~web.bounds~1]
 fn respond(mut stream: TcpStream, response: &Response, head_only: bool) {
-    let _ = stream.set_write_timeout(Some(WEB_WRITE_TIMEOUT));
-    if stream.write_all(&response.to_bytes(head_only)).is_err() {
+    if write_with_progress(&mut stream, &response.to_bytes(head_only)).is_err() {
         return;
     }
     let _ = stream.flush();
@@ -192,4 +220,119 @@ pub fn run(listener: TcpListener, fleet: Shared, shutdown: Arc<AtomicBool>) -> R
         let _ = w.join();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::UnitRow;
+
+    /// Larger than what loopback's socket buffers hold on both sides together.
+    const LARGE: usize = 32 * 1024 * 1024;
+    /// Scheduling under load on top of the timeout.
+    const TOLERANCE: Duration = Duration::from_secs(3);
+
+    /// Reads until the server closes; `None` if it is still open after `wait`.
+    fn read_to_close(stream: &mut TcpStream, wait: Duration) -> Option<usize> {
+        stream.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return Some(total),
+                Ok(n) => total += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(_) => return Some(total),
+            }
+        }
+    }
+
+    // [itest->req~web.bounds~1]
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let writer = thread::spawn(move || {
+            let r = Response::new(200, "text/plain", vec![b'x'; LARGE]);
+            let t0 = Instant::now();
+            respond(server_side, &r, false);
+            t0.elapsed()
+        });
+        // The client reads nothing until the server has given up.
+        let took = writer.join().unwrap();
+        assert!(
+            took >= WEB_WRITE_TIMEOUT && took <= WEB_WRITE_TIMEOUT + TOLERANCE,
+            "the write gave up after {took:?}, not {WEB_WRITE_TIMEOUT:?} (+{TOLERANCE:?})"
+        );
+        let got = read_to_close(&mut client, Duration::from_secs(5))
+            .expect("the connection is closed once the write gave up");
+        assert!(got < LARGE, "received {got} of {LARGE} bytes");
+    }
+
+    // [itest->req~web.bounds~1]
+    #[test]
+    fn the_server_goes_on_serving_while_a_client_stops_reading() {
+        let mut fleet = Fleet::default();
+        let unit = |n: usize| UnitRow {
+            node: "n1".into(),
+            unit: format!("u{n}.service"),
+            load: "loaded".into(),
+            active: "active".into(),
+            sub: "running".into(),
+            description: "d".repeat(200),
+        };
+        fleet.set_listing(
+            "up".into(),
+            Vec::new(),
+            (0..LARGE / 200).map(unit).collect(),
+            1,
+        );
+        let fleet: Shared = Arc::new(Mutex::new(fleet));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let server = {
+            let shutdown = shutdown.clone();
+            thread::spawn(move || run(listener, fleet, shutdown))
+        };
+        let mut stalled = TcpStream::connect(addr).unwrap();
+        stalled
+            .write_all(b"GET /api/units HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // Its answer is being written (listing 160 000 units takes a while in a debug build).
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stalled.peek(&mut [0u8; 1]).unwrap();
+        let t0 = Instant::now();
+        // Meanwhile others are answered at once.
+        for _ in 0..WEB_WORKERS * 2 {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200");
+        }
+        assert!(t0.elapsed() < WEB_WRITE_TIMEOUT);
+        // The stalled client's connection is dropped after the write timeout.
+        thread::sleep(WEB_WRITE_TIMEOUT + TOLERANCE);
+        let got = read_to_close(&mut stalled, Duration::from_secs(5))
+            .expect("the stalled connection is closed");
+        let whole = fleet_len(addr);
+        assert!(got < whole, "received {got} of {whole} bytes");
+        shutdown.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+    }
+
+    /// The size of the whole `/api/units` answer, read by a client that does read.
+    fn fleet_len(addr: std::net::SocketAddr) -> usize {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /api/units HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_to_close(&mut c, Duration::from_secs(10)).unwrap()
+    }
 }
