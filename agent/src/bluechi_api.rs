@@ -4,6 +4,7 @@
 //! `org.containers.hirte.Agent`; `CreateProxy`/`RemoveProxy` go to the core like ours.
 
 use crate::local_api::{read, Status};
+use crate::reconnect::SwitchRequest;
 use dbus::Message;
 use dbus_crossroads::{Crossroads, IfaceBuilder, MethodErr};
 use hirte_common::wait::{now_monotonic_us, now_realtime_us};
@@ -37,6 +38,7 @@ pub fn export(
     status: &Arc<Mutex<Status>>,
     last_seen_us: &Arc<AtomicU64>,
     proxy_methods: [&'static str; 2],
+    switch: Arc<SwitchRequest>,
 ) {
     let st = status.clone();
     let seen = last_seen_us.clone();
@@ -75,23 +77,7 @@ pub fn export(
                 },
             );
         }
-        // Moving to another manager at run time is the failover work (issue 14), not yet
-        // on this branch's base: refused with BlueChi's "not supported" until it lands.
-        // [impl->req~bluechi.switch-controller~1]
-        b.method(
-            "SwitchController",
-            ("dbus_address",),
-            (),
-            |_, _, (address,): (String,)| {
-                Err::<(), _>(MethodErr::from((
-                    "org.freedesktop.DBus.Error.NotSupported",
-                    format!(
-                        "cannot switch to '{address}': this agent moves to another manager \
-                         only on restart (set ManagerAddress= or ControllerAddress=)"
-                    ),
-                )))
-            },
-        );
+        crate::local_api::switch_controller_method(b, switch.clone());
     });
     cr.insert(PATH, &[token], ());
 }
@@ -137,17 +123,23 @@ mod tests {
         assert!(number(get(&mut h, "DisconnectTimestampMonotonic")) > 0);
     }
 
-    // [utest->req~bluechi.switch-controller~1]
+    // [utest->req~bluechi.switch-controller~2]
     #[test]
-    fn switch_controller_is_refused_clearly() {
+    fn switch_controller_moves_the_agent_or_names_a_bad_address() {
         let mut h = Harness::new();
-        let m = Message::new_method_call(BUS_NAME, PATH, IFACE, "SwitchController")
-            .unwrap()
-            .append1("tcp:host=c,port=2");
-        let answer = ask(&mut h, m);
+        let call = |a: &str| {
+            Message::new_method_call(BUS_NAME, PATH, IFACE, "SwitchController")
+                .unwrap()
+                .append1(a)
+        };
+        let answer = ask(&mut h, call("tcp:host=c,port=2"));
+        assert_eq!(error_name(&answer), None);
+        assert_eq!(h.switch.take().unwrap().endpoint(), "c:2");
+        let answer = ask(&mut h, call("nonsense"));
         assert_eq!(
             error_name(&answer).as_deref(),
-            Some("org.freedesktop.DBus.Error.NotSupported")
+            Some("org.freedesktop.DBus.Error.InvalidArgs")
         );
+        assert!(h.switch.take().is_none());
     }
 }

@@ -64,6 +64,26 @@ pub struct LocalApi {
     status: Arc<Mutex<Status>>,
 }
 
+/// `SwitchController(s dbus_address)` (BlueChi's name and signature, on both interfaces):
+/// leave the current manager and register with this one; the link thread does it within a tick.
+// [impl->req~agent.switch-controller~1]
+// [impl->req~bluechi.switch-controller~2]
+pub(crate) fn switch_controller_method(b: &mut IfaceBuilder<()>, switch: Arc<SwitchRequest>) {
+    b.method(
+        "SwitchController",
+        ("dbus_address",),
+        (),
+        move |_, _, (address,): (String,)| {
+            let to = ManagerAddress::parse(&address).map_err(|e| {
+                dbus_crossroads::MethodErr::invalid_arg(&format!("'{address}': {e}"))
+            })?;
+            log_info!("Switching to manager {} as asked", to.endpoint());
+            switch.request(to);
+            Ok(())
+        },
+    );
+}
+
 impl LocalApi {
     /// The object, ready to answer; `claim_name` makes it reachable under its bus name.
     // [impl->req~agent.local-api~1]
@@ -77,7 +97,13 @@ impl LocalApi {
             ..Status::default()
         }));
         let mut cr = Crossroads::new();
-        crate::bluechi_api::export(&mut cr, &status, &last_seen_us, PROXY_METHODS);
+        crate::bluechi_api::export(
+            &mut cr,
+            &status,
+            &last_seen_us,
+            PROXY_METHODS,
+            switch.clone(),
+        );
         let st = status.clone();
         let token = cr.register(protocol::AGENT_IFACE, move |b: &mut IfaceBuilder<()>| {
             shared_properties(b, &st);
@@ -93,22 +119,7 @@ impl LocalApi {
             b.property::<u64, _>("DisconnectTimestamp")
                 .get(move |_, _| Ok(read(&s, |st| st.disconnect_us)))
                 .emits_changed_false();
-            // BlueChi's `SwitchController(s dbus_address)`: leave the current manager and
-            // register with this one (the link thread does it within a tick).
-            // [impl->req~agent.switch-controller~1]
-            b.method(
-                "SwitchController",
-                ("dbus_address",),
-                (),
-                move |_, _, (address,): (String,)| {
-                    let to = ManagerAddress::parse(&address).map_err(|e| {
-                        dbus_crossroads::MethodErr::invalid_arg(&format!("'{address}': {e}"))
-                    })?;
-                    log_info!("Switching to manager {} as asked", to.endpoint());
-                    switch.request(to);
-                    Ok(())
-                },
-            );
+            switch_controller_method(b, switch.clone());
             // Answered by the core (`dependencies.rs`), which may answer later; declared here
             // so that introspection shows them.
             for name in PROXY_METHODS {

@@ -178,7 +178,7 @@ impl SwitchRequest {
             .is_some()
     }
 
-    fn take(&self) -> Option<ManagerAddress> {
+    pub(crate) fn take(&self) -> Option<ManagerAddress> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }

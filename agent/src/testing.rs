@@ -115,6 +115,8 @@ pub struct Harness {
     pub core: Core<FakeSystemd>,
     pub outbound: Arc<BoundedQueue<Vec<u8>>>,
     pub session: Arc<AtomicU64>,
+    /// What `SwitchController` asked the link thread for.
+    pub switch: Arc<crate::reconnect::SwitchRequest>,
     serial: u32,
 }
 
@@ -129,10 +131,11 @@ impl Harness {
             serials: Arc::new(SerialCounter::default()),
             session: session.clone(),
         };
+        let switch = Arc::new(crate::reconnect::SwitchRequest::default());
         let local = LocalApi::new(
             "tcp:host=m,port=2020".into(),
             Arc::default(),
-            Arc::default(),
+            switch.clone(),
         );
         let mut core = Core::new(FakeSystemd::default(), "n1".into(), ch, local);
         core.exec_dir =
@@ -141,6 +144,7 @@ impl Harness {
             core,
             outbound,
             session,
+            switch,
             serial: 100,
         }
     }
