@@ -15,6 +15,8 @@
 #![no_main]
 #![allow(dead_code, unused_imports)]
 
+#[path = "../../agent/src/bluechi_api.rs"]
+mod bluechi_api;
 #[path = "../../agent/src/core.rs"]
 mod core;
 #[path = "../../agent/src/dependencies.rs"]

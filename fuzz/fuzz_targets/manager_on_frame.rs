@@ -32,6 +32,8 @@ mod dependencies;
 mod events;
 #[path = "../../manager/src/fanout.rs"]
 mod fanout;
+#[path = "../../manager/src/flood.rs"]
+mod flood;
 #[path = "../../manager/src/jobs.rs"]
 mod jobs;
 #[path = "../../manager/src/link.rs"]

@@ -594,6 +594,9 @@ impl Manager {
     }
 }
 
+// The fuzz target `manager_on_frame` compiles this file through `#[path]`, which makes rustc
+// look for its modules beside it rather than in `state/`.
+#[cfg_attr(fuzzing, path = "state/inbound.rs")]
 mod inbound;
 #[cfg(test)]
 mod tests;

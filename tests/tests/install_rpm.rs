@@ -77,6 +77,7 @@ fn owner(path: &str) -> &'static str {
         "/usr/lib/systemd/system/hirte-dep@.service",
         "/usr/lib/systemd/user/",
         "/usr/share/dbus-1/system.d/org.containers.hirte.Agent.conf",
+        "/usr/share/dbus-1/system.d/org.eclipse.bluechi.Agent.conf",
         "/etc/hirte/agent.conf",
         "/usr/share/licenses/hirte-agent/",
     ];
