@@ -48,6 +48,8 @@ mod nodes;
 mod objects;
 #[path = "../../manager/src/proxy.rs"]
 mod proxy;
+// rustc resolves the children of a #[path] file beside it, not in state/: state.rs names
+// its `inbound` child's path under cfg(fuzzing).
 #[path = "../../manager/src/state.rs"]
 mod state;
 

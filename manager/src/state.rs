@@ -594,9 +594,7 @@ impl Manager {
     }
 }
 
-// The fuzz target `manager_on_frame` compiles this file through `#[path]`, which makes rustc
-// look for its modules beside it rather than in `state/`.
-#[cfg_attr(fuzzing, path = "state/inbound.rs")]
+#[cfg_attr(fuzzing, path = "state/inbound.rs")] // fuzz/: #[path] files find children beside them
 mod inbound;
 #[cfg(test)]
 mod tests;
