@@ -4,19 +4,14 @@
 
 mod bluechi_api;
 mod core;
-mod dependencies;
 mod error;
-mod exec;
-mod jobs;
 mod link;
 mod local_api;
-mod manager_calls;
 mod proxy;
 mod reconnect;
 mod systemd;
 #[cfg(test)]
 mod testing;
-mod watch;
 
 use crate::error::AgentError;
 use crate::systemd::SystemdBus;
@@ -214,9 +209,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         .name("link".into())
         .spawn(move || link.run())
         .map_err(AgentError::Thread)?;
-    core.reload = reload;
-    core.extra_config = cli.config.clone();
-    core.allow_exec = cfg.allow_exec;
+    core.configure(reload, cli.config.clone(), cfg.allow_exec);
     hirte_common::notify::ready(&format!("node '{}'", cfg.node_name));
     let result = loop {
         match core.run() {

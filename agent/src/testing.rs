@@ -138,8 +138,9 @@ impl Harness {
             switch.clone(),
         );
         let mut core = Core::new(FakeSystemd::default(), "n1".into(), ch, local);
-        core.exec_dir =
-            std::env::temp_dir().join(format!("hirte-agent-test-{}", std::process::id()));
+        core.set_exec_dir(
+            std::env::temp_dir().join(format!("hirte-agent-test-{}", std::process::id())),
+        );
         Harness {
             core,
             outbound,
@@ -150,7 +151,7 @@ impl Harness {
     }
 
     pub fn sd(&self) -> &FakeSystemd {
-        &self.core.sd
+        self.core.systemd()
     }
 
     /// A call from the manager on the agent's internal interface.

@@ -17,22 +17,14 @@
 
 #[path = "../../agent/src/bluechi_api.rs"]
 mod bluechi_api;
-#[path = "../../agent/src/core.rs"]
+#[path = "../../agent/src/core/mod.rs"]
 mod core;
-#[path = "../../agent/src/dependencies.rs"]
-mod dependencies;
 #[path = "../../agent/src/error.rs"]
 mod error;
-#[path = "../../agent/src/exec.rs"]
-mod exec;
-#[path = "../../agent/src/jobs.rs"]
-mod jobs;
 #[path = "../../agent/src/link.rs"]
 mod link;
 #[path = "../../agent/src/local_api.rs"]
 mod local_api;
-#[path = "../../agent/src/manager_calls.rs"]
-mod manager_calls;
 #[path = "../../agent/src/proxy.rs"]
 mod proxy;
 #[path = "../../agent/src/reconnect.rs"]
@@ -41,8 +33,6 @@ mod reconnect;
 mod systemd;
 #[path = "../../agent/src/testing.rs"]
 mod testing;
-#[path = "../../agent/src/watch.rs"]
-mod watch;
 
 use dbus::arg::{PropMap, RefArg, Variant};
 use dbus::message::MessageType;
@@ -236,5 +226,5 @@ fuzz_target!(|data: &[u8]| {
             assert!(*n <= called, "serial {serial}: {n} answers to {called} calls");
         }
     }
-    let _ = std::fs::remove_dir_all(&h.core.exec_dir);
+    let _ = std::fs::remove_dir_all(h.core.exec_dir());
 });

@@ -13,7 +13,7 @@ use hirte_tests::{connect_bus, Cluster, ClusterSpec};
 
 const NODE_IFACE: &str = "org.containers.hirte.Node";
 const N1_PATH: &str = "/org/containers/hirte/node/n1";
-/// `MAX_AGENT_EXECS` in agent/src/exec.rs.
+/// `MAX_AGENT_EXECS` in agent/src/core/exec.rs.
 const MAX_AGENT_EXECS: usize = 16;
 
 type ExecResult = Result<(i32, Vec<u8>, Vec<u8>), dbus::Error>;
@@ -156,7 +156,7 @@ fn bounds_agent_tracks_at_most_1024_jobs() {
     assert!(!state.is_empty());
 }
 
-/// `EXEC_GRACE` in agent/src/exec.rs.
+/// `EXEC_GRACE` in agent/src/core/exec.rs.
 const EXEC_GRACE: Duration = Duration::from_secs(5);
 
 // [itest->req~agent.exec~2]

@@ -2,12 +2,12 @@
 //! calls of `hirte-proxy@` units, the manager's news about their targets, and the
 //! `hirte-dep@` anchors the manager asks this node to hold for proxies elsewhere.
 
-use crate::core::{keep_call, Core};
-use crate::jobs::JobKind;
-use crate::manager_calls::expect_signature;
+use super::jobs::JobKind;
+use super::manager_calls::expect_signature;
+use super::watch;
+use super::{keep_call, Core};
 use crate::proxy::AgentProxy;
 use crate::systemd::{self, bad_args, CallError, Systemd};
-use crate::watch;
 use dbus::Message;
 use hirte_common::names::{
     split_proxy_instance, validate_node_name, validate_proxy_target, MAX_UNIT_NAME_LEN,

@@ -1,8 +1,8 @@
 //! `Exec`: runs a command as a transient oneshot unit, so systemd supervises it like any other
 //! service (cgroup, timeout, kill), and returns its exit status with bounded output.
 
-use crate::core::{keep_call, Core};
-use crate::jobs::JobKind;
+use super::jobs::JobKind;
+use super::{keep_call, Core};
 use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::arg::{RefArg, Variant};
 use dbus::Message;

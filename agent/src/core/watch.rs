@@ -1,7 +1,7 @@
 //! Which units the manager's monitors want from this node, and the translation of systemd's
 //! unit signals into the agent's `Unit*` signals for them.
 
-use crate::core::Core;
+use super::Core;
 use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::arg::{PropMap, RefArg};
 use dbus::Message;

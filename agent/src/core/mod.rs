@@ -5,15 +5,22 @@
 //! in order on one connection, so `JobRemoved` is always handled after its job was recorded.
 //!
 //! The logic is generic over [`Systemd`]; only the loop that waits on the bus needs the real
-//! connection. The manager's calls are in `manager_calls.rs`, jobs in `jobs.rs`, commands in
-//! `exec.rs`, unit watches in `watch.rs`, proxies in `dependencies.rs`.
+//! connection. `Core` composes the parts and is the one place where they meet; its fields are
+//! private to this module. Each concern is a child module holding its own state type (with
+//! private fields) and the core's handlers for it: the manager's calls (`manager_calls`),
+//! jobs (`jobs`: `JobTable`), commands (`exec`), unit watches (`watch`: `Watch`) and
+//! proxies (`dependencies`; the table is `crate::proxy::ProxyTable`).
 
-use crate::jobs::JobTable;
+mod dependencies;
+mod exec;
+mod jobs;
+mod manager_calls;
+mod watch;
+
 use crate::link::FromLink;
 use crate::local_api::LocalApi;
 use crate::proxy::ProxyTable;
 use crate::systemd::{bad_args, CallError, Systemd, SystemdBus};
-use crate::watch::Watch;
 use dbus::message::MessageType;
 use dbus::Message;
 use hirte_common::bounds::{CORE_TICK, MAX_AGENT_SIGNAL_SIZE, MAX_EVENTS_PER_TURN, MAX_FRAME_SIZE};
@@ -26,6 +33,7 @@ use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::{wait_for_bus, BusWait};
 use hirte_common::wait::poll_readable;
 use hirte_common::{log_error, log_info, log_warn};
+use jobs::JobTable;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -33,6 +41,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use watch::Watch;
 
 /// The queues and flags the core shares with the link thread.
 pub struct Channels {
@@ -56,35 +65,37 @@ impl Channels {
 }
 
 pub struct Core<S> {
-    pub(crate) sd: S,
-    pub(crate) node: String,
+    sd: S,
+    node: String,
     events: Arc<BoundedQueue<FromLink>>,
-    pub(crate) outbound: Arc<BoundedQueue<Vec<u8>>>,
+    outbound: Arc<BoundedQueue<Vec<u8>>>,
     shutdown: Arc<AtomicBool>,
-    pub(crate) serials: Arc<SerialCounter>,
-    pub(crate) session: Arc<AtomicU64>,
+    serials: Arc<SerialCounter>,
+    session: Arc<AtomicU64>,
     /// Job results that found the send queue full; retried first on every turn so no
     /// `JobDone` is lost while the link lives (bounded: one per job).
-    pub(crate) retry: VecDeque<Vec<u8>>,
-    pub(crate) jobs: JobTable,
-    pub(crate) watch: Watch,
-    pub(crate) metrics: bool,
-    pub(crate) exec_seq: u64,
+    retry: VecDeque<Vec<u8>>,
+    jobs: JobTable,
+    watch: Watch,
+    metrics: bool,
+    exec_seq: u64,
     /// Where commands' output files go (`exec::exec_dir`).
-    pub(crate) exec_dir: PathBuf,
+    exec_dir: PathBuf,
     local: LocalApi,
     /// Proxies this node's units asked for (`dependencies.rs`).
-    pub(crate) proxies: ProxyTable<Message>,
+    proxies: ProxyTable<Message>,
     /// Whether the link to the manager is up (proxies are announced only then).
-    pub(crate) linked: bool,
+    linked: bool,
     /// Writes to the node's bus never block the core; a stalled bus counts as lost.
     bus_writer: BusWriter,
-    pub reload: Arc<AtomicBool>,
-    pub extra_config: Option<PathBuf>,
+    /// Set by SIGHUP; the configuration is re-read at the start of the next turn.
+    reload: Arc<AtomicBool>,
+    /// `--config` of the command line, re-read on SIGHUP with the other layers.
+    extra_config: Option<PathBuf>,
     /// `AllowExec=` of agent.conf: with `no` this node refuses `Exec`, transient units with
     /// `Exec*` properties and unit files from outside the unit directories, whatever the
     /// manager allows (`manager_calls.rs`).
-    pub allow_exec: bool,
+    allow_exec: bool,
 }
 
 /// Why the core loop returned.
@@ -129,7 +140,7 @@ impl<S: Systemd> Core<S> {
             watch: Watch::default(),
             metrics: false,
             exec_seq: 0,
-            exec_dir: crate::exec::exec_dir(),
+            exec_dir: exec::exec_dir(),
             local,
             proxies: ProxyTable::default(),
             linked: false,
@@ -138,6 +149,36 @@ impl<S: Systemd> Core<S> {
             extra_config: None,
             allow_exec: true,
         }
+    }
+
+    /// What `main` knows only after the core exists: the SIGHUP flag, the `--config` layer
+    /// and `AllowExec=`.
+    pub fn configure(
+        &mut self,
+        reload: Arc<AtomicBool>,
+        extra_config: Option<PathBuf>,
+        allow_exec: bool,
+    ) {
+        self.reload = reload;
+        self.extra_config = extra_config;
+        self.allow_exec = allow_exec;
+    }
+
+    /// The node's systemd (tests inspect the test double through it).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn systemd(&self) -> &S {
+        &self.sd
+    }
+
+    /// Where commands' output files go; tests use a directory of their own.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn set_exec_dir(&mut self, dir: PathBuf) {
+        self.exec_dir = dir;
+    }
+
+    #[cfg(fuzzing)]
+    pub(crate) fn exec_dir(&self) -> &std::path::Path {
+        &self.exec_dir
     }
 
     /// SIGHUP: re-reads the configuration; only the log level takes effect without a restart.

@@ -1,7 +1,7 @@
 //! The manager's calls to this node (`org.containers.hirte.internal.Agent`): checks each
 //! call's arguments and executes it against systemd, or hands it to the module that owns it.
 
-use crate::core::Core;
+use super::Core;
 use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::message::MessageType;
 use dbus::Message;

@@ -1,8 +1,8 @@
 //! Jobs the agent started in systemd and waits for: the manager's jobs (answered with
 //! `JobDone`), `Exec` commands and `StartDep` anchors (answered when their job ends).
 
-use crate::core::Core;
-use crate::exec::PendingExec;
+use super::exec::PendingExec;
+use super::Core;
 use crate::systemd::{self, bad_args, CallError, Systemd};
 use dbus::arg::messageitem::MessageItem;
 use dbus::Message;
@@ -235,7 +235,7 @@ impl<S: Systemd> Core<S> {
     /// A job's `State` changed: `JobStateChanged(id, state)` for each manager job it serves.
     pub(crate) fn on_job_state(&mut self, path: &str, state: &str) {
         for id in self.jobs.set_state(path, state) {
-            if let Some(sig) = crate::watch::agent_signal("JobStateChanged") {
+            if let Some(sig) = super::watch::agent_signal("JobStateChanged") {
                 self.send(sig.append2(id, state));
             }
         }
@@ -263,7 +263,7 @@ impl<S: Systemd> Core<S> {
                     // Sent before JobDone so the manager has it when it ends the job.
                     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     let prop = self.start_propagation_us(&job.unit);
-                    if let Some(sig) = crate::watch::agent_signal("JobMetrics") {
+                    if let Some(sig) = super::watch::agent_signal("JobMetrics") {
                         self.send(
                             sig.append3(id, job.unit.as_str(), method.as_str())
                                 .append2(micros, prop),
@@ -318,7 +318,7 @@ impl<S: Systemd> Core<S> {
             log_debug!("Job {id} belonged to an earlier manager session; result not sent");
             return;
         }
-        let Some(mut msg) = crate::watch::agent_signal("JobDone").map(|m| m.append2(id, result))
+        let Some(mut msg) = super::watch::agent_signal("JobDone").map(|m| m.append2(id, result))
         else {
             return;
         };
@@ -451,8 +451,8 @@ mod tests {
     #[test]
     fn transient_units_lose_the_job_id_on_the_way_to_systemd() {
         let mut h = Harness::new();
-        let props: crate::exec::Props = Vec::new();
-        let aux: Vec<(String, crate::exec::Props)> = Vec::new();
+        let props: crate::core::exec::Props = Vec::new();
+        let aux: Vec<(String, crate::core::exec::Props)> = Vec::new();
         let m = h
             .manager_call("StartTransientUnit")
             .append3("t.service", "fail", props)
