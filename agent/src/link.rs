@@ -4,6 +4,7 @@
 //! dead manager is noticed (no heartbeat echo for `ManagerHeartbeatThreshold`) without help
 //! from the core.
 
+use crate::core::Channels;
 use crate::reconnect::Reconnect;
 use dbus::message::MessageType;
 use dbus::Message;
@@ -91,25 +92,25 @@ enum Step {
 }
 
 pub struct Link {
-    pub cfg: AgentConfig,
+    cfg: AgentConfig,
     /// Encoded frames from the core, written in order.
-    pub outbound: Arc<BoundedQueue<Vec<u8>>>,
-    pub events: Arc<BoundedQueue<FromLink>>,
-    pub shutdown: Arc<AtomicBool>,
+    outbound: Arc<BoundedQueue<Vec<u8>>>,
+    events: Arc<BoundedQueue<FromLink>>,
+    shutdown: Arc<AtomicBool>,
     /// Serials shared with the core, which frames its own messages.
-    pub serials: Arc<SerialCounter>,
+    serials: Arc<SerialCounter>,
     /// Incremented for every new manager session, so the core can drop stale job results.
-    pub session: Arc<AtomicU64>,
+    session: Arc<AtomicU64>,
     /// Wall-clock time (µs) of the last frame from the manager, for the local status API.
-    pub last_seen_us: Arc<AtomicU64>,
+    last_seen_us: Arc<AtomicU64>,
     /// The TLS policy when the TCP link is TLS; re-read from `cfg.tls` on SIGHUP.
-    pub tls: Option<ClientPolicy>,
+    tls: Option<ClientPolicy>,
     /// Set by SIGHUP.
-    pub tls_reload: Arc<AtomicBool>,
+    tls_reload: Arc<AtomicBool>,
     /// Counts TLS reloads, so a session knows to check its manager again.
-    pub tls_generation: u64,
+    tls_generation: u64,
     /// Which manager next and how long to wait first (`reconnect.rs`).
-    pub reconnect: Reconnect,
+    reconnect: Reconnect,
 }
 
 /// The manager's verified certificate (TLS only), to check again after SIGHUP.
@@ -119,6 +120,29 @@ struct Verified {
 }
 
 impl Link {
+    pub fn new(
+        cfg: AgentConfig,
+        ch: &Channels,
+        last_seen_us: Arc<AtomicU64>,
+        tls: Option<ClientPolicy>,
+        tls_reload: Arc<AtomicBool>,
+        reconnect: Reconnect,
+    ) -> Self {
+        Link {
+            cfg,
+            outbound: ch.outbound.clone(),
+            events: ch.events.clone(),
+            shutdown: ch.shutdown.clone(),
+            serials: ch.serials.clone(),
+            session: ch.session.clone(),
+            last_seen_us,
+            tls,
+            tls_reload,
+            tls_generation: 0,
+            reconnect,
+        }
+    }
+
     // [impl->req~agent.reconnect~1]
     pub fn run(mut self) {
         while !self.shutdown.load(Ordering::Relaxed) {

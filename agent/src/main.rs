@@ -189,20 +189,21 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     let manager_address = cfg.manager_address();
     let switch = Arc::new(SwitchRequest::default());
     let local = local_api(&sd, &manager_address, &last_seen_us, &switch);
-    let link = link::Link {
-        cfg: cfg.clone(),
-        outbound: outbound.clone(),
+    let channels = core::Channels {
         events: events.clone(),
+        outbound,
         shutdown: shutdown.clone(),
         serials: Arc::new(SerialCounter::default()),
         session: Arc::new(AtomicU64::new(0)),
-        last_seen_us: last_seen_us.clone(),
+    };
+    let link = link::Link::new(
+        cfg.clone(),
+        &channels,
+        last_seen_us.clone(),
         tls,
         tls_reload,
-        tls_generation: 0,
-        reconnect: Reconnect::new(&cfg, switch.clone()),
-    };
-    let channels = core::Channels::of(&link);
+        Reconnect::new(&cfg, switch.clone()),
+    );
     let mut core = core::Core::new(sd, cfg.node_name.clone(), channels, local);
     core.adopt_running_proxies();
     let link_thread = std::thread::Builder::new()

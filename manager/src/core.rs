@@ -41,26 +41,34 @@ impl std::fmt::Display for CoreError {
     }
 }
 
-pub struct Core {
-    pub conn: Connection,
-    pub cr: Crossroads,
-    pub tokens: Tokens,
-    pub model: Shared,
-    pub events: Arc<BoundedQueue<LinkEvent>>,
+/// The flags the signal handlers set for the core.
+pub struct CoreFlags {
+    /// SIGTERM/SIGINT: finish and return.
     pub shutdown: Arc<AtomicBool>,
+    /// SIGHUP: re-read the configuration.
     pub reload: Arc<AtomicBool>,
-    pub signatures: crate::api::Signatures,
+}
+
+pub struct Core {
+    conn: Connection,
+    cr: Crossroads,
+    tokens: Tokens,
+    model: Shared,
+    events: Arc<BoundedQueue<LinkEvent>>,
+    shutdown: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    signatures: crate::api::Signatures,
     /// The `-c` file, re-read with the defaults on SIGHUP.
-    pub extra_config: Option<PathBuf>,
+    extra_config: Option<PathBuf>,
     /// Bus writes never block the core; a bus that stops reading ends it (`BusWriter`).
-    pub bus_writer: BusWriter,
+    bus_writer: BusWriter,
     /// Records who made each call that changes something, once it is answered.
-    pub audit: RefCell<Audit>,
+    audit: RefCell<Audit>,
     /// `AllowExec=`: with `no`, the calls that would run a command some other way are refused
     /// here, before the API sees them (`Exec` itself is refused by its handler).
-    pub allow_exec: bool,
+    allow_exec: bool,
     /// The `org.eclipse.bluechi` face; `None` when `BlueChiBusName=no`.
-    pub bluechi: Option<Gateway>,
+    bluechi: Option<Gateway>,
 }
 
 /// The bus connection as dbus-crossroads sends its answers through it, with each answer
@@ -88,6 +96,40 @@ const TIMERS_UNDER_BACKLOG: Duration = Duration::from_secs(1);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 impl Core {
+    /// The core over the system bus `conn`, serving the API of `model`.
+    pub fn new(
+        conn: Connection,
+        model: Shared,
+        events: Arc<BoundedQueue<LinkEvent>>,
+        flags: CoreFlags,
+        extra_config: Option<PathBuf>,
+        allow_exec: bool,
+        bluechi: Option<Gateway>,
+    ) -> Self {
+        let mut cr = Crossroads::new();
+        let tokens = crate::api::export(&mut cr, &model);
+        let first_node = crate::state::lock(&model)
+            .nodes()
+            .get(0)
+            .map(|n| n.path().to_string());
+        let signatures = crate::api::input_signatures(&mut cr, &tokens, first_node);
+        Core {
+            conn,
+            cr,
+            tokens,
+            model,
+            events,
+            shutdown: flags.shutdown,
+            reload: flags.reload,
+            signatures,
+            extra_config,
+            bus_writer: BusWriter::default(),
+            audit: RefCell::default(),
+            allow_exec,
+            bluechi,
+        }
+    }
+
     pub fn run(&mut self) -> Result<(), CoreError> {
         self.watch_clients()?;
         let mut drain_until: Option<Instant> = None;

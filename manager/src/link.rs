@@ -67,13 +67,13 @@ impl Drop for HandshakeSlot {
 
 pub struct LinkThread {
     /// Taken by the thread when it starts.
-    pub stream: Option<LinkStream>,
-    pub handle: Arc<LinkHandle>,
-    pub events: Arc<BoundedQueue<LinkEvent>>,
-    pub handshakes: Arc<AtomicUsize>,
-    pub shutdown: Arc<AtomicBool>,
+    stream: Option<LinkStream>,
+    handle: Arc<LinkHandle>,
+    events: Arc<BoundedQueue<LinkEvent>>,
+    handshakes: Arc<AtomicUsize>,
+    shutdown: Arc<AtomicBool>,
     /// The TLS policy when the TCP link is TLS (never for the Unix socket).
-    pub tls: Option<Arc<Reloadable<ServerPolicy>>>,
+    tls: Option<Arc<Reloadable<ServerPolicy>>>,
 }
 
 /// A TLS peer's verified certificate, and the policy generation it was last checked against.
@@ -83,6 +83,24 @@ struct Verified {
 }
 
 impl LinkThread {
+    pub fn new(
+        stream: LinkStream,
+        tls: Option<Arc<Reloadable<ServerPolicy>>>,
+        handle: Arc<LinkHandle>,
+        events: Arc<BoundedQueue<LinkEvent>>,
+        handshakes: Arc<AtomicUsize>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Self {
+        LinkThread {
+            stream: Some(stream),
+            handle,
+            events,
+            handshakes,
+            shutdown,
+            tls,
+        }
+    }
+
     pub fn run(mut self) {
         // Gives the handshake slot back however this thread ends, a panic included.
         let mut slot = HandshakeSlot(Some(self.handshakes.clone()));

@@ -25,24 +25,49 @@ use std::sync::Arc;
 pub const MAX_CONNECTIONS: usize = MAX_NODES + MAX_PENDING_HANDSHAKES;
 
 pub struct Listener {
-    pub listener: TcpListener,
+    listener: TcpListener,
     /// `ManagerSocket=`: the local agent's Unix socket, polled by this same thread.
-    pub unix: Option<UnixListener>,
-    pub events: Arc<BoundedQueue<LinkEvent>>,
+    unix: Option<UnixListener>,
+    events: Arc<BoundedQueue<LinkEvent>>,
     /// Stops accepting (set on SIGTERM).
-    pub shutdown: Arc<AtomicBool>,
+    shutdown: Arc<AtomicBool>,
     /// Ends the connections (set once the core has finished its shutdown).
-    pub stop_links: Arc<AtomicBool>,
+    stop_links: Arc<AtomicBool>,
     /// TLS on the TCP link: the policy, and the files it is re-read from on SIGHUP.
-    pub tls: Option<Arc<Reloadable<ServerPolicy>>>,
-    pub tls_files: TlsFiles,
+    tls: Option<Arc<Reloadable<ServerPolicy>>>,
+    tls_files: TlsFiles,
     /// Set by SIGHUP: re-read the TLS files.
-    pub tls_reload: Arc<AtomicBool>,
+    tls_reload: Arc<AtomicBool>,
     /// UIDs that may connect to the Unix socket (SO_PEERCRED).
-    pub socket_uids: Vec<u32>,
+    socket_uids: Vec<u32>,
 }
 
 impl Listener {
+    #[allow(clippy::too_many_arguments)] // each is one handle the thread shares with main
+    pub fn new(
+        listener: TcpListener,
+        unix: Option<UnixListener>,
+        events: Arc<BoundedQueue<LinkEvent>>,
+        shutdown: Arc<AtomicBool>,
+        stop_links: Arc<AtomicBool>,
+        tls: Option<Arc<Reloadable<ServerPolicy>>>,
+        tls_files: TlsFiles,
+        tls_reload: Arc<AtomicBool>,
+        socket_uids: Vec<u32>,
+    ) -> Self {
+        Listener {
+            listener,
+            unix,
+            events,
+            shutdown,
+            stop_links,
+            tls,
+            tls_files,
+            tls_reload,
+            socket_uids,
+        }
+    }
+
     /// Waits for a connection on either listening socket and accepts it. `None`: nothing
     /// this round (timeout, signal, a failed accept, which is logged). When both are ready,
     /// `unix_first` says which goes first, so that a flood on one cannot starve the other.
@@ -168,14 +193,14 @@ impl Listener {
             log_debug!("Connection {next_id} from {peer}");
             handshakes.fetch_add(1, Ordering::SeqCst);
             live.fetch_add(1, Ordering::SeqCst);
-            let link = LinkThread {
-                stream: Some(stream),
-                tls: self.tls.clone(),
+            let link = LinkThread::new(
+                stream,
+                self.tls.clone(),
                 handle,
-                events: self.events.clone(),
-                handshakes: handshakes.clone(),
-                shutdown: self.stop_links.clone(),
-            };
+                self.events.clone(),
+                handshakes.clone(),
+                self.stop_links.clone(),
+            );
             let live2 = live.clone();
             let hs2 = handshakes.clone();
             let spawned = std::thread::Builder::new()

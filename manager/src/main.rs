@@ -38,7 +38,6 @@ mod state;
 
 use crate::events::LinkEvent;
 use clap::Parser;
-use dbus_crossroads::Crossroads;
 use hirte_common::bounds::{CORE_QUEUE_BYTES, CORE_QUEUE_DEPTH};
 use hirte_common::config::{cli_entry, config_dir, ConfigError, ManagerConfig};
 use hirte_common::queue::BoundedQueue;
@@ -246,48 +245,39 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         BoundedQueue::with_byte_budget(CORE_QUEUE_DEPTH, CORE_QUEUE_BYTES, LinkEvent::weight);
     let events = Arc::new(events.map_err(FatalError::Queue)?);
     let model = Arc::new(Mutex::new(state::Manager::new(cfg)));
-    let mut cr = Crossroads::new();
-    let tokens = api::export(&mut cr, &model);
-    let first_node = state::lock(&model)
-        .nodes()
-        .get(0)
-        .map(|n| n.path().to_string());
-    let signatures = api::input_signatures(&mut cr, &tokens, first_node);
 
     // Links outlive the SIGTERM by the drain time: jobs in flight must still be answered.
     let stop_links = Arc::new(AtomicBool::new(false));
-    let listener = listener::Listener {
-        listener: tcp,
+    let listener = listener::Listener::new(
+        tcp,
         unix,
-        events: events.clone(),
-        shutdown: shutdown.clone(),
-        stop_links: stop_links.clone(),
+        events.clone(),
+        shutdown.clone(),
+        stop_links.clone(),
         tls,
         tls_files,
         tls_reload,
         socket_uids,
-    };
+    );
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
         .spawn(move || listener.run())
         .map_err(FatalError::Thread)?;
 
     hirte_common::notify::ready(&format!("listening on {addr}:{port}"));
-    let mut core = core::Core {
-        conn,
-        cr,
-        tokens,
-        model,
-        events: events.clone(),
+    let flags = core::CoreFlags {
         shutdown: shutdown.clone(),
         reload,
-        signatures,
-        extra_config: cli.config.clone(),
-        bus_writer: Default::default(),
-        audit: Default::default(),
+    };
+    let mut core = core::Core::new(
+        conn,
+        model,
+        events.clone(),
+        flags,
+        cli.config.clone(),
         allow_exec,
         bluechi,
-    };
+    );
     let result = core.run().map_err(FatalError::Core);
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
     stop_links.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -52,18 +52,6 @@ pub struct Channels {
     pub session: Arc<AtomicU64>,
 }
 
-impl Channels {
-    pub fn of(link: &crate::link::Link) -> Self {
-        Channels {
-            events: link.events.clone(),
-            outbound: link.outbound.clone(),
-            shutdown: link.shutdown.clone(),
-            serials: link.serials.clone(),
-            session: link.session.clone(),
-        }
-    }
-}
-
 pub struct Core<S> {
     sd: S,
     node: String,
