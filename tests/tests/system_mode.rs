@@ -64,7 +64,11 @@ fn rootfs() -> Option<PathBuf> {
     if done.exists() && dir.is_dir() {
         return Some(dir);
     }
-    if Command::new("mmdebstrap").arg("--version").output().is_err() {
+    if Command::new("mmdebstrap")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         hirte_tests::cannot_run(
             TEST,
             "mmdebstrap is not installed (ci/setup installs it: apt-get install mmdebstrap)",
@@ -253,7 +257,15 @@ impl Lab {
         assert!(o.status.success(), "veth: {}", show(&o));
         for (ns, addr) in [(&a, PRIMARY_IP), (&b, AGENT_IP)] {
             for args in [
-                vec!["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+                vec![
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    "eth0",
+                ],
                 vec!["-n", ns, "link", "set", "eth0", "up"],
                 vec!["-n", ns, "link", "set", "lo", "up"],
             ] {
@@ -299,7 +311,10 @@ impl Lab {
                 "--link-journal=no",
             ])
             .arg(format!("--machine={name}"))
-            .arg(format!("--network-namespace-path=/run/netns/{}", node.netns))
+            .arg(format!(
+                "--network-namespace-path=/run/netns/{}",
+                node.netns
+            ))
             .arg(format!("--bind-ro={}:{DEB_MOUNT}", deb_dir.display()))
             .env("HIRTE_SM_CGROUPS", procs.join(" "))
             .stdin(Stdio::null())
@@ -318,10 +333,9 @@ impl Lab {
                     node.log_text()
                 ));
             }
-            let children = std::fs::read_to_string(format!(
-                "/proc/{nspawn_pid}/task/{nspawn_pid}/children"
-            ))
-            .unwrap_or_default();
+            let children =
+                std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
+                    .unwrap_or_default();
             let leader = children.split_whitespace().find_map(|c| {
                 let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).ok()?;
                 (comm.trim() == "systemd").then(|| c.parse::<i32>().ok())?
@@ -419,7 +433,11 @@ fn system_mode_guide_walkthrough() {
     if !hirte_tests::require_root(TEST) {
         return;
     }
-    if Command::new("systemd-nspawn").arg("--version").output().is_err() {
+    if Command::new("systemd-nspawn")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         hirte_tests::cannot_run(
             TEST,
             "systemd-nspawn is not installed (ci/setup installs it: apt-get install systemd-container)",
@@ -463,7 +481,10 @@ fn system_mode_guide_walkthrough() {
         eprintln!("{}: dpkg -i:\n{out}", n.name);
         // postinst: the operators' group, no unit enabled or started.
         n.ok("getent group hirte-operators", &[]);
-        let o = n.sh("systemctl is-enabled hirte.service hirte-agent.service", &[]);
+        let o = n.sh(
+            "systemctl is-enabled hirte.service hirte-agent.service",
+            &[],
+        );
         assert_eq!(
             stdout(&o).lines().collect::<Vec<_>>(),
             ["disabled", "disabled"],
@@ -478,7 +499,10 @@ fn system_mode_guide_walkthrough() {
     // Step 2: the guide's configuration files, verbatim but for the manager's address.
     primary.write_file("/etc/hirte/hirte.conf", &guide::hirte_conf("primary,agent"));
     primary.write_file("/etc/hirte/agent.conf", guide::PRIMARY_AGENT_CONF);
-    agent.write_file("/etc/hirte/agent.conf", &guide::agent_conf("agent", PRIMARY_IP));
+    agent.write_file(
+        "/etc/hirte/agent.conf",
+        &guide::agent_conf("agent", PRIMARY_IP),
+    );
 
     // Step 4: start, enable, status, with the system manager's systemctl.
     primary.ok("systemctl start hirte hirte-agent", &[]);
@@ -492,7 +516,10 @@ fn system_mode_guide_walkthrough() {
         2,
         "{status}"
     );
-    assert!(status.contains("/lib/systemd/system/hirte.service; enabled"), "{status}");
+    assert!(
+        status.contains("/lib/systemd/system/hirte.service; enabled"),
+        "{status}"
+    );
     let status = agent.ok("systemctl status --no-pager hirte-agent", &[]);
     assert!(status.contains("Active: active (running)"), "{status}");
     // Type=notify: the manager told systemd what it listens on, over the system manager's
@@ -541,9 +568,17 @@ fn system_mode_guide_walkthrough() {
             .find(|l| l.split_whitespace().next() == Some(unit))
             .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_string())
     };
-    assert_ne!(row(&on_agent, "hirte.service").as_deref(), Some("active"), "{on_agent}");
+    assert_ne!(
+        row(&on_agent, "hirte.service").as_deref(),
+        Some("active"),
+        "{on_agent}"
+    );
     let on_primary = primary.ok("hirtectl list-units primary", &[]);
-    assert_eq!(row(&on_primary, "hirte.service").as_deref(), Some("active"), "{on_primary}");
+    assert_eq!(
+        row(&on_primary, "hirte.service").as_deref(),
+        Some("active"),
+        "{on_primary}"
+    );
 
     // The guide's httpd: a long-running service in the agent node's /etc/systemd/system.
     agent.write_file(
@@ -560,7 +595,10 @@ fn system_mode_guide_walkthrough() {
     assert!(out.contains("done"), "{out}");
     active("active");
     let out = primary.ok("hirtectl status agent httpd.service", &[]);
-    assert!(out.contains("httpd.service") && out.contains("active"), "{out}");
+    assert!(
+        out.contains("httpd.service") && out.contains("active"),
+        "{out}"
+    );
     primary.ok("hirtectl stop agent httpd.service", &[]);
     active("inactive");
     primary.ok("hirtectl restart agent httpd.service", &[]);
