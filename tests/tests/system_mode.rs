@@ -461,7 +461,15 @@ fn system_mode_guide_walkthrough() {
                 took.as_secs_f64()
             ),
             Err(why) => {
-                let first = why.lines().next().unwrap_or_default().to_string();
+                // On one line for the matrix, with what nspawn or systemd said.
+                let first: String = why
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+                    .chars()
+                    .take(600)
+                    .collect();
                 hirte_tests::not_shown(
                     "req~install.units~1",
                     &format!("system-mode systemd does not boot here: {first}"),
