@@ -297,6 +297,9 @@ pub fn build_deb(test: &str, out: &Scratch) -> Option<PathBuf> {
         hirte_tests::cannot_run(test, "the binaries are not in target/debug");
         return None;
     }
+    // install_deb.rs and system_mode.rs build the package in parallel processes: one at a
+    // time, or one's `make generate` rewrites target/generated under the other's cargo deb.
+    let _lock = deb_build_lock();
     let mut generate = Command::new("make");
     generate
         .arg("-C")
@@ -348,6 +351,18 @@ pub fn list_tree(root: &Path) -> Vec<String> {
     walk(root, root, &mut v);
     v.sort();
     v
+}
+
+/// Serialises the package builds of [`build_deb`].
+fn deb_build_lock() -> Flock<File> {
+    let path = std::env::temp_dir().join("hirte-tests-deb-build.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    Flock::lock(f, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("flock: {e}"))
 }
 
 /// Serialises the tests that create the `hirte-operators` group and its members (nextest runs
