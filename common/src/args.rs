@@ -64,6 +64,16 @@ pub fn copy_all(
     copy_args(&mut msg.iter_init(), &mut IterAppend::new(to), paths)
 }
 
+/// Bytes of a message as it goes on the wire (libdbus encodes it once for the count).
+pub fn encoded_len(m: &dbus::Message) -> usize {
+    let mut n = 0usize;
+    let _ = m.marshal(|b| {
+        n = n.saturating_add(b.len());
+        Ok::<(), ()>(())
+    });
+    n
+}
+
 fn copy_at(
     from: &mut Iter<'_>,
     to: &mut IterAppend<'_>,
