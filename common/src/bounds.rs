@@ -55,6 +55,16 @@ pub const MAX_AGENT_SIGNAL_SIZE: usize = 256 * 1024;
 /// Frames queued for sending on one link.
 pub const LINK_OUTBOUND_DEPTH: usize = 256;
 
+/// Bytes of the nodes' answers one call that spans all nodes (`ListUnits`, `ListUnitFiles`
+/// on the Manager) holds until every node has answered. Its combined answer goes to the
+/// caller as one message, and the system bus (dbus-daemon's default `max_message_size`,
+/// 32 MiB) drops a connection that sends a larger one: 30 MiB leaves room for the node names,
+/// and holds 1,000 nodes x 180 units at up to 170 bytes per unit row. Beyond it the call
+/// fails whole with `Busy` (warning logged once), the answers collected are dropped, and
+/// later ones are not kept.
+// [impl->req~bounds.fanout-bytes~1]
+pub const MAX_FANOUT_BYTES: usize = 30 * 1024 * 1024;
+
 /// Calls awaiting an agent's reply, per node. Beyond it a caller gets `Busy`.
 pub const MAX_PENDING_CALLS_PER_NODE: usize = 128;
 
@@ -125,6 +135,14 @@ pub const MAX_UNITS_PER_SUBSCRIPTION: usize = 256;
 
 /// Peers one monitor may forward to.
 pub const MAX_PEERS_PER_MONITOR: usize = 8;
+
+/// Bytes of monitor signals one unit event from an agent may turn into: the event is copied
+/// once per recipient (the owner and up to `MAX_PEERS_PER_MONITOR` peers of every monitor that
+/// wants it, at most 256 x 9 = 2,304 copies), so a 256 KiB event could become 576 MiB. Within
+/// 16 MiB an event of 7 KiB still reaches all 2,304 recipients, a maximal one 64; the
+/// monitors beyond the budget miss that event, and a warning says so.
+// [impl->req~bounds.monitor-copies~1]
+pub const MAX_MONITOR_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Units a wildcard subscription remembers (for virtual events when their node drops).
 pub const MAX_SEEN_UNITS_PER_SUBSCRIPTION: usize = 1024;

@@ -5,6 +5,7 @@
 //! fuzzed without sockets. The bounded structures (`queue`) and every numeric limit (`bounds`)
 //! live here too, so the safety case can list them from one place.
 
+pub mod args;
 pub mod bounds;
 pub mod bus;
 pub mod config;

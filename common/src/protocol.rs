@@ -83,18 +83,19 @@ pub type UnitRow = (
     dbus::Path<'static>,
 );
 
-/// Copies an answer's return values into `reply` (both daemons relay answers verbatim).
-/// Unit lists, the only large answers, go through their static type: far cheaper than the
-/// generic `MessageItem` tree for thousands of rows.
-pub fn copy_answer(reply: dbus::Message, answer: &dbus::Message) -> dbus::Message {
-    if signature_of(answer) == "a(ssssssouso)" {
-        if let Ok(rows) = answer.read1::<Vec<UnitRow>>() {
-            return reply.append1(rows);
+/// The reply to `call` carrying `answer`'s return values (both daemons relay answers
+/// verbatim). The values are copied one by one (`args`), never through a generic tree: an
+/// answer of many small values would take many times its size as `MessageItem`s. An answer
+/// that cannot be copied (a file descriptor) becomes an `Error.Protocol` reply.
+pub fn copy_answer(call: &dbus::Message, answer: &dbus::Message) -> dbus::Message {
+    let mut reply = call.method_return();
+    match crate::args::copy_all(answer, &mut reply, &crate::args::same_path) {
+        Ok(()) => reply,
+        Err(e) => {
+            let text = format!("the answer cannot be relayed: {e}");
+            error_reply(call, error::PROTOCOL, &text).unwrap_or_else(|| call.method_return())
         }
     }
-    let mut reply = reply;
-    reply.append_items(&answer.get_items());
-    reply
 }
 
 /// An error reply to `call` named `name` (or `Error.Protocol` when `name` is not a valid

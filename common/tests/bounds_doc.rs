@@ -80,6 +80,8 @@ fn actual(name: &str) -> Option<u128> {
         "RESERVED_CONTROL_CALLS_PER_NODE" => n(RESERVED_CONTROL_CALLS_PER_NODE),
         "MAX_EVENTS_PER_TURN" => n(MAX_EVENTS_PER_TURN),
         "BLUECHI_PENDING_CALLS" => n(BLUECHI_PENDING_CALLS),
+        "MAX_FANOUT_BYTES" => n(MAX_FANOUT_BYTES),
+        "MAX_MONITOR_EVENT_BYTES" => n(MAX_MONITOR_EVENT_BYTES),
         _ => return None,
     })
 }

@@ -2,6 +2,7 @@
 //! nodes, the `hirte-dep@` anchors on target nodes, and the news passed between them. Each
 //! event gives the actions to take (`DepAction`); the manager carries them out.
 
+use crate::agent_msg::UnitEvent;
 use crate::proxy::{Proxies, ProxyError};
 use dbus::arg::messageitem::MessageItem;
 use hirte_common::names::{validate_proxy_target, ProxyNameError};
@@ -223,15 +224,30 @@ impl Dependencies {
             .collect()
     }
 
+    /// A unit event from a node: only `UnitStateChanged` matters here.
+    pub fn unit_event(&self, node: &str, event: &UnitEvent) -> Vec<DepAction> {
+        match event {
+            UnitEvent::StateChanged {
+                unit,
+                active,
+                reason,
+                ..
+            } => self.target_changed(node, unit, active, reason),
+            _ => Vec::new(),
+        }
+    }
+
     /// `UnitStateChanged(unit, active, sub, reason)` from a node: a target that really
     /// stopped ends the proxies that were started for it.
     // [impl->req~proxy.target-stopped~1]
-    pub fn target_changed(&self, node: &str, items: &[MessageItem]) -> Vec<DepAction> {
-        let [MessageItem::Str(unit), MessageItem::Str(active), _, MessageItem::Str(reason)] = items
-        else {
-            return Vec::new();
-        };
-        if reason != "real" || !matches!(active.as_str(), "inactive" | "failed") {
+    pub fn target_changed(
+        &self,
+        node: &str,
+        unit: &str,
+        active: &str,
+        reason: &str,
+    ) -> Vec<DepAction> {
+        if reason != "real" || !matches!(active, "inactive" | "failed") {
             return Vec::new();
         }
         if !self.proxies.is_needed(node, unit) {
@@ -241,10 +257,15 @@ impl Dependencies {
         for (requester, path) in self.proxies.ready(node, unit) {
             log_fields!(
                 Info,
-                [("NODE", requester.as_str()), ("UNIT", unit.as_str())],
+                [("NODE", requester.as_str()), ("UNIT", unit)],
                 "'{unit}' on node '{node}' is {active}: stopping the proxy on node '{requester}'"
             );
-            out.push(tell(requester, path, "TargetStopped", Some(active.clone())));
+            out.push(tell(
+                requester,
+                path,
+                "TargetStopped",
+                Some(active.to_string()),
+            ));
         }
         out
     }
@@ -341,17 +362,18 @@ mod tests {
     fn a_target_that_really_stops_ends_started_proxies_only() {
         let mut d = Dependencies::default();
         d.proxy_new("a", "t", "db.service", "/p/1", OK);
-        let items = |active: &str, reason: &str| {
-            ["db.service", active, "dead", reason].map(|s| MessageItem::Str(s.into()))
-        };
         // Not started yet: nothing to stop.
-        assert!(d.target_changed("t", &items("failed", "real")).is_empty());
+        assert!(d
+            .target_changed("t", "db.service", "failed", "real")
+            .is_empty());
         d.started("t", "db.service");
         assert!(d
-            .target_changed("t", &items("failed", "virtual"))
+            .target_changed("t", "db.service", "failed", "virtual")
             .is_empty());
-        assert!(d.target_changed("t", &items("active", "real")).is_empty());
-        let stopped = d.target_changed("t", &items("inactive", "real"));
+        assert!(d
+            .target_changed("t", "db.service", "active", "real")
+            .is_empty());
+        let stopped = d.target_changed("t", "db.service", "inactive", "real");
         assert_eq!(
             stopped.iter().map(member_of).collect::<Vec<_>>(),
             ["TargetStopped"]

@@ -3,10 +3,14 @@
 //! the node: a partial list would hide it.
 
 use crate::objects::{context_messages, Outbox};
-use dbus::arg::Arg;
+use dbus::arg::IterAppend;
+use dbus::strings::Signature;
 use dbus::Message;
 use dbus_crossroads::{Context, MethodErr};
-use hirte_common::protocol::{error, UnitRow};
+use hirte_common::args::{copy_args, encoded_len, same_path};
+use hirte_common::bounds::MAX_FANOUT_BYTES;
+use hirte_common::log_warn;
+use hirte_common::protocol::{error, signature_of};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -31,11 +35,11 @@ pub enum Part {
     AllSent,
 }
 
-/// A node's answer could not be decoded.
+/// A node's answer was not what the call returns.
 #[derive(Debug)]
 pub struct FanOutError {
     node: String,
-    cause: dbus::arg::TypeMismatchError,
+    cause: String,
 }
 
 impl fmt::Display for FanOutError {
@@ -55,12 +59,36 @@ struct Aggregate {
     parts: Vec<(String, Message)>,
     /// The first failing node's error name and message.
     failure: Option<(String, String)>,
+    /// Bytes of the answers so far (`MAX_FANOUT_BYTES`).
+    bytes: usize,
 }
 
 #[derive(Default)]
 pub struct FanOuts {
     open: HashMap<u64, Aggregate>,
     next_id: u64,
+}
+
+impl Aggregate {
+    /// Keeps an answer within the byte budget; beyond it the call fails whole.
+    // [impl->req~bounds.fanout-bytes~1]
+    fn keep(&mut self, node: String, answer: Message) {
+        if self.bytes > MAX_FANOUT_BYTES {
+            return; // already failed: later answers are not kept
+        }
+        self.bytes = self.bytes.saturating_add(encoded_len(&answer));
+        if self.bytes <= MAX_FANOUT_BYTES {
+            self.parts.push((node, answer));
+            return;
+        }
+        self.parts = Vec::new();
+        let text = format!(
+            "the nodes' answers exceed {MAX_FANOUT_BYTES} bytes (at node '{node}'); \
+             ask the nodes one at a time"
+        );
+        log_warn!("A call to all nodes failed: {text}");
+        self.failure.get_or_insert((error::BUSY.to_string(), text));
+    }
 }
 
 impl FanOuts {
@@ -76,6 +104,7 @@ impl FanOuts {
                 remaining: nodes + 1,
                 parts: Vec::new(),
                 failure: None,
+                bytes: 0,
             },
         );
         id
@@ -87,7 +116,7 @@ impl FanOuts {
             return;
         };
         match part {
-            Part::Answer { node, answer } => a.parts.push((node, answer)),
+            Part::Answer { node, answer } => a.keep(node, answer),
             Part::Failed { name, text } => {
                 a.failure.get_or_insert((name, text));
             }
@@ -127,31 +156,51 @@ impl FanOuts {
     }
 }
 
-/// Builds the combined answer of a fan-out call from each node's reply.
-/// Decodes each node's part with its static type and appends the map to the reply directly
-/// (9,000 unit rows go through no generic `MessageItem` tree).
+/// Builds the combined answer of a fan-out call from each node's reply: each node's part
+/// is checked by its signature and copied value by value into the map (9,000 unit rows go
+/// through no tree of values, neither generic nor typed).
 fn reply(
     kind: FanOut,
     parts: Vec<(String, Message)>,
     call: &Message,
 ) -> Result<Message, FanOutError> {
-    fn collect<T: Arg + for<'a> dbus::arg::Get<'a>>(
-        parts: Vec<(String, Message)>,
-    ) -> Result<HashMap<String, T>, FanOutError> {
-        parts
-            .into_iter()
-            .map(|(node, msg)| match msg.read1::<T>() {
-                Ok(v) => Ok((node, v)),
-                Err(cause) => Err(FanOutError { node, cause }),
-            })
-            .collect()
+    let mut m = call.method_return();
+    let value = match kind {
+        FanOut::Units => "a(ssssssouso)",
+        FanOut::UnitFiles => "a(ss)",
+        FanOut::Ack => return Ok(m),
+    };
+    for (node, part) in &parts {
+        let got = signature_of(part);
+        if got != value {
+            let cause = format!("expected ({value}), got ({got})");
+            let node = node.clone();
+            return Err(FanOutError { node, cause });
+        }
     }
-    let m = call.method_return();
-    Ok(match kind {
-        FanOut::Units => m.append1(collect::<Vec<UnitRow>>(parts)?),
-        FanOut::UnitFiles => m.append1(collect::<Vec<(String, String)>>(parts)?),
-        FanOut::Ack => m,
-    })
+    let sig = |s: &str| Signature::new(s.to_string()).map_err(|e| e.to_string());
+    let (key, value) = match (sig("s"), sig(value)) {
+        (Ok(k), Ok(v)) => (k, v),
+        (Err(cause), _) | (_, Err(cause)) => {
+            let node = String::new();
+            return Err(FanOutError { node, cause });
+        }
+    };
+    let mut failed = None;
+    IterAppend::new(&mut m).append_dict(&key, &value, |dict| {
+        for (node, part) in &parts {
+            dict.append_dict_entry(|entry| {
+                entry.append(node.as_str());
+                if let Err(e) = copy_args(&mut part.iter_init(), entry, &same_path) {
+                    failed.get_or_insert((node.clone(), e.to_string()));
+                }
+            });
+        }
+    });
+    match failed {
+        None => Ok(m),
+        Some((node, cause)) => Err(FanOutError { node, cause }),
+    }
 }
 
 #[cfg(test)]
@@ -247,5 +296,55 @@ mod tests {
             .message()
             .unwrap()
             .contains("node 'n1' sent a malformed answer"));
+    }
+
+    fn big_answer(bytes: usize) -> Message {
+        answer(vec![("x".repeat(bytes), "enabled".into())])
+    }
+
+    // [utest->req~bounds.fanout-bytes~1]
+    #[test]
+    fn answers_beyond_the_byte_budget_fail_the_call_whole_with_busy() {
+        let part = 4_000_000;
+        let fit = MAX_FANOUT_BYTES / (part + 100);
+        // Within the budget: one map of every node's answer.
+        let mut f = FanOuts::default();
+        let mut out = Outbox::default();
+        let id = f.open(FanOut::UnitFiles, Some(ctx()), fit);
+        for i in 0..fit {
+            let node = format!("n{i}");
+            let answer = big_answer(part);
+            f.add(id, Part::Answer { node, answer }, &mut out);
+        }
+        f.add(id, Part::AllSent, &mut out);
+        let msgs = out.take().1;
+        let map: HashMap<String, Vec<(String, String)>> = msgs[0].read1().unwrap();
+        assert_eq!(map.len(), fit);
+        // One answer more: the call fails whole, the answers are dropped at once.
+        let id = f.open(FanOut::UnitFiles, Some(ctx()), fit + 2);
+        for i in 0..=fit {
+            let node = format!("n{i}");
+            let answer = big_answer(part);
+            f.add(id, Part::Answer { node, answer }, &mut out);
+        }
+        assert!(f.open[&id].parts.is_empty());
+        let node = "late".to_string();
+        f.add(
+            id,
+            Part::Answer {
+                node,
+                answer: big_answer(part),
+            },
+            &mut out,
+        );
+        assert!(f.open[&id].parts.is_empty(), "a later answer is not kept");
+        f.add(id, Part::AllSent, &mut out);
+        let mut msgs = out.take().1;
+        assert_eq!(msgs.len(), 1);
+        let err = msgs[0].as_result().unwrap_err();
+        assert_eq!(err.name(), Some(error::BUSY));
+        let text = err.message().unwrap();
+        assert!(text.contains("exceed 31457280 bytes"), "{text}");
+        assert!(f.is_empty());
     }
 }

@@ -1,13 +1,15 @@
 //! Monitors: who wants which unit events of which nodes, and the signals their owners and
 //! peers get. The manager turns `wanted_units` into agent subscriptions.
 
+use crate::agent_msg::UnitEvent;
 use crate::objects::{monitor_path, signal, ObjectOp, Outbox};
-use dbus::arg::messageitem::MessageItem;
+use dbus::Message;
+use hirte_common::args::encoded_len;
 use hirte_common::bounds::{
-    MAX_MONITORS, MAX_MONITORS_PER_OWNER, MAX_PEERS_PER_MONITOR, MAX_SEEN_UNITS_PER_SUBSCRIPTION,
-    MAX_SUBSCRIPTIONS_PER_MONITOR, MAX_UNITS_PER_SUBSCRIPTION,
+    MAX_MONITORS, MAX_MONITORS_PER_OWNER, MAX_MONITOR_EVENT_BYTES, MAX_PEERS_PER_MONITOR,
+    MAX_SEEN_UNITS_PER_SUBSCRIPTION, MAX_SUBSCRIPTIONS_PER_MONITOR, MAX_UNITS_PER_SUBSCRIPTION,
 };
-use hirte_common::protocol;
+use hirte_common::{log_peer, protocol};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -218,8 +220,7 @@ impl Monitors {
             return false;
         };
         let peers: Vec<String> = m.peers.values().cloned().collect();
-        let items = [MessageItem::Str(reason.to_string())];
-        signals(id, &peers, "PeerRemoved", &items, out);
+        signals(id, &peers, "PeerRemoved", &[reason], out);
         out.object(ObjectOp::RemoveMonitor(id));
         true
     }
@@ -233,8 +234,7 @@ impl Monitors {
         out: &mut Outbox,
     ) -> Result<(), MonitorError> {
         let name = self.remove_peer(id, peer)?;
-        let items = [MessageItem::Str(reason.to_string())];
-        signals(id, &[name], "PeerRemoved", &items, out);
+        signals(id, &[name], "PeerRemoved", &[reason], out);
         Ok(())
     }
 
@@ -293,19 +293,45 @@ impl Monitors {
         out
     }
 
-    /// A unit event from an agent, for the monitors that want it.
-    pub fn route_event(
-        &mut self,
-        node: &str,
-        unit: &str,
-        member: &str,
-        items: Vec<MessageItem>,
-        out: &mut Outbox,
-    ) {
-        let mut full = vec![MessageItem::Str(node.to_string())];
-        full.extend(items);
-        for (mid, recipients) in self.route(node, unit) {
-            signals(mid, &recipients, member, &full, out);
+    /// A unit event from an agent, for the monitors that want it. The copies for all their
+    /// recipients stay within `MAX_MONITOR_EVENT_BYTES`; monitors beyond it miss the event,
+    /// which is logged (rate-limited per node).
+    // [impl->req~bounds.monitor-copies~1]
+    pub fn route_event(&mut self, node: &str, event: &UnitEvent, out: &mut Outbox) {
+        let member = event.member();
+        let routes = self.route(node, event.unit());
+        let total = routes.len();
+        let (mut spent, mut size) = (0usize, None);
+        for (done, (mid, recipients)) in routes.into_iter().enumerate() {
+            let mut failed = None;
+            let t = template(mid, member, |m| {
+                failed = event.append_for_monitors(node, m).err();
+                failed.is_none()
+            });
+            if let Some(e) = failed {
+                log_peer!(
+                    Warn,
+                    node,
+                    "Node '{node}' sent a {member} that cannot be relayed: {e}"
+                );
+                return;
+            }
+            let Some(t) = t else { continue };
+            let size = *size.get_or_insert_with(|| encoded_len(&t));
+            let cost = size.saturating_mul(recipients.len());
+            if spent.saturating_add(cost) > MAX_MONITOR_EVENT_BYTES {
+                log_peer!(
+                    Warn,
+                    node,
+                    "Node '{node}': {member} of '{}' ({size} bytes) not sent to {} of {total} \
+                     monitors: their copies would exceed {MAX_MONITOR_EVENT_BYTES} bytes",
+                    event.unit(),
+                    total - done
+                );
+                return;
+            }
+            spent += cost;
+            send_to(&t, &recipients, out);
         }
     }
 
@@ -314,18 +340,10 @@ impl Monitors {
     pub fn node_gone(&self, node: &str, out: &mut Outbox) {
         for (mid, recipients, units) in self.units_of_node(node) {
             for unit in units {
-                let n = MessageItem::Str(node.to_string());
-                let u = MessageItem::Str(unit);
-                let state = [
-                    n.clone(),
-                    u.clone(),
-                    MessageItem::Str("inactive".into()),
-                    MessageItem::Str("agent-offline".into()),
-                    MessageItem::Str("virtual".into()),
-                ];
+                let u = unit.as_str();
+                let state = [node, u, "inactive", "agent-offline", "virtual"];
                 signals(mid, &recipients, "UnitStateChanged", &state, out);
-                let removed = [n, u, MessageItem::Str("virtual".into())];
-                signals(mid, &recipients, "UnitRemoved", &removed, out);
+                signals(mid, &recipients, "UnitRemoved", &[node, u, "virtual"], out);
             }
         }
     }
@@ -352,20 +370,19 @@ impl Monitors {
     }
 }
 
-/// A monitor signal to each recipient (unicast: only the owner and its peers get it).
-fn signals(
+/// A monitor's signal, its arguments filled by `fill` (false: it could not be built).
+fn template(
     monitor: u32,
-    recipients: &[String],
     member: &str,
-    items: &[MessageItem],
-    out: &mut Outbox,
-) {
-    let path = monitor_path(monitor);
-    // Encoded once; each recipient gets a byte copy (libdbus), not a re-encoding.
-    let Some(mut template) = signal(&path, protocol::MONITOR_IFACE, member) else {
-        return;
-    };
-    template.append_items(items);
+    fill: impl FnOnce(&mut Message) -> bool,
+) -> Option<Message> {
+    let mut t = signal(&monitor_path(monitor), protocol::MONITOR_IFACE, member)?;
+    fill(&mut t).then_some(t)
+}
+
+/// A copy of `template` to each recipient (unicast: only the owner and its peers get it).
+/// Encoded once; each recipient gets a byte copy (libdbus), not a re-encoding.
+fn send_to(template: &Message, recipients: &[String], out: &mut Outbox) {
     for r in recipients {
         let Ok(dest) = dbus::strings::BusName::new(r.clone()) else {
             continue;
@@ -375,6 +392,18 @@ fn signals(
         };
         m.set_destination(Some(dest));
         out.send(Some(m));
+    }
+}
+
+/// A monitor signal of string arguments to each recipient.
+fn signals(monitor: u32, recipients: &[String], member: &str, args: &[&str], out: &mut Outbox) {
+    let fill = |m: &mut Message| {
+        let mut a = dbus::arg::IterAppend::new(m);
+        args.iter().for_each(|s| a.append(*s));
+        true
+    };
+    if let Some(t) = template(monitor, member, fill) {
+        send_to(&t, recipients, out);
     }
 }
 
@@ -448,9 +477,9 @@ mod tests {
         assert_eq!(out.take().0, vec![ObjectOp::AddMonitor(a)]);
         m.subscribe(a, "n1", vec!["x.service".into()]).unwrap();
         m.add_peer(a, ":1.9").unwrap();
-        let items = vec![MessageItem::Str("x.service".into())];
-        m.route_event("n1", "x.service", "UnitRemoved", items.clone(), &mut out);
-        m.route_event("n1", "y.service", "UnitRemoved", items, &mut out);
+        let removed = |unit: &str| UnitEvent::Removed { unit: unit.into() };
+        m.route_event("n1", &removed("x.service"), &mut out);
+        m.route_event("n1", &removed("y.service"), &mut out);
         let sent = destinations_and_members(&mut out);
         assert_eq!(
             sent,
@@ -522,5 +551,45 @@ mod tests {
             many.create(&format!(":1.{}", i)).unwrap();
         }
         assert_eq!(many.create(":2.0"), Err(MonitorError::TooManyMonitors));
+    }
+
+    fn props_event(bytes: usize) -> UnitEvent {
+        let mut props = dbus::arg::PropMap::new();
+        let big = Box::new("x".repeat(bytes)) as Box<dyn dbus::arg::RefArg>;
+        props.insert("Description".into(), dbus::arg::Variant(big));
+        let signal = Message::new_signal("/a", "a.b", "UnitPropertiesChanged")
+            .unwrap()
+            .append3("x.service", "org.freedesktop.systemd1.Unit", props);
+        UnitEvent::PropertiesChanged {
+            unit: "x.service".into(),
+            iface: "org.freedesktop.systemd1.Unit".into(),
+            signal,
+        }
+    }
+
+    // [utest->req~bounds.monitor-copies~1]
+    #[test]
+    fn the_copies_of_one_event_stay_within_the_byte_budget() {
+        let mut m = Monitors::default();
+        let mut out = Outbox::default();
+        for i in 0..MAX_MONITORS {
+            let id = m.open(&format!(":1.{i}"), &mut out).unwrap();
+            m.subscribe(id, "*", vec!["*".into()]).unwrap();
+            for p in 0..MAX_PEERS_PER_MONITOR {
+                m.add_peer(id, &format!(":2.{i}.{p}")).unwrap();
+            }
+        }
+        out.take();
+        let all = MAX_MONITORS * (1 + MAX_PEERS_PER_MONITOR);
+        // A usual event reaches every recipient.
+        m.route_event("n1", &props_event(1000), &mut out);
+        assert_eq!(out.take().1.len(), all);
+        // A large one: as many copies as the budget holds, whole monitors only.
+        m.route_event("n1", &props_event(200_000), &mut out);
+        let sent = out.take().1;
+        let bytes: usize = sent.iter().map(encoded_len).sum();
+        assert!(bytes <= MAX_MONITOR_EVENT_BYTES, "{bytes}");
+        assert!(bytes > MAX_MONITOR_EVENT_BYTES - 9 * 201_000, "{bytes}");
+        assert!(sent.len() < all && sent.len() % (1 + MAX_PEERS_PER_MONITOR) == 0);
     }
 }

@@ -84,7 +84,7 @@ pub fn relay_answer(call: &Message, mut answer: Message) -> Option<Message> {
             err.message().unwrap_or(""),
         );
     }
-    Some(protocol::copy_answer(call.method_return(), &answer))
+    Some(protocol::copy_answer(call, &answer))
 }
 
 pub fn signal(path: &str, iface: &str, member: &str) -> Option<Message> {

@@ -458,7 +458,7 @@ impl Manager {
                     self.complete(idx, call, msg);
                 }
             }
-            MessageType::Signal => match agent_msg::decode(&msg) {
+            MessageType::Signal => match agent_msg::decode(msg) {
                 Ok(sig) => self.on_signal(idx, &node, sig),
                 // Metrics off: the agent's metrics are not looked at.
                 Err(e) if e.member() == "JobMetrics" && !self.metrics => {}
@@ -485,17 +485,10 @@ impl Manager {
                     self.out.send(sig);
                 }
             }
-            AgentSignal::Unit {
-                member,
-                unit,
-                items,
-            } => {
-                if member == "UnitStateChanged" {
-                    let stops = self.deps.target_changed(node, &items);
-                    self.run_deps(stops);
-                }
-                self.monitors
-                    .route_event(node, &unit, &member, items, &mut self.out);
+            AgentSignal::Unit(event) => {
+                let stops = self.deps.unit_event(node, &event);
+                self.run_deps(stops);
+                self.monitors.route_event(node, &event, &mut self.out);
             }
             AgentSignal::ProxyNew { target, unit, path } => {
                 let check = TargetCheck {

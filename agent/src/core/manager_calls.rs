@@ -60,7 +60,7 @@ pub(crate) fn expect_signature(msg: &Message, member: &str, sig: &str) -> Result
 
 /// Copies systemd's return values into the reply to the manager.
 fn relay_reply(call: &Message, answer: &Message) -> Message {
-    protocol::copy_answer(call.method_return(), answer)
+    protocol::copy_answer(call, answer)
 }
 
 impl<S: Systemd> Core<S> {

@@ -331,3 +331,37 @@ fn an_offline_requester_releases_and_an_offline_target_is_started_on_return() {
     m.node_offline(0, "test");
     assert!(sent(&b).iter().any(|m| member(m) == "StopDep"));
 }
+
+// [utest->req~bounds.static-decode~1]
+#[test]
+fn unit_events_of_the_wrong_types_are_dropped_and_the_node_goes_on() {
+    let (mut m, _links) = cluster();
+    let wildcard = |mons: &mut Monitors, out: &mut Outbox| {
+        let id = mons.open(":1.7", out)?;
+        mons.subscribe(id, "*", vec!["*".into()])
+    };
+    m.change_monitors(wildcard).unwrap();
+    m.take_effects();
+    let strings = std::collections::HashMap::from([("MainPID", "1")]);
+    let iface = "org.freedesktop.systemd1.Service";
+    let wrong = from_agent("UnitPropertiesChanged").append3("x.service", iface, strings);
+    m.on_frame(2, wrong);
+    m.on_frame(2, from_agent("UnitStateChanged").append2("x.service", 7u32));
+    m.on_frame(
+        2,
+        from_agent("UnitNew").append1(dbus::Path::new("/x").unwrap()),
+    );
+    assert!(m.take_effects().1.is_empty(), "nothing relayed");
+    assert!(m.nodes().is_online(1));
+    let mut props = dbus::arg::PropMap::new();
+    props.insert("MainPID".into(), dbus::arg::Variant(Box::new(1u32)));
+    m.on_frame(
+        2,
+        from_agent("UnitPropertiesChanged").append3("x.service", iface, props),
+    );
+    let sent = m.take_effects().1;
+    assert_eq!(sent.len(), 1);
+    let (node, unit, _, got): (&str, &str, &str, dbus::arg::PropMap) = sent[0].read4().unwrap();
+    assert_eq!((node, unit), ("b", "x.service"));
+    assert_eq!(got["MainPID"].0.as_u64(), Some(1));
+}
