@@ -287,6 +287,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         audit: Default::default(),
         allow_exec,
         bluechi,
+        answering: Default::default(),
     };
     let result = core.run().map_err(FatalError::Core);
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
