@@ -41,6 +41,11 @@ impl<K> Agents<K> {
         self.call_timeout
     }
 
+    /// What the calls in flight wait for.
+    pub fn waiting(&self) -> impl Iterator<Item = &K> {
+        self.calls.kinds()
+    }
+
     /// See `NodeTable::register`.
     pub fn register(
         &mut self,

@@ -88,6 +88,10 @@ impl<K> Call<K> {
         self.member
     }
 
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+
     pub fn into_kind(self) -> K {
         self.kind
     }
@@ -215,6 +219,14 @@ impl<K> CallTable<K> {
 
     pub fn is_empty(&self) -> bool {
         self.calls.values().all(BTreeMap::is_empty)
+    }
+
+    /// What every call in flight waits for, in no particular order.
+    pub fn kinds(&self) -> impl Iterator<Item = &K> {
+        self.calls
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(|c| &c.kind)
     }
 }
 

@@ -9,19 +9,18 @@ use crate::api::{check_unit_args, job_object_path, Tokens};
 use crate::audit::Audit;
 use crate::events::LinkEvent;
 use crate::objects::{monitor_path, ObjectOp};
-use crate::state::{lock, Shared};
+use crate::state::{contain, internal_error, lock, Shared};
 use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
 use hirte_common::bounds::{CORE_TICK, MAX_EVENTS_PER_TURN};
 use hirte_common::bus::{flush_within, BusWriter, WRITE_RETRY};
 use hirte_common::config::{self, ManagerConfig};
+use hirte_common::log_info;
 use hirte_common::notify;
 use hirte_common::protocol::{self, error, error_reply, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::{wait_for_bus, BusWait};
-use hirte_common::{log_error, log_info};
-use std::cell::RefCell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,6 +68,32 @@ pub struct Core {
     allow_exec: bool,
     /// The `org.eclipse.bluechi` face; `None` when `BlueChiBusName=no`.
     bluechi: Option<Gateway>,
+    /// Whether the D-Bus call being handled was answered directly (not through the model).
+    answering: Answering,
+}
+
+/// The D-Bus call the core is handling, and whether an answer to it was sent.
+#[derive(Default)]
+pub struct Answering {
+    call: RefCell<Option<(u32, String)>>,
+    answered: Cell<bool>,
+}
+
+impl Answering {
+    fn start(&self, msg: &dbus::Message) {
+        let key = msg.get_serial().zip(msg.sender().map(|s| s.to_string()));
+        *self.call.borrow_mut() = key;
+        self.answered.set(false);
+    }
+
+    fn saw(&self, reply: &dbus::Message) {
+        let key = reply
+            .get_reply_serial()
+            .zip(reply.destination().map(|d| d.to_string()));
+        if key.is_some() && key == *self.call.borrow() {
+            self.answered.set(true);
+        }
+    }
 }
 
 /// The bus connection as dbus-crossroads sends its answers through it, with each answer
@@ -76,10 +101,12 @@ pub struct Core {
 struct Audited<'a> {
     conn: &'a Connection,
     audit: &'a RefCell<Audit>,
+    answering: &'a Answering,
 }
 
 impl dbus::channel::Sender for Audited<'_> {
     fn send(&self, msg: dbus::Message) -> Result<u32, ()> {
+        self.answering.saw(&msg);
         self.audit.borrow_mut().on_reply(&msg);
         self.conn.channel().send(msg)
     }
@@ -127,6 +154,7 @@ impl Core {
             audit: RefCell::default(),
             allow_exec,
             bluechi,
+            answering: Answering::default(),
         }
     }
 
@@ -150,7 +178,7 @@ impl Core {
                 let idle = lock(&self.model).is_idle();
                 if idle || Instant::now() >= until {
                     log_info!("Shutting down");
-                    self.guarded("shutdown", |core| lock(&core.model).shutdown());
+                    self.guarded("shutdown", None, |core| lock(&core.model).shutdown());
                     self.apply_effects();
                     flush_within(&self.conn, SHUTDOWN_FLUSH);
                     return Ok(());
@@ -180,7 +208,10 @@ impl Core {
                     break;
                 };
                 handled += 1;
-                self.guarded("a D-Bus call", |core| match msg.msg_type() {
+                // Built before the handler runs: a call it fails on still gets its answer.
+                let owed = internal_error(&msg);
+                self.answering.start(&msg);
+                let owed = self.guarded("a D-Bus call", owed, |core| match msg.msg_type() {
                     dbus::message::MessageType::MethodCall => {
                         // [impl->req~audit.records~1]
                         core.audit.borrow_mut().on_call(&core.conn, &msg);
@@ -190,6 +221,7 @@ impl Core {
                         let sender = Audited {
                             conn: &core.conn,
                             audit: &core.audit,
+                            answering: &core.answering,
                         };
                         // Err(None): refused without an answer (the caller wants none).
                         let refusal = match core.check_arguments(&msg) {
@@ -207,6 +239,10 @@ impl Core {
                     dbus::message::MessageType::Signal => core.on_bus_signal(&msg),
                     _ => {}
                 });
+                if let Some(reply) = owed.filter(|_| !self.answering.answered.get()) {
+                    self.audit.borrow_mut().on_reply(&reply);
+                    let _ = self.conn.channel().send(reply);
+                }
                 self.apply_effects();
             }
             more = handled == MAX_EVENTS_PER_TURN;
@@ -215,7 +251,7 @@ impl Core {
                 let Some(ev) = self.events.try_pop() else {
                     break;
                 };
-                self.guarded("an agent message", |core| {
+                self.guarded("an agent message", None, |core| {
                     let mut m = lock(&core.model);
                     match ev {
                         LinkEvent::Register { handle, name, call } => {
@@ -238,7 +274,9 @@ impl Core {
             // TIMERS_UNDER_BACKLOG, so timers cannot starve either.
             if !backlog || last_timers.elapsed() >= TIMERS_UNDER_BACKLOG {
                 last_timers = Instant::now();
-                self.guarded("timers", |core| lock(&core.model).tick(Instant::now()));
+                self.guarded("timers", None, |core| {
+                    lock(&core.model).tick(Instant::now())
+                });
                 self.apply_effects();
             }
             // [impl->req~bounds.bus-write~1]
@@ -329,11 +367,16 @@ impl Core {
         }
     }
 
-    /// Runs one step; a panic in it is logged and the manager goes on with the next message.
-    fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Core)) {
-        if catch_unwind(AssertUnwindSafe(|| f(self))).is_err() {
-            log_error!("Internal error while handling {what}; the manager continues");
-        }
+    /// Runs one step; a panic in it is contained (`state::contain`) and the manager goes on
+    /// with the next message. Returns `owed` when the step panicked without answering it.
+    fn guarded(
+        &mut self,
+        what: &str,
+        owed: Option<dbus::Message>,
+        f: impl FnOnce(&mut Core),
+    ) -> Option<dbus::Message> {
+        let model = self.model.clone();
+        contain(&model, what, owed, || f(self))
     }
 
     /// Applies object-tree changes, then sends queued bus messages, in that order, so a job
@@ -410,6 +453,7 @@ impl Core {
         }
         self.bluechi = Some(gw);
         for m in out {
+            self.answering.saw(&m);
             self.audit.borrow_mut().on_reply(&m);
             let _ = self.conn.channel().send(m);
         }

@@ -150,6 +150,22 @@ impl FanOuts {
         }
     }
 
+    /// The call an open fan-out answers when complete (`None`: closed, or no caller).
+    pub fn caller(&self, id: u64) -> Option<&Message> {
+        self.open.get(&id)?.ctx.as_ref().map(Context::message)
+    }
+
+    pub fn is_open(&self, id: u64) -> bool {
+        self.open.contains_key(&id)
+    }
+
+    /// The calls the open fan-outs will answer.
+    pub fn callers(&self) -> impl Iterator<Item = &Message> {
+        self.open
+            .values()
+            .filter_map(|a| a.ctx.as_ref().map(Context::message))
+    }
+
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()

@@ -146,6 +146,11 @@ impl JobTable {
         }
     }
 
+    /// Whether the agent accepted job `id` (it is public).
+    pub fn is_started(&self, id: u32) -> bool {
+        self.jobs.get(&id).is_some_and(|j| j.started)
+    }
+
     /// The agent accepted the job: it is public. Returns a result that arrived before.
     fn accept(&mut self, id: u32) -> Option<String> {
         let j = self.jobs.get_mut(&id)?;

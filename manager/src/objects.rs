@@ -62,6 +62,11 @@ impl Outbox {
         self.ops.push(op);
     }
 
+    /// Whether an answer to the same call as `reply` (its serial, its caller) is queued.
+    pub fn answers(&self, reply: &Message) -> bool {
+        self.messages.iter().any(|m| same_call(m, reply))
+    }
+
     /// Everything queued so far, emptied: (object changes, messages).
     pub fn take(&mut self) -> (Vec<ObjectOp>, Vec<Message>) {
         (
@@ -69,6 +74,14 @@ impl Outbox {
             std::mem::take(&mut self.messages),
         )
     }
+}
+
+/// Whether two answers answer the same call: the same serial, the same caller.
+pub fn same_call(a: &Message, b: &Message) -> bool {
+    matches!(a.msg_type(), MessageType::MethodReturn | MessageType::Error)
+        && a.get_reply_serial().is_some()
+        && a.get_reply_serial() == b.get_reply_serial()
+        && a.destination() == b.destination()
 }
 
 /// Copies an agent's answer (return values or error) into the reply to the D-Bus caller.

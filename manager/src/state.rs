@@ -18,7 +18,7 @@ use dbus::Message;
 use dbus_crossroads::{Context, MethodErr};
 use hirte_common::bounds::DEP_START_TIMEOUT;
 use hirte_common::config::ManagerConfig;
-use hirte_common::protocol::{self, error, error_reply};
+use hirte_common::protocol::{self, error};
 use hirte_common::{log_debug, log_fields, log_warn};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 pub type Shared = Arc<Mutex<Manager>>;
 
-/// Locks the model. A panic while it was held is logged by the core; the data is still
-/// consistent at message granularity, so we keep serving rather than stop the manager.
+/// Locks the model. Only the core thread takes it, and only inside `contain`, which clears a
+/// lock a panic poisoned (with a logged note) after failing the calls the step held.
 pub fn lock(m: &Shared) -> MutexGuard<'_, Manager> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -60,6 +60,8 @@ pub struct Manager {
     metrics: bool,
     /// Set on SIGTERM: new calls are refused while jobs in flight finish.
     draining: bool,
+    /// What the call whose answer is being handled is owed if that panics (`rescue.rs`).
+    in_hand: Option<rescue::Rescue>,
 }
 
 impl Manager {
@@ -74,6 +76,7 @@ impl Manager {
             out: Outbox::default(),
             metrics: false,
             draining: false,
+            in_hand: None,
         }
     }
 
@@ -454,9 +457,7 @@ impl Manager {
         let node = self.nodes().name(idx);
         match msg.msg_type() {
             MessageType::MethodReturn | MessageType::Error => {
-                if let Some(call) = self.agents.answer(idx, &msg) {
-                    self.complete(idx, call, msg);
-                }
+                self.on_answer(idx, msg, Manager::complete);
             }
             MessageType::Signal => match agent_msg::decode(msg) {
                 Ok(sig) => self.on_signal(idx, &node, sig),
@@ -561,33 +562,13 @@ impl Manager {
             }
         }
     }
-
-    /// Fails a call that will get no answer.
-    fn fail_pending(&mut self, call: Call<PendingKind>, name: &str, text: &str) {
-        let member = call.member();
-        match call.into_kind() {
-            PendingKind::Relay(ctx) => self.out.send(error_reply(ctx.message(), name, text)),
-            PendingKind::JobStart { ctx, job } => {
-                self.jobs.discard(job, &mut self.out);
-                self.out.send(error_reply(ctx.message(), name, text));
-            }
-            PendingKind::Part { agg } => {
-                let part = Part::Failed {
-                    name: name.to_string(),
-                    text: text.to_string(),
-                };
-                self.fan_outs.add(agg, part, &mut self.out);
-            }
-            PendingKind::Internal => log_debug!("{member} not answered: {text}"),
-            PendingKind::StartDep { target, unit } => {
-                let actions = self.deps.start_failed(&target, &unit, name, text);
-                self.run_deps(actions);
-            }
-        }
-    }
 }
 
-#[cfg_attr(fuzzing, path = "state/inbound.rs")] // fuzz/: #[path] files find children beside them
+// fuzz/: #[path] files find their children beside them, so they are named under cfg(fuzzing)
+#[cfg_attr(fuzzing, path = "state/inbound.rs")]
 mod inbound;
+#[cfg_attr(fuzzing, path = "state/rescue.rs")]
+mod rescue;
+pub use rescue::{contain, internal_error};
 #[cfg(test)]
 mod tests;

@@ -317,3 +317,70 @@ fn reconnect_manager_sigterm_lets_a_short_job_in_flight_finish_done() {
         .expect("manager exits after SIGTERM");
     assert!(st.success(), "{st:?}");
 }
+
+/// A start job that takes a while, but ends by itself.
+const TEN_SECOND_START: &str =
+    "[Unit]\nDescription=Ten seconds to start\n[Service]\nType=oneshot\nExecStart=/bin/sleep 10\n";
+
+fn systemd_jobs(c: &Cluster, node: &str) -> String {
+    stdout(&c.systemctl(node, &["list-jobs", "--no-legend"]))
+}
+
+// H-A6: the restarted manager numbers its jobs from 1 again; the end of a systemd job the
+// old manager asked for must not end the new manager's job with the same id.
+// [itest->req~agent.job-done~1]
+#[test]
+fn reconnect_a_job_of_the_old_manager_does_not_end_the_new_managers_job_with_its_id() {
+    if !hirte_tests::require_root(
+        "reconnect_a_job_of_the_old_manager_does_not_end_the_new_managers_job_with_its_id",
+    ) {
+        return;
+    }
+    let mut c = Cluster::start(ClusterSpec::new(&NODES)).unwrap();
+    c.write_unit("agent1", "old.service", TEN_SECOND_START)
+        .unwrap();
+    c.write_unit("agent1", "new.service", SLOW_UNIT).unwrap();
+    let bus = c.system_bus().unwrap();
+    let start = |bus: &dbus::blocking::Connection, unit: &str| {
+        let (job,): (dbus::Path<'static>,) = call(
+            bus,
+            &node_path("agent1"),
+            NODE_IFACE,
+            "StartUnit",
+            (unit, "replace"),
+        )
+        .unwrap();
+        job.to_string()
+    };
+    let old_job = start(&bus, "old.service");
+    c.kill_manager(Signal::SIGKILL)
+        .expect("manager was running");
+    c.start_manager().unwrap();
+    c.wait_all_online(SOON)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tails()));
+    let sig = Signals::manager(&c);
+    let new_job = start(&bus, "new.service");
+    assert_eq!(new_job, old_job, "the restarted manager reuses the job id");
+    assert!(
+        systemd_jobs(&c, "agent1").contains("old.service"),
+        "the old job ended before the new one started: the case is not shown"
+    );
+    // The old systemd job ends while the new manager's job with its id runs.
+    c.wait_for("old.service's start job to end", SOON, || {
+        !systemd_jobs(&c, "agent1").contains("old.service")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tails()));
+    let removed = sig.job_removed(&new_job, std::time::Duration::from_secs(3));
+    assert!(
+        removed.is_none(),
+        "the new manager's job {new_job} was ended by the old job's result: {removed:?}"
+    );
+    let state: String = prop(&bus, &new_job, JOB_IFACE, "State").unwrap();
+    assert_eq!(state, "running");
+    assert!(systemd_jobs(&c, "agent1").contains("new.service"));
+    let log = c.agent_log("agent1");
+    assert!(
+        log.contains("belonged to an earlier manager session; result not sent"),
+        "{log}"
+    );
+}

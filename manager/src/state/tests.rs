@@ -365,3 +365,144 @@ fn unit_events_of_the_wrong_types_are_dropped_and_the_node_goes_on() {
     assert_eq!((node, unit), ("b", "x.service"));
     assert_eq!(got["MainPID"].0.as_u64(), Some(1));
 }
+
+// ---- panics (safety/manual.md 3.4a) -----------------------------------------------------
+
+fn shared(m: Manager) -> Shared {
+    Arc::new(Mutex::new(m))
+}
+
+/// The one error among `msgs`: its name and the serial it answers.
+fn the_error(msgs: &mut [Message]) -> (String, Option<u32>) {
+    let mut errors = msgs
+        .iter_mut()
+        .filter(|m| m.msg_type() == MessageType::Error);
+    let e = errors.next().expect("an error answer");
+    let serial = e.get_reply_serial();
+    let name = e.as_result().unwrap_err().name().unwrap().to_string();
+    assert!(errors.next().is_none(), "answered once");
+    (name, serial)
+}
+
+// [utest->req~manager.panic-answered~1]
+#[test]
+fn a_dbus_call_whose_handler_panics_holding_the_model_is_answered_failed() {
+    let model = shared(manager());
+    let ctx = call("ListUnits");
+    let owed = internal_error(ctx.message());
+    let answer = contain(&model, "a D-Bus call", owed, || {
+        let _m = lock(&model);
+        panic!("handler bug");
+    });
+    let mut answer = answer.expect("the call is answered");
+    assert_eq!(answer.get_reply_serial(), Some(7));
+    let err = answer.as_result().unwrap_err();
+    assert_eq!(err.name(), Some("org.freedesktop.DBus.Error.Failed"));
+    assert_eq!(
+        err.message(),
+        Some("internal error in the manager handling this call")
+    );
+    // The lock is not left poisoned, and the model serves the next call.
+    assert!(!model.is_poisoned());
+    let ctx = lock(&model).relay(0, "ListUnits", |_| {}, call("ListUnits"));
+    assert_eq!(error_of(ctx), error::OFFLINE);
+}
+
+// [utest->req~manager.panic-answered~1]
+#[test]
+fn a_dbus_call_passed_to_its_node_before_a_panic_is_left_to_the_nodes_answer() {
+    let (m, links) = cluster();
+    let model = shared(m);
+    let ctx = call("ListUnits");
+    let owed = internal_error(ctx.message());
+    let answer = contain(&model, "a D-Bus call", owed, || {
+        let mut m = lock(&model);
+        assert!(m.relay(1, "ListUnits", |_| {}, ctx).is_none());
+        panic!("handler bug after the call was sent");
+    });
+    assert!(answer.is_none(), "the node's answer answers it, once");
+    // The node answers: relayed as usual.
+    let c = sent(&links[1])
+        .into_iter()
+        .find(|c| member(c) == "ListUnits");
+    let mut ret = c.unwrap().method_return();
+    ret.set_serial(60);
+    lock(&model).on_frame(2, ret);
+    let msgs = lock(&model).take_effects().1;
+    let answers: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.get_reply_serial() == Some(7))
+        .collect();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].msg_type(), MessageType::MethodReturn);
+}
+
+/// Node `b`'s answer to the last call it was sent, handled by `handle` inside `contain`.
+fn answer_panicking(model: &Shared, link: &LinkHandle, wanted: &str) -> Option<Message> {
+    let c = sent(link).into_iter().find(|c| member(c) == wanted);
+    let mut ret = c.expect("the call reached the node").method_return();
+    ret.set_serial(60);
+    contain(model, "an agent message", None, || {
+        lock(model).on_answer(1, ret, |_, _, _, _| panic!("bug handling the answer"));
+    })
+}
+
+// [utest->req~manager.panic-answered~1]
+#[test]
+fn a_relayed_call_whose_answer_panics_is_answered_failed_not_lost() {
+    let (m, links) = cluster();
+    let model = shared(m);
+    assert!(lock(&model)
+        .relay(1, "ListUnits", |_| {}, call("ListUnits"))
+        .is_none());
+    assert!(answer_panicking(&model, &links[1], "ListUnits").is_none());
+    assert!(!model.is_poisoned());
+    let mut msgs = lock(&model).take_effects().1;
+    let failed = "org.freedesktop.DBus.Error.Failed".to_string();
+    assert_eq!(the_error(&mut msgs), (failed, Some(7)));
+    assert!(lock(&model).is_idle());
+}
+
+// [utest->req~manager.panic-answered~1]
+#[test]
+fn a_job_whose_acceptance_panics_is_answered_failed_and_withdrawn() {
+    let (m, links) = cluster();
+    let model = shared(m);
+    let fill = |_: &mut Message, _: u32| {};
+    let started = lock(&model).start_job(
+        1,
+        "StartUnit",
+        "start",
+        "x.service".into(),
+        fill,
+        call("StartUnit"),
+    );
+    assert!(started.is_none());
+    assert!(answer_panicking(&model, &links[1], "StartUnit").is_none());
+    let (ops, mut msgs) = lock(&model).take_effects();
+    let failed = "org.freedesktop.DBus.Error.Failed".to_string();
+    assert_eq!(the_error(&mut msgs), (failed, Some(7)));
+    assert!(ops.contains(&ObjectOp::RemoveJob(1)));
+    assert!(lock(&model).jobs().is_empty());
+}
+
+// [utest->req~manager.panic-answered~1]
+#[test]
+fn a_fan_out_part_whose_answer_panics_fails_the_fan_out_once() {
+    let (m, links) = cluster();
+    let model = shared(m);
+    let mut ctx = Some(call("ListUnits"));
+    lock(&model).fan_out("ListUnits", FanOut::Units, ctx.take());
+    assert!(answer_panicking(&model, &links[1], "ListUnits").is_none());
+    // The other nodes answer; the caller gets one answer: the failure.
+    for (link, h) in [(1, &links[0]), (3, &links[2])] {
+        let c = sent(h).into_iter().find(|c| member(c) == "ListUnits");
+        let mut ret = c.unwrap().method_return();
+        ret.set_serial(61);
+        lock(&model).on_frame(link, ret);
+    }
+    let mut msgs = lock(&model).take_effects().1;
+    let failed = "org.freedesktop.DBus.Error.Failed".to_string();
+    assert_eq!(the_error(&mut msgs), (failed, Some(7)));
+    assert!(lock(&model).is_idle());
+}
