@@ -16,7 +16,7 @@ use hirte_common::protocol::error;
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::{LinkStream, Peer};
 use hirte_common::tls::{check_node_name, PeerIdentity, Reloadable, ServerPolicy};
-use hirte_common::{log_info, log_warn};
+use hirte_common::{log_info, log_peer, log_warn};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,7 +139,10 @@ impl LinkThread {
             }
         } else if !matches!(end, End::Refused) {
             // [impl->req~log.events~1]
-            log_info!(
+            // [impl->req~log.peer-rate-limit~1]
+            log_peer!(
+                Info,
+                self.handle.peer,
                 "Connection from {} closed before registering: {}",
                 self.handle.peer,
                 reason
@@ -184,7 +187,9 @@ impl LinkThread {
             )),
             Err(reason) => {
                 // [impl->req~tls.refusal-log~1]
-                log_warn!(
+                log_peer!(
+                    Warn,
+                    self.handle.peer,
                     "Refused connection from {}: claimed name (none yet), certificate subject {}: \
                      TLS handshake failed: {reason}",
                     self.handle.peer,
@@ -255,7 +260,13 @@ impl LinkThread {
                     }
                     Err(e) => {
                         if verified.is_none() {
-                            log_warn!("Refused connection from {}: {}", self.handle.peer, e);
+                            log_peer!(
+                                Warn,
+                                self.handle.peer,
+                                "Refused connection from {}: {}",
+                                self.handle.peer,
+                                e
+                            );
                         }
                         Self::refuse(link, &msg, &e);
                         return Err(End::Protocol(e));
@@ -287,7 +298,9 @@ impl LinkThread {
             }
             Err(why) => {
                 let reason = format!("the certificate does not carry the name '{name}': {why}");
-                log_warn!(
+                log_peer!(
+                    Warn,
+                    self.handle.peer,
                     "Refused connection from {}: claimed name '{name}', certificate subject {}: \
                      {reason}",
                     self.handle.peer,
