@@ -175,6 +175,23 @@ impl FrameLink {
         Ok(())
     }
 
+    /// Like [`FrameLink::turn`] without reading: waits up to `timeout` for a wake-up of
+    /// `outbound` and writes what is queued. For a connection that must not be read yet.
+    pub fn turn_write_only(
+        &mut self,
+        outbound: &BoundedQueue<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(), LinkIoError> {
+        let [wake_ready] = poll_readable([outbound.wake_fd()], timeout)?;
+        if wake_ready {
+            outbound.clear_wake();
+        }
+        while let Some(bytes) = outbound.try_pop() {
+            self.write_frame(&bytes)?;
+        }
+        Ok(())
+    }
+
     /// Waits up to `timeout` for bytes from the peer and reads them; false: none came.
     pub fn read_within(&mut self, timeout: Duration) -> Result<bool, LinkIoError> {
         let [ready, _] = self.wait(None, timeout)?;
