@@ -28,7 +28,7 @@ const CORE_PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 enum End {
     Protocol(String),
     Requested(String),
-    /// Refused at the TLS handshake, already logged.
+    /// Refused at the TLS handshake or at Register, already logged.
     Refused,
     Link(LinkIoError),
     CoreGone,
@@ -40,7 +40,7 @@ impl std::fmt::Display for End {
         match self {
             End::Protocol(e) => write!(f, "protocol error: {e}"),
             End::Requested(r) => write!(f, "{r}"),
-            End::Refused => write!(f, "refused at the TLS handshake"),
+            End::Refused => write!(f, "refused"),
             End::Link(e) => write!(f, "{e}"),
             End::CoreGone => write!(f, "manager core not accepting events"),
             End::Shutdown => write!(f, "manager shutting down"),
@@ -260,7 +260,13 @@ impl LinkThread {
                     continue;
                 }
                 // [impl->req~link.register-first~1]
-                let checked = check_register(&msg).map_err(|e| e.to_string());
+                // Each refusal is one record (here or in check_identity), rate-limited per
+                // peer; the end is then not logged again as "closed before registering".
+                let peer = self.handle.peer;
+                let checked = check_register(&msg).map_err(|e| {
+                    log_peer!(Warn, peer, "Refused connection from {peer}: {e}");
+                    e.to_string()
+                });
                 let name =
                     checked.and_then(|name| self.check_identity(&name, &verified).map(|()| name));
                 match name {
@@ -273,17 +279,8 @@ impl LinkThread {
                         })?;
                     }
                     Err(e) => {
-                        if verified.is_none() {
-                            log_peer!(
-                                Warn,
-                                self.handle.peer,
-                                "Refused connection from {}: {}",
-                                self.handle.peer,
-                                e
-                            );
-                        }
                         Self::refuse(link, &msg, &e);
-                        return Err(End::Protocol(e));
+                        return Err(End::Refused);
                     }
                 }
             }
