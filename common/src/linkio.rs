@@ -10,11 +10,14 @@ use crate::queue::BoundedQueue;
 use crate::stream::LinkStream;
 use crate::wait::poll_readable;
 use dbus::Message;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{send, MsgFlags};
 use rustls::pki_types::CertificateDer;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 /// Why a link connection cannot go on.
@@ -136,17 +139,24 @@ impl FrameLink {
         Ok(())
     }
 
-    /// Writes one encoded frame (blocking, under the socket's write timeout).
+    /// Writes one encoded frame, blocking at most `LINK_WRITE_TIMEOUT` for the whole frame: a
+    /// peer that takes a few bytes now and then cannot hold the thread longer than that.
+    // [impl->req~link.write-deadline~1]
     pub fn write_frame(&mut self, bytes: &[u8]) -> Result<(), LinkIoError> {
+        let deadline = Instant::now() + LINK_WRITE_TIMEOUT;
         let Some(tls) = self.tls.as_deref_mut() else {
-            return (&self.stream).write_all(bytes).map_err(LinkIoError::Io);
+            let mut w = DeadlineWriter {
+                stream: &self.stream,
+                deadline,
+            };
+            return w.write_all(bytes).map_err(LinkIoError::Io);
         };
         let mut rest = bytes;
         while !rest.is_empty() {
             // rustls takes what fits its send buffer; flushing makes room for the rest.
             let n = tls.writer().write(rest)?;
             rest = rest.get(n..).unwrap_or_default();
-            flush_tls(tls, &self.stream)?;
+            flush_tls_until(tls, &self.stream, deadline)?;
             if n == 0 && !rest.is_empty() && !tls.wants_write() {
                 return Err(LinkIoError::Io(ErrorKind::WriteZero.into()));
             }
@@ -171,6 +181,23 @@ impl FrameLink {
         }
         if sock_ready {
             self.read_once()?;
+        }
+        Ok(())
+    }
+
+    /// Like [`FrameLink::turn`] without reading: waits up to `timeout` for a wake-up of
+    /// `outbound` and writes what is queued. For a connection that must not be read yet.
+    pub fn turn_write_only(
+        &mut self,
+        outbound: &BoundedQueue<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(), LinkIoError> {
+        let [wake_ready] = poll_readable([outbound.wake_fd()], timeout)?;
+        if wake_ready {
+            outbound.clear_wake();
+        }
+        while let Some(bytes) = outbound.try_pop() {
+            self.write_frame(&bytes)?;
         }
         Ok(())
     }
@@ -247,13 +274,63 @@ impl FrameLink {
     }
 }
 
-/// Writes every TLS record rustls has ready (handshake, data, alerts).
+/// Writes every TLS record rustls has ready (handshake, data, alerts), within one
+/// `LINK_WRITE_TIMEOUT`.
 fn flush_tls(tls: &mut rustls::Connection, stream: &LinkStream) -> Result<(), LinkIoError> {
-    let mut s = stream;
+    flush_tls_until(tls, stream, Instant::now() + LINK_WRITE_TIMEOUT)
+}
+
+/// Writes every TLS record rustls has ready, by `deadline`.
+fn flush_tls_until(
+    tls: &mut rustls::Connection,
+    stream: &LinkStream,
+    deadline: Instant,
+) -> Result<(), LinkIoError> {
+    let mut w = DeadlineWriter { stream, deadline };
     while tls.wants_write() {
-        tls.write_tls(&mut s)?;
+        tls.write_tls(&mut w)?;
     }
     Ok(())
+}
+
+/// Writes to the socket without blocking past `deadline`: each write waits (poll) for room
+/// only as long as is left, then sends what fits. The socket's own write timeout would
+/// restart with every chunk the kernel takes, so a slow reader could stretch one frame
+/// without end.
+struct DeadlineWriter<'a> {
+    stream: &'a LinkStream,
+    deadline: Instant,
+}
+
+impl Write for DeadlineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("frame not written within {}s", LINK_WRITE_TIMEOUT.as_secs()),
+                ));
+            }
+            let mut pfd = [PollFd::new(self.stream.as_fd(), PollFlags::POLLOUT)];
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            match poll(&mut pfd, PollTimeout::from(ms)) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match send(self.stream.as_fd().as_raw_fd(), buf, flags) {
+                Ok(n) => return Ok(n),
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One read of TLS records from the socket, and their processing. A refusal (bad record,

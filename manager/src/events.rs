@@ -5,6 +5,7 @@ use hirte_common::bounds::{LINK_OUTBOUND_DEPTH, MAX_FRAME_SIZE};
 use hirte_common::frame::{encode_message, FrameError};
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::Peer;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub type LinkId = u64;
@@ -17,6 +18,9 @@ pub struct LinkHandle {
     /// Encoded frames, written by the connection thread in order.
     pub queue: BoundedQueue<Vec<u8>>,
     close: Mutex<Option<String>>,
+    /// Set by the core once it accepted the node's name: only then does the connection
+    /// thread lift the handshake frame cap and free its handshake slot.
+    accepted: AtomicBool,
 }
 
 impl LinkHandle {
@@ -26,7 +30,19 @@ impl LinkHandle {
             peer,
             queue: BoundedQueue::new(LINK_OUTBOUND_DEPTH)?,
             close: Mutex::new(None),
+            accepted: AtomicBool::new(false),
         }))
+    }
+
+    /// The core accepted the Register: called before its reply is queued, so the connection
+    /// thread knows before the agent can send anything else.
+    // [impl->req~link.register-first~1]
+    pub fn accept(&self) {
+        self.accepted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_accepted(&self) -> bool {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Asks the connection thread to send what is queued, then close.

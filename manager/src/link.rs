@@ -16,7 +16,7 @@ use hirte_common::protocol::error;
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::{LinkStream, Peer};
 use hirte_common::tls::{check_node_name, PeerIdentity, Reloadable, ServerPolicy};
-use hirte_common::{log_info, log_warn};
+use hirte_common::{log_info, log_peer, log_warn};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ const CORE_PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 enum End {
     Protocol(String),
     Requested(String),
-    /// Refused at the TLS handshake, already logged.
+    /// Refused at the TLS handshake or at Register, already logged.
     Refused,
     Link(LinkIoError),
     CoreGone,
@@ -40,7 +40,7 @@ impl std::fmt::Display for End {
         match self {
             End::Protocol(e) => write!(f, "protocol error: {e}"),
             End::Requested(r) => write!(f, "{r}"),
-            End::Refused => write!(f, "refused at the TLS handshake"),
+            End::Refused => write!(f, "refused"),
             End::Link(e) => write!(f, "{e}"),
             End::CoreGone => write!(f, "manager core not accepting events"),
             End::Shutdown => write!(f, "manager shutting down"),
@@ -139,7 +139,10 @@ impl LinkThread {
             }
         } else if !matches!(end, End::Refused) {
             // [impl->req~log.events~1]
-            log_info!(
+            // [impl->req~log.peer-rate-limit~1]
+            log_peer!(
+                Info,
+                self.handle.peer,
                 "Connection from {} closed before registering: {}",
                 self.handle.peer,
                 reason
@@ -184,7 +187,9 @@ impl LinkThread {
             )),
             Err(reason) => {
                 // [impl->req~tls.refusal-log~1]
-                log_warn!(
+                log_peer!(
+                    Warn,
+                    self.handle.peer,
                     "Refused connection from {}: claimed name (none yet), certificate subject {}: \
                      TLS handshake failed: {reason}",
                     self.handle.peer,
@@ -203,12 +208,21 @@ impl LinkThread {
         slot: &mut HandshakeSlot,
     ) -> Result<(), End> {
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        // `registered`: the core has the Register (it must learn of the end); `accepted`: it
+        // took the name, so the link is a node's (full frame size, handshake slot freed).
+        let mut accepted = false;
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Err(End::Shutdown);
             }
+            // [impl->req~link.register-first~1]
+            if *registered && !accepted && self.handle.is_accepted() {
+                accepted = true;
+                slot.release();
+                link.set_max_frame(MAX_FRAME_SIZE);
+            }
             // [impl->req~link.register-timeout~1]
-            let timeout = if *registered {
+            let timeout = if accepted {
                 if let Some(v) = verified.as_mut() {
                     self.recheck(v)?;
                 }
@@ -224,7 +238,14 @@ impl LinkThread {
                 left.min(CORE_TICK)
             };
             // Queued frames go out before a requested close, so a refusal reaches the peer.
-            link.turn(&self.handle.queue, timeout).map_err(End::Link)?;
+            // Waiting for the core's decision, only its answer is written: the peer's next
+            // bytes are read once the core's acceptance lifted the handshake frame cap.
+            if *registered && !accepted {
+                link.turn_write_only(&self.handle.queue, timeout)
+            } else {
+                link.turn(&self.handle.queue, timeout)
+            }
+            .map_err(End::Link)?;
             if let Some(reason) = self.handle.close_requested() {
                 return Err(End::Requested(reason));
             }
@@ -239,14 +260,18 @@ impl LinkThread {
                     continue;
                 }
                 // [impl->req~link.register-first~1]
-                let checked = check_register(&msg).map_err(|e| e.to_string());
+                // Each refusal is one record (here or in check_identity), rate-limited per
+                // peer; the end is then not logged again as "closed before registering".
+                let peer = self.handle.peer;
+                let checked = check_register(&msg).map_err(|e| {
+                    log_peer!(Warn, peer, "Refused connection from {peer}: {e}");
+                    e.to_string()
+                });
                 let name =
                     checked.and_then(|name| self.check_identity(&name, &verified).map(|()| name));
                 match name {
                     Ok(name) => {
                         *registered = true;
-                        slot.release();
-                        link.set_max_frame(MAX_FRAME_SIZE);
                         self.push_event(LinkEvent::Register {
                             handle: self.handle.clone(),
                             name,
@@ -254,11 +279,8 @@ impl LinkThread {
                         })?;
                     }
                     Err(e) => {
-                        if verified.is_none() {
-                            log_warn!("Refused connection from {}: {}", self.handle.peer, e);
-                        }
                         Self::refuse(link, &msg, &e);
-                        return Err(End::Protocol(e));
+                        return Err(End::Refused);
                     }
                 }
             }
@@ -287,7 +309,9 @@ impl LinkThread {
             }
             Err(why) => {
                 let reason = format!("the certificate does not carry the name '{name}': {why}");
-                log_warn!(
+                log_peer!(
+                    Warn,
+                    self.handle.peer,
                     "Refused connection from {}: claimed name '{name}', certificate subject {}: \
                      {reason}",
                     self.handle.peer,
@@ -344,5 +368,131 @@ impl LinkThread {
         if let Ok(bytes) = encode_message(&reply, MAX_HANDSHAKE_FRAME_SIZE) {
             let _ = link.write_frame(&bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hirte_common::handshake::register_call;
+    use hirte_common::stream::Peer;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    /// A connection thread on one end of a socket pair; the other end plays the agent.
+    fn spawn() -> (
+        UnixStream,
+        Arc<LinkHandle>,
+        Arc<BoundedQueue<LinkEvent>>,
+        Arc<AtomicUsize>,
+    ) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let stream = LinkStream::Unix(ours);
+        hirte_common::linkio::prepare(&stream).unwrap();
+        let handle = LinkHandle::new(1, Peer::Unix).unwrap();
+        let events = Arc::new(BoundedQueue::new(16).unwrap());
+        let handshakes = Arc::new(AtomicUsize::new(1));
+        let link = LinkThread {
+            stream: Some(stream),
+            handle: handle.clone(),
+            events: events.clone(),
+            handshakes: handshakes.clone(),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            tls: None,
+        };
+        std::thread::spawn(move || link.run());
+        (theirs, handle, events, handshakes)
+    }
+
+    fn frame(mut msg: dbus::Message, serial: u32) -> Vec<u8> {
+        msg.set_serial(serial);
+        encode_message(&msg, MAX_FRAME_SIZE).unwrap()
+    }
+
+    /// A signal above the handshake frame cap, well within `MAX_FRAME_SIZE`.
+    fn big_signal() -> Vec<u8> {
+        let msg = dbus::Message::new_signal("/x", "org.x.Y", "Z")
+            .unwrap()
+            .append1("x".repeat(4 * MAX_HANDSHAKE_FRAME_SIZE));
+        frame(msg, 2)
+    }
+
+    fn next_event(events: &BoundedQueue<LinkEvent>, within: Duration) -> Option<LinkEvent> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(ev) = events.try_pop() {
+                return Some(ev);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Until the core accepted the name, the connection keeps its handshake slot and its
+    /// 4 KiB frame cap: a large frame sent right behind the Register never reaches the core.
+    // [utest->req~link.register-first~1]
+    // [utest->req~link.max-frame~1]
+    #[test]
+    fn a_register_the_core_has_not_accepted_keeps_the_handshake_limits() {
+        let (mut agent, _handle, events, handshakes) = spawn();
+        let mut bytes = frame(register_call("n1").unwrap(), 1);
+        bytes.extend(big_signal());
+        agent.write_all(&bytes).unwrap();
+        let ev = next_event(&events, Duration::from_secs(2));
+        assert!(
+            matches!(ev, Some(LinkEvent::Register { .. })),
+            "no Register"
+        );
+        // The core never answers: the frame behind the Register is refused, not handed on.
+        match next_event(&events, Duration::from_secs(2)) {
+            Some(LinkEvent::Frame { size, .. }) => {
+                panic!("a {size}-byte frame of an unaccepted connection reached the core")
+            }
+            Some(LinkEvent::Closed { reason, .. }) => {
+                assert!(reason.contains("exceeds"), "{reason}")
+            }
+            _ => panic!("the connection did not end"),
+        }
+        assert_eq!(handshakes.load(Ordering::SeqCst), 0);
+    }
+
+    /// Once the core accepted (and answered), the slot is freed and frames up to
+    /// `MAX_FRAME_SIZE` pass.
+    // [utest->req~link.register-first~1]
+    #[test]
+    fn an_accepted_register_lifts_the_frame_cap_and_frees_the_slot() {
+        let (mut agent, handle, events, handshakes) = spawn();
+        let mut register = register_call("n1").unwrap();
+        register.set_serial(1);
+        agent
+            .write_all(&frame(register.duplicate().unwrap(), 1))
+            .unwrap();
+        let ev = next_event(&events, Duration::from_secs(2));
+        assert!(
+            matches!(ev, Some(LinkEvent::Register { .. })),
+            "no Register"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            handshakes.load(Ordering::SeqCst),
+            1,
+            "slot freed before acceptance"
+        );
+        handle.accept();
+        let mut reply = register.method_return();
+        reply.set_serial(1);
+        handle.queue.try_push(frame(reply, 1)).unwrap();
+        let mut d = hirte_common::frame::FrameDecoder::new(MAX_FRAME_SIZE);
+        let mut buf = [0u8; 4096];
+        while d.next_message().unwrap().is_none() {
+            let n = std::io::Read::read(&mut agent, &mut buf).unwrap();
+            d.push(buf.get(..n).unwrap()).unwrap();
+        }
+        agent.write_all(&big_signal()).unwrap();
+        match next_event(&events, Duration::from_secs(2)) {
+            Some(LinkEvent::Frame { size, .. }) => assert!(size > MAX_HANDSHAKE_FRAME_SIZE),
+            _ => panic!("the large frame of an accepted connection did not arrive"),
+        }
+        assert_eq!(handshakes.load(Ordering::SeqCst), 0);
     }
 }

@@ -7,7 +7,7 @@ use hirte_common::linkio::prepare;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::stream::{LinkStream, Peer};
 use hirte_common::tls::{Reloadable, ServerPolicy, TlsFiles};
-use hirte_common::{log_debug, log_error, log_info, log_warn};
+use hirte_common::{log_debug, log_error, log_info, log_peer, log_warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{umask, Mode};
@@ -122,7 +122,9 @@ impl Listener {
         match getsockopt(s, PeerCredentials) {
             Ok(c) if c.uid() == 0 || self.socket_uids.contains(&c.uid()) => true,
             Ok(c) => {
-                log_warn!(
+                log_peer!(
+                    Warn,
+                    format_args!("unix uid {}", c.uid()),
                     "Refused connection on the Unix socket from uid {} (pid {}): not root and \
                      not in ManagerSocketAllowedUsers",
                     c.uid(),
@@ -131,7 +133,11 @@ impl Listener {
                 false
             }
             Err(e) => {
-                log_warn!("Refused connection on the Unix socket: cannot read its peer: {e}");
+                log_peer!(
+                    Warn,
+                    "unix",
+                    "Refused connection on the Unix socket: cannot read its peer: {e}"
+                );
                 false
             }
         }
@@ -170,7 +176,10 @@ impl Listener {
             if handshakes.load(Ordering::SeqCst) >= MAX_PENDING_HANDSHAKES
                 || live.load(Ordering::SeqCst) >= MAX_CONNECTIONS
             {
-                log_warn!(
+                // [impl->req~log.peer-rate-limit~1]
+                log_peer!(
+                    Warn,
+                    peer,
                     "Refused connection from {}: too many connections ({} handshaking, {} live)",
                     peer,
                     handshakes.load(Ordering::SeqCst),

@@ -228,6 +228,7 @@ impl NodeTable {
             }
         };
         let serials = SerialCounter::default();
+        handle.accept();
         if handle
             .send(call.method_return(), serials.next_serial())
             .is_err()

@@ -138,14 +138,7 @@ impl Manager {
         let idx = match self.agents.register(handle, name, call) {
             Ok(Some(idx)) => idx,
             Ok(None) => return,
-            Err(e) => {
-                log_fields!(
-                    Warn,
-                    [("NODE", name)],
-                    "Refused agent '{name}' from {peer}: {e}"
-                );
-                return;
-            }
+            Err(e) => return inbound::log_refused(name, peer, &e),
         };
         log_fields!(
             Info,

@@ -317,3 +317,58 @@ fn registration_through_a_socket_passed_by_systemd() {
         "the configured ManagerPort {configured} is open too\n{text}"
     );
 }
+
+/// One peer that registers a refused name over and over cannot flood the log: the manager
+/// logs `PEER_BURST` refusals per `PEER_WINDOW`, counts the rest and reports the count when
+/// the next window starts; another peer's refusal still shows at once.
+// [itest->req~log.peer-rate-limit~1]
+#[test]
+fn registration_refusals_from_one_peer_are_rate_limited_and_summarised() {
+    use dbus::message::MessageType;
+    use hirte_common::log::{PEER_BURST, PEER_WINDOW};
+    if !hirte_tests::require_root(
+        "registration_refusals_from_one_peer_are_rate_limited_and_summarised",
+    ) {
+        return;
+    }
+    let mut spec = ClusterSpec::new(&["primary", "agent1", "agent2"]);
+    spec.start_agents = false;
+    let c = Cluster::start(spec).unwrap_or_else(|e| panic!("cluster start: {e}"));
+    let ip = c.node_ip("agent1").unwrap();
+    let refusal = format!("Refused agent 'stranger' from {ip}");
+    let attempts = 3 * PEER_BURST as usize;
+    for i in 0..attempts {
+        let mut raw = RawLink::connect(&c, "agent1");
+        let reply = raw.register("stranger").expect("an answer to Register");
+        assert_eq!(reply.msg_type(), MessageType::Error, "attempt {i}");
+        assert!(raw.closed_within(SOON), "attempt {i} left open");
+    }
+    // Another peer is not held back by the first one's flood.
+    let other = c.node_ip("agent2").unwrap();
+    let mut raw = RawLink::connect(&c, "agent2");
+    raw.register("stranger").expect("an answer to Register");
+    wait_manager_log(&c, "agent2's refusal", |l| {
+        l.contains(&format!("Refused agent 'stranger' from {other}"))
+    });
+    let log = c.manager_log();
+    assert_eq!(
+        log.matches(&refusal).count(),
+        PEER_BURST as usize,
+        "refusals logged for {attempts} attempts:\n{log}"
+    );
+    // The next window: the next refusal is logged after the count of those suppressed.
+    std::thread::sleep(PEER_WINDOW);
+    let mut raw = RawLink::connect(&c, "agent1");
+    raw.register("stranger").expect("an answer to Register");
+    let suppressed = attempts - PEER_BURST as usize;
+    manager_log_line(
+        &c,
+        &[&format!(
+            "{suppressed} similar messages from {ip} suppressed"
+        )],
+    );
+    wait_manager_log(&c, "the refusal of the next window", |l| {
+        l.matches(&refusal).count() == PEER_BURST as usize + 1
+    });
+    assert!(c.manager_pid().is_some());
+}

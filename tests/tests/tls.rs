@@ -306,7 +306,18 @@ fn tls_refused_impostor_no_cert_self_signed_expired_not_yet_valid_wrong_eku_revo
         ),
         ("revoked", revoked.clone(), "Revoked"),
     ];
+    // Refusals from one peer are logged PEER_BURST per PEER_WINDOW (req~log.peer-rate-limit~1):
+    // the impostor's was the first; the sixth waits for the next window.
+    let mut refused = 1;
+    let next_window = |refused: &mut u32| {
+        if *refused == hirte_common::log::PEER_BURST {
+            std::thread::sleep(hirte_common::log::PEER_WINDOW);
+            *refused = 0;
+        }
+        *refused += 1;
+    };
     for (what, leaf, reason) in &cases {
+        next_window(&mut refused);
         let outcome = try_register(&c, "agent2", Some(client(leaf, &ca, "agent1")), "agent1");
         assert!(
             !matches!(outcome, Outcome::Registered),
@@ -337,6 +348,7 @@ fn tls_refused_impostor_no_cert_self_signed_expired_not_yet_valid_wrong_eku_revo
         rustls::pki_types::ServerName::try_from("hirte-manager").unwrap(),
     )
     .unwrap();
+    next_window(&mut refused);
     let mut link = FrameLink::tls(connect_from(&c, "agent2"), session, MAX_FRAME_SIZE);
     let outcome = register_on(&mut link, "agent1");
     assert!(matches!(outcome, Outcome::Closed(_)), "{outcome:?}");

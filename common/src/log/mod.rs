@@ -11,7 +11,7 @@
 //! - What a peer can trigger at will (refused and unregistered connections) is logged with
 //!   [`log_peer!`]: at most `PEER_BURST` records per peer and `PEER_WINDOW`, the rest counted
 //!   and summarised (`N similar messages from PEER suppressed`). The table of peers is fixed
-//!   in size. Job and audit records (`log_fields!`) are never rate-limited.
+//!   in size. Job and audit records (`log_fields!`, `audit`) are never rate-limited.
 
 use std::fmt;
 use std::io::Write;
@@ -449,7 +449,21 @@ fn write_counted(
 #[macro_export]
 macro_rules! log_peer {
     ($lvl:ident, $peer:expr, $($arg:tt)*) => {
-        $crate::log::emit_peer($crate::log::Level::$lvl, &$peer.to_string(), format_args!($($arg)*))
+        $crate::log::emit_peer($crate::log::Level::$lvl, &$peer.to_string(), &[], format_args!($($arg)*))
+    };
+}
+
+/// [`log_peer!`] with structured fields: `log_peer_fields!(Warn, peer, [("NODE", n)], "...")`.
+/// For what a peer triggers only: job and audit records use `log_fields!` and `audit`.
+#[macro_export]
+macro_rules! log_peer_fields {
+    ($lvl:ident, $peer:expr, [$(($k:expr, $v:expr)),* $(,)?], $($arg:tt)*) => {
+        $crate::log::emit_peer(
+            $crate::log::Level::$lvl,
+            &$peer.to_string(),
+            &[$(($k, $v)),*],
+            format_args!($($arg)*),
+        )
     };
 }
 

@@ -98,8 +98,9 @@ impl PeerLimiter {
 
 static PEERS: OnceLock<Mutex<PeerLimiter>> = OnceLock::new();
 
-/// Like [`emit`] for a record `peer` can trigger at will: rate-limited per peer.
-pub fn emit_peer(level: Level, peer: &str, args: fmt::Arguments<'_>) {
+/// Like [`emit`] for a record `peer` can trigger at will: rate-limited per peer. `fields`
+/// are kept on the record (a refused node's `NODE`); job and audit records never come here.
+pub fn emit_peer(level: Level, peer: &str, fields: &[(&str, &str)], args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
@@ -116,6 +117,6 @@ pub fn emit_peer(level: Level, peer: &str, args: fmt::Arguments<'_>) {
         );
     }
     if admit.log {
-        emit(level, &[], args);
+        emit(level, fields, args);
     }
 }

@@ -1,8 +1,12 @@
-//! The gate in front of `Manager::on_frame`: budgets of what agents send unasked.
+//! The gate in front of `Manager::on_frame`: budgets of what agents send unasked; the log of
+//! refused registrations, which a peer can repeat at will.
 
 use super::Manager;
 use crate::events::LinkId;
+use crate::nodes::RegisterError;
 use dbus::Message;
+use hirte_common::log_peer_fields;
+use hirte_common::stream::Peer;
 use std::time::Instant;
 
 impl Manager {
@@ -18,4 +22,16 @@ impl Manager {
             }
         }
     }
+}
+
+/// A Register the core refused: keyed by the peer's address, so one peer retrying (or
+/// flooding) is rate-limited while other peers' refusals and every job record still show.
+// [impl->req~log.peer-rate-limit~1]
+pub(super) fn log_refused(name: &str, peer: Peer, e: &RegisterError) {
+    log_peer_fields!(
+        Warn,
+        peer,
+        [("NODE", name)],
+        "Refused agent '{name}' from {peer}: {e}"
+    );
 }
