@@ -10,6 +10,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -254,6 +255,33 @@ impl RawLink {
             })
             .unwrap()
             .unwrap_or_else(|e| panic!("connecting to the manager from {from}: {e}"));
+        stream.set_nodelay(true).unwrap();
+        RawLink::from_stream(stream)
+    }
+
+    /// Connects to the manager's port on its own node from the loopback address
+    /// `127.0.0.{host}`: the manager rate-limits log records per peer address
+    /// (`log_peer!`), so a test that checks one log line per case gives each case its own
+    /// peer.
+    pub fn connect_from_loopback(c: &Cluster, host: u8) -> RawLink {
+        use nix::sys::socket::{
+            bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let manager_node = c.nodes()[0].to_string();
+        let stream = c
+            .in_node_net(&manager_node, move || -> nix::Result<TcpStream> {
+                let fd = socket(
+                    AddressFamily::Inet,
+                    SockType::Stream,
+                    SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?;
+                bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, host, 0))?;
+                connect(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, MANAGER_PORT))?;
+                Ok(TcpStream::from(fd))
+            })
+            .unwrap()
+            .unwrap_or_else(|e| panic!("connecting to the manager from 127.0.0.{host}: {e}"));
         stream.set_nodelay(true).unwrap();
         RawLink::from_stream(stream)
     }
