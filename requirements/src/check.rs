@@ -635,12 +635,7 @@ impl<'a> Checker<'a> {
             let at = (current.at.file.clone(), current.at.line);
             let id = current.id.to_string();
             // [impl->req~trace.evidence-notes~1]
-            let not_shown = current
-                .coverage
-                .values()
-                .flatten()
-                .flat_map(|c| &c.notes)
-                .any(|n| n.kind == NoteKind::NotShown);
+            let not_shown = not_shown_here(current.coverage.values().flatten());
             if let Some(r) = self.rows.get_mut(row) {
                 r.covered = all_ok && !not_shown;
                 r.not_shown = not_shown;
@@ -666,6 +661,24 @@ impl<'a> Checker<'a> {
             defects: self.defects,
         }
     }
+}
+
+/// Whether a part of a requirement some test reports not shown was shown by no passing test
+/// (a `Shown` note of the same part): e.g. freezing, refused by `systemd --user` but done
+/// under system-mode systemd.
+// [impl->req~trace.evidence-notes~1]
+fn not_shown_here<'a>(coverers: impl Iterator<Item = &'a Coverer> + Clone) -> bool {
+    let shown: Vec<&str> = coverers
+        .clone()
+        .filter(|c| matches!(c.test, Some((_, TestStatus::Passed))))
+        .flat_map(|c| &c.notes)
+        .filter(|n| n.kind == NoteKind::Shown)
+        .map(Note::part)
+        .collect();
+    coverers
+        .flat_map(|c| &c.notes)
+        .filter(|n| n.kind == NoteKind::NotShown)
+        .any(|n| !shown.contains(&n.part()))
 }
 
 // [impl->req~trace.coverage~1]
@@ -1020,6 +1033,65 @@ Depends:
         );
         let b = &analysis.rows[1];
         assert!(!b.covered && b.not_shown && !b.defective);
+    }
+
+    // [utest->req~trace.evidence-notes~1]
+    #[test]
+    fn a_part_not_shown_is_covered_when_another_passing_test_shows_that_part() {
+        let note = |kind, text: &str| Note {
+            kind,
+            requirement: "req~b~2".into(),
+            text: text.into(),
+        };
+        let source = format!(
+            "{}// {}\n#[test]\nfn b_system() {{}}\n",
+            clean_source(),
+            tag("itest", "req~b~2")
+        );
+        // (what b_system shows, its outcome) -> (b covered, b not shown)
+        let cases = [
+            (
+                "freezing: frozen and thawed",
+                Outcome::Passed,
+                (true, false),
+            ),
+            // Another part: freezing stays not shown.
+            ("exec: ran", Outcome::Passed, (false, true)),
+            // A failing test shows nothing.
+            (
+                "freezing: frozen",
+                Outcome::Failed("boom".into()),
+                (false, true),
+            ),
+        ];
+        for (shown, outcome, want) in cases {
+            let entries = vec![
+                TestResult {
+                    name: "a_works".into(),
+                    outcome: Outcome::Passed,
+                    source: "junit.xml".into(),
+                    notes: Vec::new(),
+                },
+                TestResult {
+                    name: "b_works".into(),
+                    outcome: Outcome::Passed,
+                    source: "junit.xml".into(),
+                    notes: vec![note(NoteKind::NotShown, "freezing: systemd refuses it")],
+                },
+                TestResult {
+                    name: "b_system".into(),
+                    outcome: outcome.clone(),
+                    source: "junit.xml".into(),
+                    notes: vec![note(NoteKind::Shown, shown)],
+                },
+            ];
+            let r = Results::from_entries(entries, vec!["junit.xml".into()]);
+            let analysis = analyse(SPEC, &source, Some(&r));
+            let b = &analysis.rows[1];
+            assert_eq!((b.covered, b.not_shown), want, "{shown} {outcome:?}");
+            let failed = matches!(outcome, Outcome::Failed(_));
+            assert_eq!(b.defective, failed, "{:?}", analysis.defects);
+        }
     }
 
     // [utest->req~trace.skipped-tests~1]

@@ -25,6 +25,8 @@ pub enum NoteKind {
     Measured,
     /// A part of the requirement this host cannot show (the test shows the rest).
     NotShown,
+    /// A part that other tests report not shown, shown by this one (on a host that can).
+    Shown,
 }
 
 impl NoteKind {
@@ -32,6 +34,7 @@ impl NoteKind {
         match self {
             NoteKind::Measured => "measured",
             NoteKind::NotShown => "not shown on this host",
+            NoteKind::Shown => "shown",
         }
     }
 }
@@ -43,6 +46,18 @@ pub struct Note {
     /// The requirement ID as written (`req~x~1`).
     pub requirement: String,
     pub text: String,
+}
+
+impl Note {
+    /// The part of the requirement a not-shown or shown note is about: its text up to the
+    /// first `": "` (`freezing: systemd refuses ...`), or the whole text.
+    // [impl->req~trace.evidence-notes~1]
+    pub fn part(&self) -> &str {
+        self.text
+            .split_once(": ")
+            .map_or(self.text.as_str(), |(part, _)| part)
+            .trim()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +224,8 @@ pub const SKIP_MARKER: &str = "HIRTE-TEST-SKIPPED:";
 pub const MEASURED_MARKER: &str = "HIRTE-TEST-MEASURED:";
 /// The line prefix of a part of a requirement this host cannot show (`hirte_tests::not_shown`).
 pub const NOT_SHOWN_MARKER: &str = "HIRTE-TEST-NOT-SHOWN:";
+/// The line prefix of such a part shown by this test (`hirte_tests::shown`).
+pub const SHOWN_MARKER: &str = "HIRTE-TEST-SHOWN:";
 
 /// The notes in a test's captured output: `MARKER req~x~1: text` lines.
 // [impl->req~trace.evidence-notes~1]
@@ -219,6 +236,7 @@ fn notes_in(output: &str) -> Vec<Note> {
             let (kind, rest) = [
                 (NoteKind::Measured, MEASURED_MARKER),
                 (NoteKind::NotShown, NOT_SHOWN_MARKER),
+                (NoteKind::Shown, SHOWN_MARKER),
             ]
             .into_iter()
             .find_map(|(kind, marker)| Some((kind, line.split_once(marker)?.1)))?;
@@ -654,6 +672,7 @@ assertion `left == right` failed<nested>inner</nested></failure>
             "<testsuites><testsuite name=\"t\"><testcase name=\"a::timed\"><system-out>\
              {MEASURED_MARKER} req~x.y~1: offline after 1.62 s (bound 1.7 s)\n\
              test a::timed ... {NOT_SHOWN_MARKER} req~z~2: freezing &lt;refused&gt;\n\
+             {SHOWN_MARKER} req~z~2: freezing: frozen and thawed\n\
              {MEASURED_MARKER} no requirement named\n\
              </system-out></testcase></testsuite></testsuites>"
         );
@@ -672,8 +691,15 @@ assertion `left == right` failed<nested>inner</nested></failure>
                     requirement: "req~z~2".into(),
                     text: "freezing <refused>".into()
                 },
+                Note {
+                    kind: NoteKind::Shown,
+                    requirement: "req~z~2".into(),
+                    text: "freezing: frozen and thawed".into()
+                },
             ]
         );
+        assert_eq!(results[0].notes[1].part(), "freezing <refused>");
+        assert_eq!(results[0].notes[2].part(), "freezing");
     }
 
     // [utest->req~trace.results-libtest~1]

@@ -77,6 +77,7 @@ pub fn cannot_run(test_name: &str, why: &str) -> bool {
 /// Line prefixes hirte-trace reads from a test's output (requirements/README.md).
 pub const MEASURED_MARKER: &str = "HIRTE-TEST-MEASURED:";
 pub const NOT_SHOWN_MARKER: &str = "HIRTE-TEST-NOT-SHOWN:";
+pub const SHOWN_MARKER: &str = "HIRTE-TEST-SHOWN:";
 
 /// Reports a value the test measured and asserted for `requirement` (`req~x~1`); the matrix
 /// shows it next to the test.
@@ -87,10 +88,21 @@ pub fn measured(requirement: &str, text: &str) {
 }
 
 /// Reports a part of `requirement` that this host cannot show: the matrix marks the
-/// requirement "not shown on this host" instead of covered.
+/// requirement "not shown on this host" instead of covered, unless a passing test reports the
+/// same part shown ([`shown`]). `text` is `PART: details`; PART, up to the first `": "`, names
+/// the part.
 pub fn not_shown(requirement: &str, text: &str) {
     println!("{NOT_SHOWN_MARKER} {requirement}: {text}");
     eprintln!("not shown on this host for {requirement}: {text}");
+}
+
+/// Reports that this test showed the part of `requirement` that other tests report with
+/// [`not_shown`] under the same PART (`text` is `PART: details`): that part then no longer
+/// keeps the requirement from being covered.
+// [impl->req~trace.evidence-notes~1]
+pub fn shown(requirement: &str, text: &str) {
+    println!("{SHOWN_MARKER} {requirement}: {text}");
+    eprintln!("shown for {requirement}: {text}");
 }
 
 /// Asserts that `took` is within `bound` + `tolerance`, and reports the figure to the matrix.

@@ -51,7 +51,7 @@ fn ctl_freeze_thaw_kill_and_reset_failed() {
         assert!(line.contains("freez") || line.contains("thaw"), "{line}");
         hirte_tests::not_shown(
             "req~ctl.unit-control~1",
-            &format!("freeze/thaw succeeding (systemd refuses freezing here: {line}); the refusal reaches the operator as one line"),
+            &format!("freezing: freeze/thaw succeeding (systemd refuses freezing here: {line}); the refusal reaches the operator as one line"),
         );
     }
     assert_eq!(active(&c, "n2", "sl.service"), "active");

@@ -773,7 +773,7 @@ fn node_api_transient_units_control_properties_unit_files_and_targets() {
             assert!(msg.contains("tsleep.service"), "{name}: {msg}");
             hirte_tests::not_shown(
                 "req~api.node~1",
-                &format!("FreezeUnit/ThawUnit succeeding (systemd refuses freezing here: {name}: {msg}); its refusal is relayed unchanged"),
+                &format!("freezing: FreezeUnit/ThawUnit succeeding (systemd refuses freezing here: {name}: {msg}); its refusal is relayed unchanged"),
             );
         }
     }

@@ -15,6 +15,11 @@
 //! `nsenter --all` on the container's PID 1 (no machined on a host without systemd, so no
 //! `machinectl`/`systemd-run -M`).
 //!
+//! The containers get the pure cgroup v2 hierarchy (as Debian boots by default) also on a
+//! hybrid host, so the walkthrough can also freeze and thaw a unit on the agent node, which the
+//! `systemd --user` managers of the other tests cannot: it prints `HIRTE-TEST-SHOWN:` lines for
+//! that part (`freezing`) of `req~ctl.unit-control~1` and `req~api.node~1`.
+//!
 //! If system-mode systemd cannot boot on a machine, the test prints what nspawn and systemd said
 //! as a `HIRTE-TEST-NOT-SHOWN:` line for `req~install.units~1` and then cannot run (fails; with
 //! `HIRTE_ALLOW_SKIP=1` it is reported as skipped).
@@ -317,6 +322,9 @@ impl Lab {
             ))
             .arg(format!("--bind-ro={}:{DEB_MOUNT}", deb_dir.display()))
             .env("HIRTE_SM_CGROUPS", procs.join(" "))
+            // The pure cgroup v2 hierarchy inside, as Debian boots by default, also on a host
+            // with the hybrid layout: only there can systemd freeze units (`cgroup.freeze`).
+            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -425,9 +433,100 @@ fn nodes_states(list: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The one stderr line of a failed `hirtectl` run with its exit status, checked to be one line
+/// without a panic.
+fn failure_line(o: &Output, status: i32, what: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(o.status.code(), Some(status), "{what}: {}", show(o));
+    assert_eq!(lines.len(), 1, "{what}: not one line: {}", show(o));
+    assert!(!err.contains("panicked"), "{what}: {}", show(o));
+    lines[0].trim().to_string()
+}
+
+/// The part of the freeze requirements that only a host with the cgroup v2 freezer shows; the
+/// `systemd --user` tests (ctl_control.rs, node_api.rs) report it not shown under this key.
+const FREEZING: &str = "freezing";
+
+/// `hirtectl freeze` and `thaw` of `unit` (running, counting into `/run/ticker` on the agent
+/// node) under the agent node's system manager: systemd's FreezerState, the unit's cgroup
+/// (`cgroup.freeze`, `cgroup.events`) and its process, which stops counting while frozen.
+/// Where systemd cannot freeze, reports its refusal as not shown.
+fn freeze_and_thaw(primary: &Node, agent: &Node, unit: &str) {
+    let prop = |p: &str| {
+        agent
+            .ok("systemctl show -p \"$1\" --value \"$2\"", &[p, unit])
+            .trim()
+            .to_string()
+    };
+    let cgroup = format!("{CGROUP_ROOT}{}", prop("ControlGroup"));
+    let cg_file = |f: &str| agent.ok("cat \"$1/$2\"", &[&cgroup, f]);
+    let ticks = || -> u64 {
+        let t = agent.ok("cat /run/ticker", &[]);
+        t.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("/run/ticker: {t:?}"))
+    };
+    let advancing = |what: &str| {
+        let first = ticks();
+        wait_for(what, Duration::from_secs(5), || ticks() > first);
+    };
+    advancing("the counter to run before freezing");
+
+    let o = primary.sh("hirtectl freeze agent \"$1\"", &[unit]);
+    if !o.status.success() {
+        // systemd's own refusal, relayed as one line.
+        let line = failure_line(&o, 1, "hirtectl freeze refused");
+        let why = format!(
+            "{FREEZING}: hirtectl freeze under system-mode systemd is refused ({line}); \
+             the unit's cgroup is {cgroup}, {}",
+            stdout(&agent.sh("stat -fc 'a %T file system' /sys/fs/cgroup", &[])).trim()
+        );
+        hirte_tests::not_shown("req~ctl.unit-control~1", &why);
+        hirte_tests::not_shown("req~api.node~1", &why);
+        return;
+    }
+    assert!(stdout(&o).trim().is_empty(), "freeze printed: {}", show(&o));
+    // systemd answers FreezeUnit once the cgroup is frozen: no waiting.
+    assert_eq!(prop("FreezerState"), "frozen");
+    assert_eq!(cg_file("cgroup.freeze").trim(), "1");
+    let events = cg_file("cgroup.events");
+    assert!(events.lines().any(|l| l == "frozen 1"), "{events}");
+    let pids = cg_file("cgroup.procs");
+    assert!(!pids.trim().is_empty(), "no process in {cgroup}");
+    let before = ticks();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(ticks(), before, "the frozen unit kept counting");
+    let status = primary.ok("hirtectl status agent \"$1\"", &[unit]);
+    let row: Vec<&str> = status
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(unit))
+        .unwrap_or_else(|| panic!("{status}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[4], "frozen", "hirtectl status: {status}");
+    assert_eq!(prop("ActiveState"), "active");
+
+    let out = primary.ok("hirtectl thaw agent \"$1\"", &[unit]);
+    assert!(out.trim().is_empty(), "thaw printed: {out}");
+    assert_eq!(prop("FreezerState"), "running");
+    assert_eq!(cg_file("cgroup.freeze").trim(), "0");
+    let events = cg_file("cgroup.events");
+    assert!(events.lines().any(|l| l == "frozen 0"), "{events}");
+    advancing("the thawed unit to count again");
+    let text = format!(
+        "{FREEZING}: hirtectl freeze/thaw agent {unit} under system-mode systemd: FreezerState \
+         frozen, cgroup.events 'frozen 1', counter stopped for 0.7 s; thawed: running, counting"
+    );
+    hirte_tests::shown("req~ctl.unit-control~1", &text);
+    hirte_tests::shown("req~api.node~1", &text);
+}
+
 // [itest->req~install.units~1]
 // [itest->req~install.deb~1]
 // [itest->req~guide.walkthrough~1]
+// [itest->req~ctl.unit-control~1]
+// [itest->req~api.node~1]
 #[test]
 fn system_mode_guide_walkthrough() {
     if !hirte_tests::require_root(TEST) {
@@ -472,7 +571,7 @@ fn system_mode_guide_walkthrough() {
                     .collect();
                 hirte_tests::not_shown(
                     "req~install.units~1",
-                    &format!("system-mode systemd does not boot here: {first}"),
+                    &format!("system mode: system-mode systemd does not boot here: {first}"),
                 );
                 eprintln!("{why}");
                 hirte_tests::cannot_run(TEST, &format!("system-mode systemd: {first}"));
@@ -618,6 +717,34 @@ fn system_mode_guide_walkthrough() {
     // It ran on the agent node: that node's agent.conf.
     let out = primary.ok("hirtectl exec agent /bin/cat /etc/hirte/agent.conf", &[]);
     assert!(out.contains("NodeName=agent\n"), "{out}");
+
+    // Freezing and thawing a unit on the agent node, which `systemd --user` in the other
+    // tests' namespaces refuses: a service that counts while it runs.
+    agent.write_file(
+        "/etc/systemd/system/ticker.service",
+        "[Unit]\nDescription=Counts while it runs (freeze test)\n\n[Service]\nExecStart=/bin/sh \
+         -c 'i=0; while :; do i=$((i+1)); echo $i > /run/ticker.new; \
+         mv /run/ticker.new /run/ticker; sleep 0.05; done'\n",
+    );
+    agent.ok("systemctl daemon-reload", &[]);
+    primary.ok("hirtectl start agent ticker.service", &[]);
+    freeze_and_thaw(primary, agent, "ticker.service");
+    // Refusals reach the operator as one line with systemd's words: not loaded (status 4,
+    // as systemctl), and not active (1).
+    let o = primary.sh("hirtectl freeze agent nosuch.service", &[]);
+    let line = failure_line(&o, 4, "freeze of a unit that is not loaded");
+    assert!(line.contains("nosuch.service"), "{line}");
+    primary.ok("hirtectl stop agent ticker.service", &[]);
+    // Stopped, the enabled httpd stays loaded (multi-user.target wants it), unlike ticker.
+    primary.ok("hirtectl stop agent httpd.service", &[]);
+    active("inactive");
+    for verb in ["freeze", "thaw"] {
+        let o = primary.sh(&format!("hirtectl {verb} agent httpd.service"), &[]);
+        let line = failure_line(&o, 1, &format!("{verb} of an inactive unit"));
+        // systemd's words: "Unit is inactive."
+        assert!(line.contains("inactive"), "{line}");
+        eprintln!("{verb} of an inactive unit: {line}");
+    }
 
     // Nothing failed on either system manager meanwhile.
     for n in [primary, agent] {
