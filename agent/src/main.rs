@@ -18,7 +18,7 @@ use crate::systemd::SystemdBus;
 
 use clap::Parser;
 use dbus::channel::BusType;
-use hirte_common::bounds::{CORE_QUEUE_DEPTH, LINK_OUTBOUND_DEPTH};
+use hirte_common::bounds::{CORE_QUEUE_DEPTH, LINK_OUTBOUND_DEPTH, SHUTDOWN_JOIN_TIMEOUT};
 use hirte_common::config::{cli_entry, config_dir, AgentConfig};
 use hirte_common::frame::SerialCounter;
 use hirte_common::queue::BoundedQueue;
@@ -243,7 +243,17 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     };
     shutdown.store(true, Ordering::Relaxed);
     events.close();
-    let _ = link_thread.join();
+    // [impl->req~agent.sigterm~1]
+    // Bounded: the link thread may be in a connection attempt or a TLS file read.
+    if hirte_common::wait::wait_for(SHUTDOWN_JOIN_TIMEOUT, || link_thread.is_finished()) {
+        let _ = link_thread.join();
+    } else {
+        log_warn!(
+            "Exiting with the link thread still running {} ms after shutdown \
+             (SHUTDOWN_JOIN_TIMEOUT)",
+            SHUTDOWN_JOIN_TIMEOUT.as_millis()
+        );
+    }
     result
 }
 

@@ -106,6 +106,13 @@ pub const BUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout of one D-Bus call from the agent to systemd.
 pub const SYSTEMD_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// At exit, after the core finished its shutdown: longest the main thread waits for the
+/// listener and the connection threads (agent: the link thread) to end. Threads still running
+/// then are logged by name and ended by the process exit.
+// [impl->req~manager.sigterm~1]
+// [impl->req~agent.sigterm~1]
+pub const SHUTDOWN_JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Longest the core threads sleep before re-checking timers and the shutdown flag.
 pub const CORE_TICK: Duration = Duration::from_millis(100);
 

@@ -43,6 +43,22 @@ pub fn now_monotonic_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Checks `done` every few milliseconds until it holds or `timeout` has passed; says whether
+/// it held. For the bounded joins at exit (`JoinHandle::is_finished`, a count of live threads).
+pub fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(10)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,7 @@ fn actual(name: &str) -> Option<u128> {
         "BUS_WRITE_TIMEOUT" => ms(BUS_WRITE_TIMEOUT),
         "SYSTEMD_CALL_TIMEOUT" => ms(SYSTEMD_CALL_TIMEOUT),
         "CORE_TICK" => ms(CORE_TICK),
+        "SHUTDOWN_JOIN_TIMEOUT" => ms(SHUTDOWN_JOIN_TIMEOUT),
         "CONNECTION_THREAD_STACK" => n(CONNECTION_THREAD_STACK),
         "READ_CHUNK" => n(READ_CHUNK),
         "MAX_MONITORS" => n(MAX_MONITORS),

@@ -40,6 +40,8 @@ pub struct Listener {
     tls_reload: Arc<AtomicBool>,
     /// UIDs that may connect to the Unix socket (SO_PEERCRED).
     socket_uids: Vec<u32>,
+    /// Connection threads running (registered plus handshaking); main waits for it at exit.
+    live: Arc<AtomicUsize>,
 }
 
 impl Listener {
@@ -54,6 +56,7 @@ impl Listener {
         tls_files: TlsFiles,
         tls_reload: Arc<AtomicBool>,
         socket_uids: Vec<u32>,
+        live: Arc<AtomicUsize>,
     ) -> Self {
         Listener {
             listener,
@@ -65,6 +68,7 @@ impl Listener {
             tls_files,
             tls_reload,
             socket_uids,
+            live,
         }
     }
 
@@ -164,7 +168,7 @@ impl Listener {
 
     pub fn run(self) {
         let handshakes = Arc::new(AtomicUsize::new(0));
-        let live = Arc::new(AtomicUsize::new(0));
+        let live = self.live.clone();
         let mut next_id: u64 = 0;
         let mut unix_first = false;
         while !self.shutdown.load(Ordering::Relaxed) {

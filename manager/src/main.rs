@@ -38,17 +38,19 @@ mod state;
 
 use crate::events::LinkEvent;
 use clap::Parser;
-use hirte_common::bounds::{CORE_QUEUE_BYTES, CORE_QUEUE_DEPTH};
+use hirte_common::bounds::{CORE_QUEUE_BYTES, CORE_QUEUE_DEPTH, SHUTDOWN_JOIN_TIMEOUT};
 use hirte_common::config::{cli_entry, config_dir, ConfigError, ManagerConfig};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::tls::{Reloadable, ServerPolicy, TlsError};
+use hirte_common::wait::wait_for;
 use hirte_common::{log, log_info, log_warn, protocol};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 #[derive(Parser)]
 #[command(
@@ -248,6 +250,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
 
     // Links outlive the SIGTERM by the drain time: jobs in flight must still be answered.
     let stop_links = Arc::new(AtomicBool::new(false));
+    let live_links = Arc::new(AtomicUsize::new(0));
     let listener = listener::Listener::new(
         tcp,
         unix,
@@ -258,6 +261,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         tls_files,
         tls_reload,
         socket_uids,
+        live_links.clone(),
     );
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
@@ -279,12 +283,37 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         bluechi,
     );
     let result = core.run().map_err(FatalError::Core);
-    shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
-    stop_links.store(true, std::sync::atomic::Ordering::Relaxed);
+    shutdown.store(true, Ordering::Relaxed);
+    stop_links.store(true, Ordering::Relaxed);
     events.close();
-    let _ = listener_thread.join();
+    join_threads(listener_thread, &live_links);
     log_info!("Stopped");
     result
+}
+
+/// Waits at most `SHUTDOWN_JOIN_TIMEOUT` for the listener and the connection threads (told to
+/// stop by `stop_links`); those still running then are logged and end with the process.
+// [impl->req~manager.sigterm~1]
+fn join_threads(listener: JoinHandle<()>, live: &AtomicUsize) {
+    let links = || live.load(Ordering::SeqCst);
+    if wait_for(SHUTDOWN_JOIN_TIMEOUT, || {
+        listener.is_finished() && links() == 0
+    }) {
+        let _ = listener.join();
+        return;
+    }
+    let mut left = Vec::new();
+    if !listener.is_finished() {
+        left.push("the listener thread".to_string());
+    }
+    if links() > 0 {
+        left.push(format!("{} connection thread(s)", links()));
+    }
+    log_warn!(
+        "Exiting with {} still running {} ms after shutdown (SHUTDOWN_JOIN_TIMEOUT)",
+        left.join(" and "),
+        SHUTDOWN_JOIN_TIMEOUT.as_millis()
+    );
 }
 
 fn main() -> ExitCode {
