@@ -289,6 +289,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
 
 fn main() -> ExitCode {
     hirte_common::sys::disable_libdbus_abort();
+    hirte_common::sys::tune_malloc();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
