@@ -142,6 +142,8 @@ impl FanOuts {
                 if !ctx.message().get_no_reply() {
                     out.send(Some(reply));
                 }
+                // The parts are freed: their scattered pages go back, not only the heap's top.
+                hirte_common::sys::release_free_memory();
             }
             Err((name, text)) => {
                 ctx.reply::<()>(Err(MethodErr::from((name, text))));
