@@ -122,7 +122,10 @@ impl FrameDecoder {
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
-        let payload = self.buf.get(HEADER_LEN..HEADER_LEN + len).map(<[u8]>::to_vec);
+        let payload = self
+            .buf
+            .get(HEADER_LEN..HEADER_LEN + len)
+            .map(<[u8]>::to_vec);
         self.consume(len);
         Ok(payload)
     }
@@ -429,6 +432,24 @@ mod tests {
         let msg = decode_message(&ok[HEADER_LEN..]).unwrap();
         let mut copy = Message::new_signal("/a", "a.b", "C").unwrap();
         copy.append_items(&msg.get_items());
+    }
+
+    // [utest->req~link.framing~1]
+    #[test]
+    fn a_large_frame_gets_room_for_itself_not_a_doubling() {
+        let big = Message::new_method_call("a.b", "/a", "a.b", "X")
+            .map(|m| m.append1("x".repeat(36_000)));
+        let mut big = big.unwrap();
+        big.set_serial(1);
+        let bytes = encode_message(&big, 1 << 20).unwrap();
+        let mut d = FrameDecoder::new(1 << 20);
+        for c in bytes.chunks(8192) {
+            d.push(c).unwrap();
+            assert!(d.buf.capacity() <= bytes.len(), "{}", d.buf.capacity());
+        }
+        let m = d.next_message().unwrap().unwrap();
+        assert_eq!(m.read1::<&str>().unwrap().len(), 36_000);
+        assert_eq!(d.buf.capacity(), 0);
     }
 
     #[test]
