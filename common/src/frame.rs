@@ -86,7 +86,13 @@ impl FrameDecoder {
     /// so an oversized frame is refused before its payload is buffered.
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
         self.buf.extend_from_slice(bytes);
-        self.check_header().map(|_| ())
+        // Room for exactly the frame under way, not a doubling: a manager holds one partial
+        // frame per link at once when every node answers a fan-out.
+        if let Some(len) = self.check_header()? {
+            let missing = (HEADER_LEN + len).saturating_sub(self.buf.len());
+            self.buf.reserve_exact(missing);
+        }
+        Ok(())
     }
 
     fn check_header(&self) -> Result<Option<usize>, FrameError> {
@@ -116,25 +122,35 @@ impl FrameDecoder {
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
-        self.last_len = HEADER_LEN + len;
-        let payload: Vec<u8> = self
+        let payload = self
             .buf
-            .drain(..HEADER_LEN + len)
-            .skip(HEADER_LEN)
-            .collect();
+            .get(HEADER_LEN..HEADER_LEN + len)
+            .map(<[u8]>::to_vec);
+        self.consume(len);
+        Ok(payload)
+    }
+
+    /// Drops the frame of payload length `len` at the front.
+    fn consume(&mut self, len: usize) {
+        self.last_len = HEADER_LEN + len;
+        self.buf.drain(..self.last_len.min(self.buf.len()));
         if self.buf.is_empty() {
             // Give back the memory of a large frame once it is consumed.
             self.buf = Vec::new();
         }
-        Ok(Some(payload))
     }
 
-    /// The next complete frame as a D-Bus message.
+    /// The next complete frame as a D-Bus message, decoded where it lies in the buffer.
     pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
-        match self.next_payload()? {
-            Some(payload) => decode_message(&payload).map(Some),
-            None => Ok(None),
-        }
+        let Some(len) = self.check_header()? else {
+            return Ok(None);
+        };
+        let Some(payload) = self.buf.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Ok(None);
+        };
+        let msg = decode_message(payload);
+        self.consume(len);
+        msg.map(Some)
     }
 }
 
@@ -416,6 +432,24 @@ mod tests {
         let msg = decode_message(&ok[HEADER_LEN..]).unwrap();
         let mut copy = Message::new_signal("/a", "a.b", "C").unwrap();
         copy.append_items(&msg.get_items());
+    }
+
+    // [utest->req~link.framing~1]
+    #[test]
+    fn a_large_frame_gets_room_for_itself_not_a_doubling() {
+        let big = Message::new_method_call("a.b", "/a", "a.b", "X")
+            .map(|m| m.append1("x".repeat(36_000)));
+        let mut big = big.unwrap();
+        big.set_serial(1);
+        let bytes = encode_message(&big, 1 << 20).unwrap();
+        let mut d = FrameDecoder::new(1 << 20);
+        for c in bytes.chunks(8192) {
+            d.push(c).unwrap();
+            assert!(d.buf.capacity() <= bytes.len(), "{}", d.buf.capacity());
+        }
+        let m = d.next_message().unwrap().unwrap();
+        assert_eq!(m.read1::<&str>().unwrap().len(), 36_000);
+        assert_eq!(d.buf.capacity(), 0);
     }
 
     #[test]

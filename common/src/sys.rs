@@ -1,5 +1,6 @@
 //! The one place in Hirte-rs with `unsafe`: borrowing the socket fd of a libdbus connection so
-//! a `poll()` loop can wait on it next to our own eventfds.
+//! a `poll()` loop can wait on it next to our own eventfds, taking the socket systemd passed,
+//! and setting glibc's allocator up for a daemon of many mostly idle threads.
 #![allow(unsafe_code)]
 
 use dbus::blocking::Connection;
@@ -80,6 +81,45 @@ pub fn activated_listener() -> Option<std::net::TcpListener> {
     // this function clears the variables so it can be taken only once.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FDS_START) };
     Some(listener)
+}
+
+/// Largest allocation served from the heap; larger ones get their own mapping, returned to
+/// the kernel when freed (a reply's buffer, a large frame).
+const MMAP_THRESHOLD: i32 = 16 * 1024;
+/// Free memory at the top of the heap above this goes back to the kernel.
+const TRIM_THRESHOLD: i32 = 128 * 1024;
+
+/// Keeps the daemon's resident memory near what it holds. glibc gives every thread that
+/// allocates an arena of its own (up to 8 per core), each keeping the high-water mark of what
+/// was allocated in it, and raises its mmap threshold after every large free (so the next
+/// large buffer lands in a heap and stays resident). One arena, and fixed thresholds, stop
+/// both. Call first thing in `main`, before threads exist. Does nothing with other C
+/// libraries.
+pub fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (param, value) in [
+        (nix::libc::M_ARENA_MAX, 1),
+        (nix::libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        (nix::libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+    ] {
+        // SAFETY: mallopt only sets allocator parameters (it returns 0 for a value it
+        // refuses, which leaves the default in force); it takes no pointers and is called
+        // before any other thread exists.
+        let _ = unsafe { nix::libc::mallopt(param, value) };
+    }
+}
+
+/// Gives the free pages inside the heap back to the kernel (glibc returns only the top of
+/// the heap by itself). For after a burst that freed much scattered memory, such as the
+/// parts of a fan-out; it walks the free lists, so not for every step. Does nothing with
+/// other C libraries.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free memory of the allocator's own arenas to the
+        // kernel; it takes no pointers and is thread-safe (it locks each arena).
+        let _ = unsafe { nix::libc::malloc_trim(0) };
+    }
 }
 
 #[cfg(test)]

@@ -142,6 +142,8 @@ impl FanOuts {
                 if !ctx.message().get_no_reply() {
                     out.send(Some(reply));
                 }
+                // The parts are freed: their scattered pages go back, not only the heap's top.
+                hirte_common::sys::release_free_memory();
             }
             Err((name, text)) => {
                 ctx.reply::<()>(Err(MethodErr::from((name, text))));
@@ -204,11 +206,12 @@ fn reply(
     };
     let mut failed = None;
     IterAppend::new(&mut m).append_dict(&key, &value, |dict| {
-        for (node, part) in &parts {
+        // Each part is freed once copied: the peak is the reply, not the reply and the parts.
+        for (node, part) in parts {
             dict.append_dict_entry(|entry| {
                 entry.append(node.as_str());
                 if let Err(e) = copy_args(&mut part.iter_init(), entry, &same_path) {
-                    failed.get_or_insert((node.clone(), e.to_string()));
+                    failed.get_or_insert((node, e.to_string()));
                 }
             });
         }

@@ -318,6 +318,7 @@ fn join_threads(listener: JoinHandle<()>, live: &AtomicUsize) {
 
 fn main() -> ExitCode {
     hirte_common::sys::disable_libdbus_abort();
+    hirte_common::sys::tune_malloc();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,9 @@
 //! ```
 //!
 //! Row 7 (the cost of mutual TLS, issue 11) runs last on two small clusters of its own;
-//! `--only-tls` runs just that row.
+//! `--only-tls` runs just that row. `--only-memory [--nodes N] [--variant V]...` measures the
+//! manager's memory of issue 13 (idle, after 20 and 40 `Manager.ListUnits`) for each variant
+//! (`bench/memory.rs`).
 //!
 //! One run brings up a 50-node cluster (real `systemd --user`, real agents, release
 //! binaries), measures rows 1-5 on it, then a 1-node manager fed by 10 .. 1,000 fake agents
@@ -26,7 +28,7 @@ use bench::liveness::Liveness;
 use bench::report::{self, fmt_num, Goal, Json, Metric, TargetOn};
 use bench::{settle, Ctx, Sizes};
 
-const USAGE: &str = "usage: hirte-bench [--quick] [--no-profile] [--only-tls] [--out DIR]";
+const USAGE: &str = "usage: hirte-bench [--quick] [--no-profile] [--only-tls] [--only-memory [--nodes N] [--variant [PATH][,VAR=VALUE]...]...] [--out DIR]";
 
 /// Nodes of the main cluster (the manager runs on the first, which has an agent too).
 const NODES: usize = 50;
@@ -62,6 +64,9 @@ fn provenance(bins: &std::path::Path) -> String {
 struct Opts {
     quick: bool,
     only_tls: bool,
+    only_memory: bool,
+    mem_nodes: usize,
+    variants: Vec<bench::memory::Variant>,
     profile: bool,
     out: PathBuf,
 }
@@ -70,6 +75,9 @@ fn parse_args() -> std::result::Result<Opts, String> {
     let mut o = Opts {
         quick: false,
         only_tls: false,
+        only_memory: false,
+        mem_nodes: NODES,
+        variants: Vec::new(),
         profile: true,
         out: PathBuf::from("target/bench"),
     };
@@ -79,6 +87,16 @@ fn parse_args() -> std::result::Result<Opts, String> {
             "--quick" => o.quick = true,
             "--no-profile" => o.profile = false,
             "--only-tls" => o.only_tls = true,
+            "--only-memory" => o.only_memory = true,
+            "--nodes" => {
+                o.mem_nodes = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--nodes needs a number")?
+            }
+            "--variant" => o.variants.push(bench::memory::Variant::parse(
+                &it.next().ok_or("--variant needs [PATH][,VAR=VALUE]...")?,
+            )),
             "--out" => o.out = PathBuf::from(it.next().ok_or("--out needs a directory")?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -513,6 +531,12 @@ fn run(opts: Opts) -> Result<()> {
         let tls_res = bench::tls::row7(&mut ctx, &wrap.dir);
         write_results(&ctx, &started, &provenance(&real))?;
         return tls_res;
+    }
+    if opts.only_memory {
+        ctx.note("--only-memory: the manager's memory (issue 13) only");
+        let res = bench::memory::run(&mut ctx, &wrap.dir, &real, opts.mem_nodes, &opts.variants);
+        write_results(&ctx, &started, &provenance(&real))?;
+        return res;
     }
     let main_res = main_cluster(&mut ctx, &wrap);
     if let Err(e) = &main_res {

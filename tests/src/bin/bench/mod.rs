@@ -7,6 +7,7 @@ pub mod footprint;
 pub mod latency;
 pub mod listing;
 pub mod liveness;
+pub mod memory;
 pub mod procfs;
 pub mod profile;
 pub mod report;

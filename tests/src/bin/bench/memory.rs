@@ -1,0 +1,266 @@
+//! `--only-memory`: issue 13's target 2 in a few minutes. A 50-node cluster (the main
+//! cluster's settings and units), then per manager variant: a fresh manager, its memory idle
+//! with 0 nodes, with 50 nodes, after 20 and after 40 `Manager.ListUnits` over D-Bus
+//! (`VmRSS` and `VmHWM` of `/proc/PID/status`). Variants (`--variant`) are other manager
+//! binaries and/or environment settings on the same cluster, so a change is measured
+//! against its base in one run.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hirte_tests::{Cluster, ClusterSpec};
+
+use crate::bench::dbusx::{call, method, HIRTE_DEST, HIRTE_MANAGER, HIRTE_PATH};
+use crate::bench::error::{BenchError, Result};
+use crate::bench::footprint::{self, mb, Timeline};
+use crate::bench::procfs::ProcStats;
+use crate::bench::report::{fmt_num, Goal, Json, Metric, TargetOn};
+use crate::bench::{settle, Ctx};
+
+/// List-units per measured round.
+const ROUND: usize = 20;
+
+/// One manager to measure: a binary (default: the release one) and environment settings.
+#[derive(Debug, Clone, Default)]
+pub struct Variant {
+    pub binary: Option<PathBuf>,
+    pub env: Vec<String>,
+}
+
+impl Variant {
+    /// `PATH`, `VAR=VALUE`, or `PATH,VAR=VALUE,...`; `-` is the release binary, unchanged.
+    pub fn parse(s: &str) -> Variant {
+        let mut v = Variant::default();
+        for item in s.split(',').filter(|i| !i.is_empty() && *i != "-") {
+            if item.contains('=') && !item.starts_with('/') {
+                v.env.push(item.to_string());
+            } else {
+                v.binary = Some(PathBuf::from(item));
+            }
+        }
+        v
+    }
+
+    fn label(&self) -> String {
+        let bin = self
+            .binary
+            .as_ref()
+            .map(|b| b.display().to_string())
+            .unwrap_or_else(|| "release hirte".to_string());
+        if self.env.is_empty() {
+            bin
+        } else {
+            format!("{bin} with {}", self.env.join(" "))
+        }
+    }
+
+    /// Points `dir/hirte` at this variant.
+    fn install(&self, dir: &Path, release: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = self.binary.clone().unwrap_or_else(|| release.join("hirte"));
+        let script = format!(
+            "#!/bin/sh\nexec env {} {} \"$@\"\n",
+            self.env.join(" "),
+            bin.display()
+        );
+        let tmp = dir.join(".hirte.mem");
+        let dest = dir.join("hirte");
+        std::fs::write(&tmp, script)
+            .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+            .and_then(|()| std::fs::rename(&tmp, &dest))
+            .map_err(|e| BenchError::io(format!("writing {}", dest.display()), e))
+    }
+}
+
+fn list_units(c: &Cluster, nodes: usize, n: usize) -> Result<()> {
+    let sys = c.system_bus()?;
+    for _ in 0..n {
+        let r = call(
+            &sys,
+            method(HIRTE_DEST, HIRTE_PATH, HIRTE_MANAGER, "ListUnits")?,
+        )?;
+        let parsed: std::collections::HashMap<String, Vec<hirte_common::protocol::UnitRow>> = r
+            .read1()
+            .map_err(|e| BenchError::failed(format!("Manager.ListUnits answered {e}")))?;
+        if parsed.len() != nodes {
+            return Err(BenchError::failed(format!(
+                "Manager.ListUnits answered {} nodes, expected {nodes}",
+                parsed.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct Readings {
+    idle0: ProcStats,
+    idle: ProcStats,
+    after20: ProcStats,
+    after40: ProcStats,
+}
+
+fn measure(ctx: &Ctx, c: &mut Cluster, tl: &mut Timeline, nodes: usize) -> Result<Readings> {
+    let _ = c.kill_manager(hirte_tests::Signal::SIGTERM);
+    // Agents reconnect every ReconnectInterval: hold them off so the manager is seen with
+    // 0 nodes, by stopping them while it starts.
+    for n in c
+        .nodes()
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    {
+        let _ = c.kill_agent(&n, hirte_tests::Signal::SIGTERM);
+    }
+    c.start_manager()?;
+    settle(
+        ctx,
+        Duration::from_secs(2),
+        "manager idle, no agent connected",
+    );
+    let idle0 = tl.manager(ctx, c, "0 nodes")?;
+    for n in c
+        .nodes()
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    {
+        c.start_agent(&n)?;
+    }
+    let sys = c.system_bus()?;
+    footprint::wait_online(&sys, nodes, Duration::from_secs(120))?;
+    settle(ctx, Duration::from_secs(3), "all agents idle");
+    let idle = tl.manager(ctx, c, &format!("{nodes} nodes idle"))?;
+    list_units(c, nodes, ROUND)?;
+    settle(ctx, Duration::from_secs(1), "reply sent");
+    let after20 = tl.manager(ctx, c, &format!("after {ROUND} list-units"))?;
+    list_units(c, nodes, ROUND)?;
+    settle(ctx, Duration::from_secs(1), "reply sent");
+    let after40 = tl.manager(ctx, c, &format!("after {} list-units", 2 * ROUND))?;
+    Ok(Readings {
+        idle0,
+        idle,
+        after20,
+        after40,
+    })
+}
+
+/// Runs the memory measurement for each variant (the release manager if none).
+pub fn run(
+    ctx: &mut Ctx,
+    wrap_dir: &Path,
+    release: &Path,
+    nodes: usize,
+    variants: &[Variant],
+) -> Result<()> {
+    ctx.phase(&format!("memory: bringing up {nodes} nodes"));
+    let names: Vec<String> = (0..nodes).map(|i| format!("n{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut spec = ClusterSpec::new(&refs);
+    spec.start_agents = false;
+    spec.start_manager = false;
+    spec.bin_dir = Some(wrap_dir.to_path_buf());
+    let manager_conf = format!(
+        "[hirte]\nLogLevel=info\nNodeHeartbeatThreshold=3000ms\nAllowedNodeNames={}\n",
+        names.join(",")
+    );
+    let agent_conf =
+        "[hirte-agent]\nLogLevel=info\nHeartbeatInterval=1000ms\nReconnectInterval=500ms\n";
+    let mut c = Cluster::start(spec)?;
+    crate::bench::setup::drop_ins(&c, &manager_conf, agent_conf)?;
+    c.start_manager()?;
+    crate::bench::setup::install_units(&c)?;
+    let default = [Variant::default()];
+    let variants = if variants.is_empty() {
+        &default[..]
+    } else {
+        variants
+    };
+    let mut tl = Timeline::default();
+    let mut raw = Vec::new();
+    for (i, v) in variants.iter().enumerate() {
+        ctx.phase(&format!("memory: {}", v.label()));
+        v.install(wrap_dir, release)?;
+        let r = measure(ctx, &mut c, &mut tl, nodes);
+        Variant::default().install(wrap_dir, release)?;
+        let r = r?;
+        let growth = i64::try_from(r.after40.hwm_kb).unwrap_or(0)
+            - i64::try_from(r.after20.hwm_kb).unwrap_or(0);
+        let key = |k: &str| format!("mem13.{k}.{i}");
+        let who = v.label();
+        ctx.metric(
+            Metric::new(
+                "4",
+                &key("idle0_rss"),
+                &format!("manager VmRSS idle, 0 nodes [{who}]"),
+                mb(r.idle0.rss_kb),
+                "MB",
+            )
+            .detail(format!("VmHWM {} MB", fmt_num(mb(r.idle0.hwm_kb))))
+            .target(TargetOn::Value, Goal::Below(3.0)),
+        );
+        ctx.metric(
+            Metric::new(
+                "4",
+                &key("after20_hwm"),
+                &format!("manager VmHWM after {ROUND} list-units, {nodes} nodes [{who}]"),
+                mb(r.after20.hwm_kb),
+                "MB",
+            )
+            .detail(format!(
+                "VmRSS {} MB (idle {} MB, VmHWM idle {} MB); {} threads",
+                fmt_num(mb(r.after20.rss_kb)),
+                fmt_num(mb(r.idle.rss_kb)),
+                fmt_num(mb(r.idle.hwm_kb)),
+                r.after20.threads
+            ))
+            .target(TargetOn::Value, Goal::AtMost(8.0)),
+        );
+        ctx.metric(
+            Metric::new(
+                "4",
+                &key("growth_hwm"),
+                &format!(
+                    "manager VmHWM growth from {ROUND} to {} list-units [{who}]",
+                    2 * ROUND
+                ),
+                growth as f64,
+                "kB",
+            )
+            .detail(format!(
+                "VmRSS {} -> {} MB",
+                fmt_num(mb(r.after20.rss_kb)),
+                fmt_num(mb(r.after40.rss_kb))
+            ))
+            .target(TargetOn::Value, Goal::AtMost(64.0)),
+        );
+        raw.push((who, r));
+    }
+    ctx.section(
+        "memory",
+        Json::Arr(
+            raw.iter()
+                .map(|(who, r)| {
+                    let s = |p: &ProcStats| {
+                        Json::obj(vec![
+                            ("rss_kb", Json::num(p.rss_kb as f64)),
+                            ("hwm_kb", Json::num(p.hwm_kb as f64)),
+                            ("anon_kb", Json::num(p.rss_anon_kb as f64)),
+                            ("file_kb", Json::num(p.rss_file_kb as f64)),
+                        ])
+                    };
+                    Json::obj(vec![
+                        ("variant", Json::str(who.clone())),
+                        ("idle_0_nodes", s(&r.idle0)),
+                        ("idle", s(&r.idle)),
+                        ("after_20", s(&r.after20)),
+                        ("after_40", s(&r.after40)),
+                    ])
+                })
+                .collect(),
+        ),
+    );
+    ctx.section("footprint_timeline", tl.to_json());
+    ctx.phase("memory: tearing down");
+    c.shutdown()?;
+    Ok(())
+}
