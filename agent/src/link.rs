@@ -19,7 +19,7 @@ use hirte_common::stream::LinkStream;
 use hirte_common::tls::{ClientPolicy, PeerIdentity};
 use hirte_common::wait::now_realtime_us;
 use hirte_common::{log_error, log_info, log_warn};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -202,7 +202,8 @@ impl Link {
         }
     }
 
-    /// Resolves the host anew on each attempt (its address may have moved), connects, registers.
+    /// Resolves the host anew on each attempt (its address may have moved; the lookup is
+    /// bounded by `MANAGER_LOOKUP_TIMEOUT`, `resolve.rs`), connects, registers.
     /// With `ManagerAddress=unix:path=P` it connects to that socket instead (a missing socket
     /// fails at once and is retried like an unreachable host).
     fn connect(
@@ -222,11 +223,12 @@ impl Link {
             }
             ManagerAddress::Tcp { host, port } => (host.as_str(), *port),
         };
-        let addrs: Vec<SocketAddr> = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| LinkError::Resolve(e.to_string()))?
-            .collect();
-        let mut last = LinkError::Resolve("no addresses".to_string());
+        // Bounded by MANAGER_LOOKUP_TIMEOUT; a failed or given-up lookup is a failed attempt.
+        let addrs = self
+            .reconnect
+            .resolve(host, port)
+            .map_err(LinkError::Resolve)?;
+        let mut last = LinkError::Resolve(format!("'{host}' has no addresses"));
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
                 Ok(stream) => {

@@ -9,6 +9,7 @@ mod link;
 mod local_api;
 mod proxy;
 mod reconnect;
+mod resolve;
 mod systemd;
 #[cfg(test)]
 mod testing;

@@ -12,13 +12,14 @@
 //! - List: within a round the next manager is tried at once. A round starts where the agent
 //!   last registered (it stays there), or at the first with `ManagerPreferFirst=yes`.
 
+use crate::resolve::Resolver;
 use hirte_common::bounds::{
     FAILBACK_PROBE_TIMEOUT, RECONNECT_BACKOFF_START, RECONNECT_SUMMARY_EVERY,
 };
 use hirte_common::config::{AgentConfig, ManagerAddress};
 use hirte_common::timespan::format_timespan;
 use hirte_common::{log_debug, log_error, log_info, log_warn};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -192,6 +193,8 @@ pub struct Reconnect {
     switch: Arc<SwitchRequest>,
     /// The last refusal logged at error level (identical ones repeat at debug only).
     last_refusal: String,
+    /// Looks up `ManagerHost` names, anew on every attempt, within `MANAGER_LOOKUP_TIMEOUT`.
+    resolver: Resolver,
 }
 
 impl Reconnect {
@@ -209,7 +212,14 @@ impl Reconnect {
             cap: cfg.reconnect_interval,
             switch,
             last_refusal: String::new(),
+            resolver: Resolver::default(),
         }
+    }
+
+    /// The addresses of a manager host, looked up now (never cached: the name may have
+    /// moved), or why there are none (failed, timed out, an earlier lookup still running).
+    pub fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        self.resolver.resolve(host, port)
     }
 
     /// The manager to try now; a pending `SwitchController` is applied first. An address in
@@ -289,7 +299,7 @@ impl Reconnect {
             return None;
         }
         let first = self.managers.first()?;
-        if !listens(first) {
+        if !listens(first, &self.resolver) {
             return None;
         }
         log_info!(
@@ -302,15 +312,18 @@ impl Reconnect {
 }
 
 /// A connect that is closed at once: whether a manager accepts connections there.
-fn listens(to: &ManagerAddress) -> bool {
+fn listens(to: &ManagerAddress, resolver: &Resolver) -> bool {
     match to {
         ManagerAddress::Unix(p) => UnixStream::connect(p).is_ok(),
-        ManagerAddress::Tcp { host, port } => (host.as_str(), *port)
-            .to_socket_addrs()
-            .map(|mut addrs| {
-                addrs.any(|a| TcpStream::connect_timeout(&a, FAILBACK_PROBE_TIMEOUT).is_ok())
-            })
-            .unwrap_or(false),
+        ManagerAddress::Tcp { host, port } => match resolver.resolve(host, *port) {
+            Ok(addrs) => addrs
+                .iter()
+                .any(|a| TcpStream::connect_timeout(a, FAILBACK_PROBE_TIMEOUT).is_ok()),
+            Err(e) => {
+                log_debug!("Failback probe: cannot resolve manager host: {e}");
+                false
+            }
+        },
     }
 }
 

@@ -85,6 +85,14 @@ pub const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of one TCP connect attempt by the agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Longest the agent waits for the lookup of a `ManagerHost` name; then the attempt has
+/// failed and the backoff follows. Of the order of `CONNECT_TIMEOUT` (a lookup and a connect
+/// make one attempt), and as long as glibc's resolver asks one nameserver before it tries the
+/// next (`timeout:5` in resolv.conf), so a first nameserver that answers is waited for. The given-up lookup's thread runs on until the
+/// resolver returns; that name is not looked up again meanwhile (`agent/src/resolve.rs`).
+// [impl->req~agent.reconnect~1]
+pub const MANAGER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Managers an agent may list (`ManagerHost=a,b`, `ManagerAddress=A;B`).
 pub const MAX_MANAGERS: usize = 8;
 

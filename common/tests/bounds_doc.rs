@@ -33,6 +33,7 @@ fn actual(name: &str) -> Option<u128> {
         "MAX_AGENT_JOBS" => n(MAX_AGENT_JOBS),
         "LINK_WRITE_TIMEOUT" => ms(LINK_WRITE_TIMEOUT),
         "CONNECT_TIMEOUT" => ms(CONNECT_TIMEOUT),
+        "MANAGER_LOOKUP_TIMEOUT" => ms(MANAGER_LOOKUP_TIMEOUT),
         "BUS_WRITE_TIMEOUT" => ms(BUS_WRITE_TIMEOUT),
         "SYSTEMD_CALL_TIMEOUT" => ms(SYSTEMD_CALL_TIMEOUT),
         "CORE_TICK" => ms(CORE_TICK),

@@ -29,6 +29,8 @@ mod local_api;
 mod proxy;
 #[path = "../../agent/src/reconnect.rs"]
 mod reconnect;
+#[path = "../../agent/src/resolve.rs"]
+mod resolve;
 #[path = "../../agent/src/systemd.rs"]
 mod systemd;
 #[path = "../../agent/src/testing.rs"]

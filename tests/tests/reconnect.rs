@@ -1,5 +1,6 @@
 //! Recovery: the manager restarted (SIGKILL and SIGTERM), an agent stopped and restarted, a
-//! node cut off the network and healed. Nodes come back by themselves; units stay controllable.
+//! node cut off the network and healed, the manager's name moved to another address. Nodes
+//! come back by themselves; units stay controllable.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,7 +12,7 @@
 mod common;
 
 use common::*;
-use hirte_tests::{Cluster, ClusterSpec, Signal};
+use hirte_tests::{Cluster, ClusterSpec, Signal, MANAGER_PORT};
 
 const NODES: [&str; 3] = ["primary", "agent1", "agent2"];
 
@@ -382,5 +383,107 @@ fn reconnect_a_job_of_the_old_manager_does_not_end_the_new_managers_job_with_its
     assert!(
         log.contains("belonged to an earlier manager session; result not sent"),
         "{log}"
+    );
+}
+
+/// The manager's port in `ss` output of `agent1`'s established connections to `ip`.
+fn agent1_connected_to(c: &Cluster, ip: &str) -> bool {
+    let out = c.node_shell(
+        "agent1",
+        &format!("ss -Htn state established dst {ip} dport = :{MANAGER_PORT}"),
+    );
+    !stdout(&out).trim().is_empty()
+}
+
+/// `getent hosts NAME` inside `agent1`.
+fn agent1_lookup(c: &Cluster, name: &str) -> String {
+    stdout(&c.node_shell("agent1", &format!("getent hosts {name}")))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+// [itest->req~agent.reconnect~1]
+#[test]
+fn reconnect_agent_looks_up_manager_host_anew_and_follows_a_moved_name() {
+    if !hirte_tests::require_root(
+        "reconnect_agent_looks_up_manager_host_anew_and_follows_a_moved_name",
+    ) {
+        return;
+    }
+    const NAME: &str = "hirte-manager.test";
+    // A: a second address of the manager's node (the manager listens on 0.0.0.0);
+    // B: its own address. Node addresses end at .250, so .251 is free.
+    const A: &str = "10.200.0.251";
+    let mut spec = ClusterSpec::new(&["primary", "agent1"]);
+    spec.start_agents = false;
+    let mut c = Cluster::start(spec).unwrap();
+    let b = c.node_ip("primary").unwrap();
+    ok(
+        &c.node_shell("primary", &format!("ip addr add {A}/24 dev eth0")),
+        "add address A to the manager's node",
+    );
+    // agent1's own /etc/hosts: a file of the test bind-mounted over it in agent1's mount
+    // namespace only. glibc reads /etc/hosts on every lookup; the file is rewritten in
+    // place (same inode), so the bind mount shows each new content.
+    let hosts = c.node_dir("agent1").unwrap().join("hosts");
+    let map = |ip: &str| {
+        std::fs::write(&hosts, format!("127.0.0.1 localhost\n{ip} {NAME}\n")).unwrap();
+    };
+    map(A);
+    ok(
+        &c.node_shell(
+            "agent1",
+            &format!("mount --bind {} /etc/hosts", hosts.display()),
+        ),
+        "bind-mount agent1's /etc/hosts",
+    );
+    assert_eq!(
+        agent1_lookup(&c, NAME),
+        A,
+        "{NAME} in agent1 before the move"
+    );
+    std::fs::write(
+        c.node_config_dir("agent1")
+            .unwrap()
+            .join("agent.conf.d/50-name.conf"),
+        format!("[hirte-agent]\nManagerHost={NAME}\n"),
+    )
+    .unwrap();
+    c.start_agent("primary").unwrap();
+    c.start_agent("agent1").unwrap();
+    c.wait_node_state("agent1", "online", SOON).unwrap();
+    assert!(
+        agent1_connected_to(&c, A),
+        "agent1 is online but not connected to {A}"
+    );
+
+    // The name moves to B, and A goes away with the old manager: only an agent that looks
+    // the name up again on its next attempt finds the manager (one that kept A retries a
+    // dead address for ever).
+    map(&b);
+    assert_eq!(
+        agent1_lookup(&c, NAME),
+        b,
+        "{NAME} in agent1 after the move"
+    );
+    c.kill_manager(Signal::SIGKILL)
+        .expect("manager was running");
+    ok(
+        &c.node_shell("primary", &format!("ip addr del {A}/24 dev eth0")),
+        "remove address A",
+    );
+    c.start_manager().unwrap();
+    c.wait_node_state("agent1", "online", SOON)
+        .unwrap_or_else(|e| panic!("agent1 did not follow {NAME} to {b}: {e}"));
+    assert!(
+        agent1_connected_to(&c, &b),
+        "agent1 is online but not connected to {b}"
+    );
+    let alog = c.agent_log("agent1");
+    assert!(
+        count(&alog, "Connected to manager at") >= 2,
+        "agent1 did not register twice:\n{alog}"
     );
 }
