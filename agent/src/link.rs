@@ -456,7 +456,7 @@ impl Link {
                 .saturating_duration_since(now)
                 .min(CORE_TICK)
                 .max(Duration::from_millis(1));
-            link.turn(&self.outbound, wait)?;
+            link.turn(&self.outbound, Some(wait))?;
             self.deliver(link, &mut last_rx)?;
         }
     }

@@ -4,11 +4,11 @@
 //! the blocking socket, so that one `poll()` still covers the socket and the queue's eventfd,
 //! and a partial TLS record never blocks the thread).
 
-use crate::bounds::{CORE_TICK, LINK_WRITE_TIMEOUT, READ_CHUNK};
+use crate::bounds::{LINK_WRITE_TIMEOUT, READ_CHUNK};
 use crate::frame::{FrameDecoder, FrameError};
 use crate::queue::BoundedQueue;
 use crate::stream::LinkStream;
-use crate::wait::poll_readable;
+use crate::wait::poll_readable_until;
 use dbus::Message;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -130,7 +130,7 @@ impl FrameLink {
             if left.is_zero() {
                 return Err(LinkIoError::HandshakeTimeout(timeout));
             }
-            let [ready] = poll_readable([self.stream.as_fd()], left.min(CORE_TICK))?;
+            let [ready] = poll_readable_until([self.stream.as_fd()], Some(left))?;
             if ready {
                 read_tls(tls, &self.stream)?;
             }
@@ -164,13 +164,15 @@ impl FrameLink {
         Ok(())
     }
 
-    /// One turn of a link's loop: waits up to `timeout` for bytes from the peer or a wake-up of
-    /// `outbound`, writes every frame queued there, then reads once if the peer sent something.
-    /// Complete frames are then taken with [`FrameLink::next_message`].
+    /// One turn of a link's loop: waits up to `timeout` (`None`: no timer, only the fds) for
+    /// bytes from the peer or a wake-up of `outbound`, writes every frame queued there, then
+    /// reads once if the peer sent something. Complete frames are then taken with
+    /// [`FrameLink::next_message`]. Anything else the loop must look at (a close request, a
+    /// shutdown or reload flag) wakes it through `outbound` ([`BoundedQueue::wake_only`]).
     pub fn turn(
         &mut self,
         outbound: &BoundedQueue<Vec<u8>>,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<(), LinkIoError> {
         let [sock_ready, wake_ready] = self.wait(Some(outbound.wake_fd()), timeout)?;
         if wake_ready {
@@ -190,9 +192,9 @@ impl FrameLink {
     pub fn turn_write_only(
         &mut self,
         outbound: &BoundedQueue<Vec<u8>>,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<(), LinkIoError> {
-        let [wake_ready] = poll_readable([outbound.wake_fd()], timeout)?;
+        let [wake_ready] = poll_readable_until([outbound.wake_fd()], timeout)?;
         if wake_ready {
             outbound.clear_wake();
         }
@@ -204,7 +206,7 @@ impl FrameLink {
 
     /// Waits up to `timeout` for bytes from the peer and reads them; false: none came.
     pub fn read_within(&mut self, timeout: Duration) -> Result<bool, LinkIoError> {
-        let [ready, _] = self.wait(None, timeout)?;
+        let [ready, _] = self.wait(None, Some(timeout))?;
         if ready {
             self.read_once()?;
         }
@@ -226,7 +228,7 @@ impl FrameLink {
     fn wait(
         &mut self,
         other: Option<BorrowedFd<'_>>,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<[bool; 2], LinkIoError> {
         if let Some(tls) = self.tls.as_deref_mut() {
             let state = tls.process_new_packets().map_err(LinkIoError::Tls)?;
@@ -235,9 +237,9 @@ impl FrameLink {
             }
         }
         match other {
-            Some(fd) => Ok(poll_readable([self.stream.as_fd(), fd], timeout)?),
+            Some(fd) => Ok(poll_readable_until([self.stream.as_fd(), fd], timeout)?),
             None => {
-                let [sock] = poll_readable([self.stream.as_fd()], timeout)?;
+                let [sock] = poll_readable_until([self.stream.as_fd()], timeout)?;
                 Ok([sock, false])
             }
         }

@@ -11,9 +11,27 @@ pub fn poll_readable<const N: usize>(
     fds: [BorrowedFd<'_>; N],
     timeout: Duration,
 ) -> nix::Result<[bool; N]> {
+    poll_readable_until(fds, Some(timeout))
+}
+
+/// Like [`poll_readable`]; `None` waits for the fds alone, with no timer. For a loop whose
+/// every reason to wake is an fd (an eventfd rung by whoever has work or a flag for it), so
+/// that an idle thread costs no wake-ups. A timeout is rounded up to whole milliseconds
+/// (a deadline is never woken for early) and capped at `i32::MAX` ms (24.8 days).
+pub fn poll_readable_until<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout: Option<Duration>,
+) -> nix::Result<[bool; N]> {
     let mut pfds = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
-    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    match poll(&mut pfds, PollTimeout::from(ms)) {
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX))
+                .unwrap_or(PollTimeout::MAX)
+        }
+    };
+    match poll(&mut pfds, timeout) {
         Ok(_) => {}
         Err(nix::errno::Errno::EINTR) => return Ok([false; N]),
         Err(e) => return Err(e),

@@ -6,6 +6,7 @@ use hirte_common::frame::{encode_message, FrameError};
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::Peer;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub type LinkId = u64;
@@ -82,6 +83,37 @@ impl LinkHandle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// Every running connection thread's handle, so that a flag meant for all of them (shutdown,
+/// a reloaded TLS policy) can wake each: the threads sleep on their queue's eventfd with no
+/// timer. At most `MAX_CONNECTIONS` entries: the listener adds one only for a thread it
+/// counted as live, and the thread's wrapper removes it when the thread ends.
+// [impl->req~link.idle-no-wakeups~1]
+#[derive(Default)]
+pub struct LiveLinks {
+    handles: Mutex<HashMap<LinkId, Arc<LinkHandle>>>,
+}
+
+impl LiveLinks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LinkId, Arc<LinkHandle>>> {
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn insert(&self, handle: Arc<LinkHandle>) {
+        self.lock().insert(handle.id, handle);
+    }
+
+    pub fn remove(&self, id: LinkId) {
+        self.lock().remove(&id);
+    }
+
+    /// Wakes every connection thread once, to look at its flags.
+    pub fn wake_all(&self) {
+        for h in self.lock().values() {
+            h.queue.wake_only();
+        }
     }
 }
 

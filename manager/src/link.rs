@@ -6,9 +6,7 @@
 //! can at worst end its own connection.
 
 use crate::events::{LinkEvent, LinkHandle};
-use hirte_common::bounds::{
-    CORE_TICK, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME_SIZE,
-};
+use hirte_common::bounds::{HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME_SIZE};
 use hirte_common::frame::encode_message;
 use hirte_common::handshake::check_register;
 use hirte_common::linkio::{FrameLink, LinkIoError};
@@ -222,11 +220,18 @@ impl LinkThread {
                 link.set_max_frame(MAX_FRAME_SIZE);
             }
             // [impl->req~link.register-timeout~1]
+            // [impl->req~link.idle-no-wakeups~1]
+            // The only timers are real deadlines: the Register's before acceptance, the
+            // certificate's end after it. Frames to send, a close request, shutdown and a TLS
+            // reload all ring the queue's eventfd (`LinkHandle`, `LiveLinks::wake_all`).
             let timeout = if accepted {
-                if let Some(v) = verified.as_mut() {
-                    self.recheck(v)?;
+                match verified.as_mut() {
+                    Some(v) => {
+                        self.recheck(v)?;
+                        Some(v.identity.valid_for())
+                    }
+                    None => None,
                 }
-                CORE_TICK
             } else {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -235,7 +240,7 @@ impl LinkThread {
                         HANDSHAKE_TIMEOUT.as_secs()
                     )));
                 }
-                left.min(CORE_TICK)
+                Some(left)
             };
             // Queued frames go out before a requested close, so a refusal reaches the peer.
             // Waiting for the core's decision, only its answer is written: the peer's next
@@ -372,127 +377,5 @@ impl LinkThread {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use hirte_common::handshake::register_call;
-    use hirte_common::stream::Peer;
-    use std::io::Write;
-    use std::os::unix::net::UnixStream;
-
-    /// A connection thread on one end of a socket pair; the other end plays the agent.
-    fn spawn() -> (
-        UnixStream,
-        Arc<LinkHandle>,
-        Arc<BoundedQueue<LinkEvent>>,
-        Arc<AtomicUsize>,
-    ) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let stream = LinkStream::Unix(ours);
-        hirte_common::linkio::prepare(&stream).unwrap();
-        let handle = LinkHandle::new(1, Peer::Unix).unwrap();
-        let events = Arc::new(BoundedQueue::new(16).unwrap());
-        let handshakes = Arc::new(AtomicUsize::new(1));
-        let link = LinkThread {
-            stream: Some(stream),
-            handle: handle.clone(),
-            events: events.clone(),
-            handshakes: handshakes.clone(),
-            shutdown: Arc::new(AtomicBool::new(false)),
-            tls: None,
-        };
-        std::thread::spawn(move || link.run());
-        (theirs, handle, events, handshakes)
-    }
-
-    fn frame(mut msg: dbus::Message, serial: u32) -> Vec<u8> {
-        msg.set_serial(serial);
-        encode_message(&msg, MAX_FRAME_SIZE).unwrap()
-    }
-
-    /// A signal above the handshake frame cap, well within `MAX_FRAME_SIZE`.
-    fn big_signal() -> Vec<u8> {
-        let msg = dbus::Message::new_signal("/x", "org.x.Y", "Z")
-            .unwrap()
-            .append1("x".repeat(4 * MAX_HANDSHAKE_FRAME_SIZE));
-        frame(msg, 2)
-    }
-
-    fn next_event(events: &BoundedQueue<LinkEvent>, within: Duration) -> Option<LinkEvent> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(ev) = events.try_pop() {
-                return Some(ev);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-
-    /// Until the core accepted the name, the connection keeps its handshake slot and its
-    /// 4 KiB frame cap: a large frame sent right behind the Register never reaches the core.
-    // [utest->req~link.register-first~1]
-    // [utest->req~link.max-frame~1]
-    #[test]
-    fn a_register_the_core_has_not_accepted_keeps_the_handshake_limits() {
-        let (mut agent, _handle, events, handshakes) = spawn();
-        let mut bytes = frame(register_call("n1").unwrap(), 1);
-        bytes.extend(big_signal());
-        agent.write_all(&bytes).unwrap();
-        let ev = next_event(&events, Duration::from_secs(2));
-        assert!(
-            matches!(ev, Some(LinkEvent::Register { .. })),
-            "no Register"
-        );
-        // The core never answers: the frame behind the Register is refused, not handed on.
-        match next_event(&events, Duration::from_secs(2)) {
-            Some(LinkEvent::Frame { size, .. }) => {
-                panic!("a {size}-byte frame of an unaccepted connection reached the core")
-            }
-            Some(LinkEvent::Closed { reason, .. }) => {
-                assert!(reason.contains("exceeds"), "{reason}")
-            }
-            _ => panic!("the connection did not end"),
-        }
-        assert_eq!(handshakes.load(Ordering::SeqCst), 0);
-    }
-
-    /// Once the core accepted (and answered), the slot is freed and frames up to
-    /// `MAX_FRAME_SIZE` pass.
-    // [utest->req~link.register-first~1]
-    #[test]
-    fn an_accepted_register_lifts_the_frame_cap_and_frees_the_slot() {
-        let (mut agent, handle, events, handshakes) = spawn();
-        let mut register = register_call("n1").unwrap();
-        register.set_serial(1);
-        agent
-            .write_all(&frame(register.duplicate().unwrap(), 1))
-            .unwrap();
-        let ev = next_event(&events, Duration::from_secs(2));
-        assert!(
-            matches!(ev, Some(LinkEvent::Register { .. })),
-            "no Register"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(
-            handshakes.load(Ordering::SeqCst),
-            1,
-            "slot freed before acceptance"
-        );
-        handle.accept();
-        let mut reply = register.method_return();
-        reply.set_serial(1);
-        handle.queue.try_push(frame(reply, 1)).unwrap();
-        let mut d = hirte_common::frame::FrameDecoder::new(MAX_FRAME_SIZE);
-        let mut buf = [0u8; 4096];
-        while d.next_message().unwrap().is_none() {
-            let n = std::io::Read::read(&mut agent, &mut buf).unwrap();
-            d.push(buf.get(..n).unwrap()).unwrap();
-        }
-        agent.write_all(&big_signal()).unwrap();
-        match next_event(&events, Duration::from_secs(2)) {
-            Some(LinkEvent::Frame { size, .. }) => assert!(size > MAX_HANDSHAKE_FRAME_SIZE),
-            _ => panic!("the large frame of an accepted connection did not arrive"),
-        }
-        assert_eq!(handshakes.load(Ordering::SeqCst), 0);
-    }
-}
+#[path = "link/tests.rs"]
+mod tests;

@@ -1,6 +1,6 @@
 //! Accepts agent connections and gives each its own thread, within fixed bounds.
 
-use crate::events::{LinkEvent, LinkHandle};
+use crate::events::{LinkEvent, LinkHandle, LiveLinks};
 use crate::link::LinkThread;
 use hirte_common::bounds::{CONNECTION_THREAD_STACK, CORE_TICK, MAX_NODES, MAX_PENDING_HANDSHAKES};
 use hirte_common::linkio::prepare;
@@ -42,6 +42,8 @@ pub struct Listener {
     socket_uids: Vec<u32>,
     /// Connection threads running (registered plus handshaking); main waits for it at exit.
     live: Arc<AtomicUsize>,
+    /// Their handles, to wake them all after a TLS reload (main does it at shutdown).
+    links: Arc<LiveLinks>,
 }
 
 impl Listener {
@@ -57,6 +59,7 @@ impl Listener {
         tls_reload: Arc<AtomicBool>,
         socket_uids: Vec<u32>,
         live: Arc<AtomicUsize>,
+        links: Arc<LiveLinks>,
     ) -> Self {
         Listener {
             listener,
@@ -69,6 +72,7 @@ impl Listener {
             tls_reload,
             socket_uids,
             live,
+            links,
         }
     }
 
@@ -161,6 +165,8 @@ impl Listener {
             Ok(p) => {
                 tls.replace(p);
                 log_info!("Reloaded the TLS certificates and revocation list");
+                // Idle link threads sleep without a timer: each checks its session now.
+                self.links.wake_all();
             }
             Err(e) => log_error!("Keeping the TLS settings in force: {e}"),
         }
@@ -206,6 +212,7 @@ impl Listener {
             log_debug!("Connection {next_id} from {peer}");
             handshakes.fetch_add(1, Ordering::SeqCst);
             live.fetch_add(1, Ordering::SeqCst);
+            self.links.insert(handle.clone());
             let link = LinkThread::new(
                 stream,
                 self.tls.clone(),
@@ -216,6 +223,7 @@ impl Listener {
             );
             let live2 = live.clone();
             let hs2 = handshakes.clone();
+            let links = self.links.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("link-{next_id}"))
                 .stack_size(CONNECTION_THREAD_STACK)
@@ -224,10 +232,12 @@ impl Listener {
                     if catch_unwind(AssertUnwindSafe(|| link.run())).is_err() {
                         log_error!("Connection {next_id} thread panicked; connection dropped");
                     }
+                    links.remove(next_id);
                     live2.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
                 log_error!("Cannot start a thread for connection {next_id}: {e}");
+                self.links.remove(next_id);
                 hs2.fetch_sub(1, Ordering::SeqCst);
                 live.fetch_sub(1, Ordering::SeqCst);
             }

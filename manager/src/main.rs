@@ -251,6 +251,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
     // Links outlive the SIGTERM by the drain time: jobs in flight must still be answered.
     let stop_links = Arc::new(AtomicBool::new(false));
     let live_links = Arc::new(AtomicUsize::new(0));
+    let links = Arc::new(events::LiveLinks::default());
     let listener = listener::Listener::new(
         tcp,
         unix,
@@ -262,6 +263,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         tls_reload,
         socket_uids,
         live_links.clone(),
+        links.clone(),
     );
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
@@ -285,6 +287,9 @@ fn run(cli: Cli) -> Result<(), FatalError> {
     let result = core.run().map_err(FatalError::Core);
     shutdown.store(true, Ordering::Relaxed);
     stop_links.store(true, Ordering::Relaxed);
+    // The link threads sleep without a timer: wake each to see `stop_links`. One the listener
+    // adds after this sees the flag on its first turn (the registry's lock orders the two).
+    links.wake_all();
     events.close();
     join_threads(listener_thread, &live_links);
     log_info!("Stopped");

@@ -523,12 +523,27 @@ impl PeerIdentity {
 
     /// Whether the certificate's validity period has ended by the wall clock.
     pub fn expired(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        self.expired_at(now)
+        self.expired_at(now_epoch_secs())
     }
+
+    /// How long until the certificate has expired by the wall clock (zero once it has): the
+    /// deadline a link thread sleeps towards while its session is idle. A wall-clock step is
+    /// caught at the next wake-up of any kind (the peer's next heartbeat at the latest).
+    pub fn valid_for(&self) -> std::time::Duration {
+        let left = self
+            .names
+            .not_after
+            .saturating_add(1)
+            .saturating_sub(now_epoch_secs());
+        std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0))
+    }
+}
+
+fn now_epoch_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A certificate's subject as log lines print it.
