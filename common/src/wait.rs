@@ -27,8 +27,7 @@ pub fn poll_readable_until<const N: usize>(
         None => PollTimeout::NONE,
         Some(t) => {
             let ms = t.as_nanos().div_ceil(1_000_000);
-            PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX))
-                .unwrap_or(PollTimeout::MAX)
+            PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX)
         }
     };
     match poll(&mut pfds, timeout) {

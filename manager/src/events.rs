@@ -5,8 +5,8 @@ use hirte_common::bounds::{LINK_OUTBOUND_DEPTH, MAX_FRAME_SIZE};
 use hirte_common::frame::{encode_message, FrameError};
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::Peer;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub type LinkId = u64;

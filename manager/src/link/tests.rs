@@ -159,7 +159,10 @@ fn register_and_accept(
         "no Register"
     );
     handle.accept();
-    handle.queue.try_push(frame(register.method_return(), 1)).unwrap();
+    handle
+        .queue
+        .try_push(frame(register.method_return(), 1))
+        .unwrap();
     let mut d = hirte_common::frame::FrameDecoder::new(MAX_FRAME_SIZE);
     let mut buf = [0u8; 4096];
     while d.next_message().unwrap().is_none() {
