@@ -19,15 +19,16 @@ fn spawn() -> (
 
 /// `spawn`, the thread named `name` (at most 15 bytes, to find it in /proc), and its
 /// shutdown flag.
-fn spawn_named(
-    name: &str,
-) -> (
+/// The agent's end, the link's handle, the core's queue, the handshake count, `shutdown`.
+type Spawned = (
     UnixStream,
     Arc<LinkHandle>,
     Arc<BoundedQueue<LinkEvent>>,
     Arc<AtomicUsize>,
     Arc<AtomicBool>,
-) {
+);
+
+fn spawn_named(name: &str) -> Spawned {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let stream = LinkStream::Unix(ours);
     hirte_common::linkio::prepare(&stream).unwrap();
