@@ -23,6 +23,12 @@ pub const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Node names the manager may be configured with (`AllowedNodeNames`).
 pub const MAX_NODES: usize = 1024;
 
+/// File descriptors the manager keeps for itself beside its connections (two each: the
+/// socket and its queue's eventfd): the bus, the listeners, the core's eventfds, logging,
+/// config files, with room to spare. The manager raises its soft `RLIMIT_NOFILE` to cover
+/// both at start-up (`manager/src/fd_limit.rs`).
+pub const FD_RESERVE: u64 = 64;
+
 /// Longest node name, in bytes.
 pub const MAX_NODE_NAME_LEN: usize = 64;
 

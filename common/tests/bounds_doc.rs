@@ -24,6 +24,7 @@ fn actual(name: &str) -> Option<u128> {
         "MAX_HANDSHAKE_FRAME_SIZE" => n(MAX_HANDSHAKE_FRAME_SIZE),
         "HANDSHAKE_TIMEOUT" => ms(HANDSHAKE_TIMEOUT),
         "MAX_PENDING_HANDSHAKES" => n(MAX_PENDING_HANDSHAKES),
+        "FD_RESERVE" => u128::from(FD_RESERVE),
         "MAX_NODES" => n(MAX_NODES),
         "MAX_NODE_NAME_LEN" => n(MAX_NODE_NAME_LEN),
         "CORE_QUEUE_DEPTH" => n(CORE_QUEUE_DEPTH),

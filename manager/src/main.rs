@@ -26,6 +26,7 @@ mod core;
 mod dependencies;
 mod events;
 mod fanout;
+mod fd_limit;
 mod flood;
 mod jobs;
 mod link;
@@ -43,7 +44,7 @@ use hirte_common::config::{cli_entry, config_dir, ConfigError, ManagerConfig};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::tls::{Reloadable, ServerPolicy, TlsError};
 use hirte_common::wait::wait_for;
-use hirte_common::{log, log_info, log_warn, protocol};
+use hirte_common::{log, log_debug, log_info, log_warn, protocol};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
@@ -162,6 +163,12 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         cfg.port,
         cfg.allowed_node_names.len()
     );
+    // [impl->req~bounds.connections~1]
+    match fd_limit::raise() {
+        Ok(o @ fd_limit::Outcome::Short { .. }) => log_warn!("{o}"),
+        Ok(o) => log_debug!("{o}"),
+        Err(e) => log_warn!("Cannot read or raise the open-file limit: {e}"),
+    }
 
     if tls.is_some() {
         log_info!("The agent link on TCP is mutual TLS (TLS 1.3)");
