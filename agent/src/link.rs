@@ -446,15 +446,26 @@ impl Link {
                 }
                 next_beat = now + interval;
             }
-            if now.saturating_duration_since(last_rx) > silence {
+            let silent_at = last_rx + silence;
+            if now > silent_at {
                 return Err(LinkError::ManagerSilent(silence));
             }
             if let Some(why) = self.reconnect.leave_reason(now) {
                 return Err(LinkError::Leaving(why));
             }
-            let wait = next_beat
+            // [impl->req~agent.idle-no-wakeups~1]
+            // The only timers are real deadlines: the next heartbeat, the manager's silence,
+            // the certificate's end, the failback probe. Frames to send, shutdown, a TLS
+            // reload and a switch all ring the outbound queue's eventfd.
+            let mut until = next_beat.min(silent_at + Duration::from_millis(1));
+            if let Some(probe) = self.reconnect.next_probe() {
+                until = until.min(probe);
+            }
+            if let Some(v) = &verified {
+                until = until.min(now + v.identity.valid_for());
+            }
+            let wait = until
                 .saturating_duration_since(now)
-                .min(CORE_TICK)
                 .max(Duration::from_millis(1));
             link.turn(&self.outbound, Some(wait))?;
             self.deliver(link, &mut last_rx)?;
@@ -484,3 +495,6 @@ impl Link {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -176,11 +176,13 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(AgentError::Signal)?;
     }
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .map_err(AgentError::Signal)?;
+    // The link's flag first (signal-hook runs actions in registration order): the core wakes
+    // the idle link thread when it sees its own flag, and the link's must be set by then.
     let tls_reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, tls_reload.clone())
+        .map_err(AgentError::Signal)?;
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .map_err(AgentError::Signal)?;
     let sd = connect_systemd(cli.user)?;
 
@@ -188,11 +190,11 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     let outbound = Arc::new(BoundedQueue::new(LINK_OUTBOUND_DEPTH).map_err(AgentError::Queue)?);
     let last_seen_us = Arc::new(AtomicU64::new(0));
     let manager_address = cfg.manager_address();
-    let switch = Arc::new(SwitchRequest::default());
+    let switch = Arc::new(SwitchRequest::waking(outbound.clone()));
     let local = local_api(&sd, &manager_address, &last_seen_us, &switch);
     let channels = core::Channels {
         events: events.clone(),
-        outbound,
+        outbound: outbound.clone(),
         shutdown: shutdown.clone(),
         serials: Arc::new(SerialCounter::default()),
         session: Arc::new(AtomicU64::new(0)),
@@ -244,6 +246,9 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     };
     shutdown.store(true, Ordering::Relaxed);
     events.close();
+    // The link thread sleeps on the outbound queue's eventfd with no timer while idle.
+    // [impl->req~agent.idle-no-wakeups~1]
+    outbound.wake_only();
     // [impl->req~agent.sigterm~1]
     // Bounded: the link thread may be in a connection attempt or a TLS file read.
     if hirte_common::wait::wait_for(SHUTDOWN_JOIN_TIMEOUT, || link_thread.is_finished()) {

@@ -17,6 +17,7 @@ use hirte_common::bounds::{
     FAILBACK_PROBE_TIMEOUT, RECONNECT_BACKOFF_START, RECONNECT_SUMMARY_EVERY,
 };
 use hirte_common::config::{AgentConfig, ManagerAddress};
+use hirte_common::queue::BoundedQueue;
 use hirte_common::timespan::format_timespan;
 use hirte_common::{log_debug, log_error, log_info, log_warn};
 use std::net::{SocketAddr, TcpStream};
@@ -138,6 +139,12 @@ impl ReconnectPolicy {
         self.next_probe = None;
     }
 
+    /// When [`ReconnectPolicy::probe_first_due`] next says yes, if it ever will.
+    pub fn next_probe(&self) -> Option<Instant> {
+        self.next_probe
+            .filter(|_| self.prefer_first && self.target != 0)
+    }
+
     /// Registered with a standby under prefer-first: whether to check now whether the first
     /// manager listens again (then the next check is one cap later).
     pub fn probe_first_due(&mut self, now: Instant) -> bool {
@@ -163,24 +170,42 @@ impl ReconnectPolicy {
 }
 
 /// A run-time switch asked for on the local API, taken by the link thread.
-#[derive(Debug, Default)]
-pub struct SwitchRequest(Mutex<Option<ManagerAddress>>);
+#[derive(Default)]
+pub struct SwitchRequest {
+    to: Mutex<Option<ManagerAddress>>,
+    /// The link's outbound queue, rung so that an idle session sees the request at once.
+    wake: Option<Arc<BoundedQueue<Vec<u8>>>>,
+}
 
 impl SwitchRequest {
+    /// A request that wakes the link thread waiting on `outbound`'s eventfd.
+    pub fn waking(outbound: Arc<BoundedQueue<Vec<u8>>>) -> Self {
+        SwitchRequest {
+            to: Mutex::new(None),
+            wake: Some(outbound),
+        }
+    }
+
     // [impl->req~agent.switch-controller~1]
     pub fn request(&self, to: ManagerAddress) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(to);
+        *self.to.lock().unwrap_or_else(PoisonError::into_inner) = Some(to);
+        if let Some(q) = &self.wake {
+            q.wake_only();
+        }
     }
 
     fn is_pending(&self) -> bool {
-        self.0
+        self.to
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
     }
 
     pub(crate) fn take(&self) -> Option<ManagerAddress> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -287,7 +312,13 @@ impl Reconnect {
         self.switch.is_pending()
     }
 
-    /// Asked every tick of a session: why the agent should leave its manager now, if it
+    /// When the session must next ask [`Reconnect::leave_reason`] (the failback probe); a
+    /// switch asked for wakes the link through the outbound queue instead.
+    pub fn next_probe(&self) -> Option<Instant> {
+        self.policy.next_probe()
+    }
+
+    /// Asked on every wake-up of a session: why the agent should leave its manager now, if it
     /// should (a `SwitchController` call, or the first manager listens again under
     /// `ManagerPreferFirst=yes`).
     // [impl->req~agent.manager-failback~1]

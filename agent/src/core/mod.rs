@@ -306,6 +306,9 @@ impl Core<SystemdBus> {
             notify::watchdog_tick();
             if self.reload.swap(false, Ordering::Relaxed) {
                 self.reload_config();
+                // The link thread re-reads TLS on its own flag; an idle one must wake to.
+                // [impl->req~agent.idle-no-wakeups~1]
+                self.outbound.wake_only();
             }
             let conn = self.sd.conn();
             let tick = if more {
