@@ -355,20 +355,19 @@ pub fn list_tree(root: &Path) -> Vec<String> {
 
 /// Serialises the package builds of [`build_deb`].
 fn deb_build_lock() -> Flock<File> {
-    let path = std::env::temp_dir().join("hirte-tests-deb-build.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    Flock::lock(f, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("flock: {e}"))
+    file_lock("hirte-tests-deb-build.lock")
 }
 
 /// Serialises the tests that create the `hirte-operators` group and its members (nextest runs
 /// test binaries in parallel processes).
 fn operators_lock() -> Flock<File> {
-    let path = std::env::temp_dir().join("hirte-tests-operators.lock");
+    file_lock("hirte-tests-operators.lock")
+}
+
+/// An exclusive lock on the file `name` in the temporary directory, shared by the test
+/// binaries nextest runs in parallel processes.
+fn file_lock(name: &str) -> Flock<File> {
+    let path = std::env::temp_dir().join(name);
     let f = File::options()
         .create(true)
         .truncate(false)

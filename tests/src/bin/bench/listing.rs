@@ -41,6 +41,24 @@ fn table_rows(out: &str) -> usize {
         .saturating_sub(1)
 }
 
+/// `Manager.ListUnits` over the system bus, decoded; fails unless it answers for `nodes` nodes.
+pub fn manager_list_units(sys: &Connection, nodes: usize) -> Result<()> {
+    let r = call(
+        sys,
+        method(HIRTE_DEST, HIRTE_PATH, HIRTE_MANAGER, "ListUnits")?,
+    )?;
+    let parsed: std::collections::HashMap<String, Vec<hirte_common::protocol::UnitRow>> = r
+        .read1()
+        .map_err(|e| BenchError::failed(format!("Manager.ListUnits answered {e}")))?;
+    if parsed.len() != nodes {
+        return Err(BenchError::failed(format!(
+            "Manager.ListUnits answered {} nodes, expected {nodes}",
+            parsed.len()
+        )));
+    }
+    Ok(())
+}
+
 fn timed_cmd(c: &Cluster, args: &[&str]) -> Result<std::time::Duration> {
     let mut cmd = hirtectl(c, args);
     let (d, st) = spawn::timed(&mut cmd, COMMAND_TIMEOUT)?;
@@ -122,21 +140,8 @@ pub fn row3(ctx: &mut Ctx, c: &Cluster, one: &str) -> Result<()> {
     for _ in 0..runs {
         all.push_us(timed_cmd(c, &["list-units"])?);
         let t = Instant::now();
-        let r = call(
-            &sys,
-            method(HIRTE_DEST, HIRTE_PATH, HIRTE_MANAGER, "ListUnits")?,
-        )?;
-        let parsed: std::collections::HashMap<String, Vec<hirte_common::protocol::UnitRow>> = r
-            .read1()
-            .map_err(|e| BenchError::failed(format!("Manager.ListUnits answered {e}")))?;
+        manager_list_units(&sys, nodes.len())?;
         api.push_us(t.elapsed());
-        if parsed.len() != nodes.len() {
-            return Err(BenchError::failed(format!(
-                "Manager.ListUnits answered {} nodes, expected {}",
-                parsed.len(),
-                nodes.len()
-            )));
-        }
         floor_par.push_us(parallel_floor(&node_conns)?);
         let t = Instant::now();
         for nc in &node_conns {

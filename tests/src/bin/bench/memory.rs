@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use hirte_tests::{Cluster, ClusterSpec};
 
-use crate::bench::dbusx::{call, method, HIRTE_DEST, HIRTE_MANAGER, HIRTE_PATH};
 use crate::bench::error::{BenchError, Result};
 use crate::bench::footprint::{self, mb, Timeline};
+use crate::bench::listing::manager_list_units;
 use crate::bench::procfs::ProcStats;
 use crate::bench::report::{fmt_num, Goal, Json, Metric, TargetOn};
 use crate::bench::{settle, Ctx};
@@ -75,19 +75,7 @@ impl Variant {
 fn list_units(c: &Cluster, nodes: usize, n: usize) -> Result<()> {
     let sys = c.system_bus()?;
     for _ in 0..n {
-        let r = call(
-            &sys,
-            method(HIRTE_DEST, HIRTE_PATH, HIRTE_MANAGER, "ListUnits")?,
-        )?;
-        let parsed: std::collections::HashMap<String, Vec<hirte_common::protocol::UnitRow>> = r
-            .read1()
-            .map_err(|e| BenchError::failed(format!("Manager.ListUnits answered {e}")))?;
-        if parsed.len() != nodes {
-            return Err(BenchError::failed(format!(
-                "Manager.ListUnits answered {} nodes, expected {nodes}",
-                parsed.len()
-            )));
-        }
+        manager_list_units(&sys, nodes)?;
     }
     Ok(())
 }
