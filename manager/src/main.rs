@@ -192,19 +192,6 @@ fn run(cli: Cli) -> Result<(), FatalError> {
     let text = |e: dbus::Error| e.message().unwrap_or("unknown error").to_string();
     let conn = hirte_common::sys::open_bus(dbus::channel::BusType::System)
         .map_err(|e| FatalError::Bus(text(e)))?;
-    // [impl->req~bluechi.bus-name~1]
-    let names = [
-        (cfg.hirte_bus_name, protocol::MANAGER_BUS_NAME),
-        (cfg.bluechi_bus_name, api::bluechi::BUS_NAME),
-    ];
-    for (_, name) in names.iter().filter(|(on, _)| *on) {
-        let owned = conn
-            .request_name(*name, false, false, true)
-            .map_err(|e| FatalError::BusName(name, text(e)))?;
-        if owned != dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner {
-            return Err(FatalError::NameTaken(name));
-        }
-    }
     let bluechi = cfg
         .bluechi_bus_name
         .then(|| api::bluechi::Gateway::new(cfg.hirte_bus_name));
@@ -243,6 +230,21 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         None => (None, None),
     };
 
+    // The names come after the listeners: whoever sees the manager's name on the bus (the
+    // test harness, a Type=dbus unit, a script) can connect to its port at once.
+    // [impl->req~bluechi.bus-name~1]
+    let names = [
+        (cfg.hirte_bus_name, protocol::MANAGER_BUS_NAME),
+        (cfg.bluechi_bus_name, api::bluechi::BUS_NAME),
+    ];
+    for (_, name) in names.iter().filter(|(on, _)| *on) {
+        let owned = conn
+            .request_name(*name, false, false, true)
+            .map_err(|e| FatalError::BusName(name, text(e)))?;
+        if owned != dbus::blocking::stdintf::org_freedesktop_dbus::RequestNameReply::PrimaryOwner {
+            return Err(FatalError::NameTaken(name));
+        }
+    }
     let tls_files = cfg.tls.clone();
     let socket_uids = resolve_users(&cfg.socket_allowed_users)?;
     let allow_exec = cfg.allow_exec;

@@ -270,14 +270,29 @@ fn bounds_queues_manager_stalled_bus_never_stops_the_core_and_ends_it_after_the_
 struct StoppedThread(nix::unistd::Pid);
 
 impl StoppedThread {
-    fn stop(tid: i32) -> StoppedThread {
+    /// Stops the thread while it sleeps in `poll` (its idle wait), never halfway through its
+    /// work: a thread frozen while it holds the event queue's or the log's lock would stall
+    /// the connection threads too, which no running core can do.
+    fn stop_idle(tid: i32) -> StoppedThread {
         use nix::sys::ptrace;
         use nix::sys::wait::{waitpid, WaitPidFlag};
         let tid = nix::unistd::Pid::from_raw(tid);
-        ptrace::seize(tid, ptrace::Options::empty()).unwrap();
-        ptrace::interrupt(tid).unwrap();
-        waitpid(tid, Some(WaitPidFlag::__WALL)).unwrap();
-        StoppedThread(tid)
+        for _ in 0..500 {
+            ptrace::seize(tid, ptrace::Options::empty()).unwrap();
+            ptrace::interrupt(tid).unwrap();
+            waitpid(tid, Some(WaitPidFlag::__WALL)).unwrap();
+            // Interrupted in a system call, `orig_rax` holds its number (else -1).
+            let regs = ptrace::getregs(tid).unwrap();
+            let in_poll = [nix::libc::SYS_poll, nix::libc::SYS_ppoll]
+                .iter()
+                .any(|nr| u64::try_from(*nr).ok() == Some(regs.orig_rax));
+            if in_poll {
+                return StoppedThread(tid);
+            }
+            ptrace::detach(tid, None).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("the thread was never found idle in poll");
     }
 }
 
@@ -303,7 +318,7 @@ fn bounds_queues_manager_core_queue_full_closes_the_flooding_link() {
 
     // Nothing an agent sends can stall the core (bus writes and agent calls never block
     // it), so the test stops the core thread alone; the connection threads keep reading.
-    let core = StoppedThread::stop(c.manager_pid().unwrap());
+    let core = StoppedThread::stop_idle(c.manager_pid().unwrap());
     raw.send_msg(heartbeat(), 2).unwrap();
     assert!(
         raw.read_msg(Duration::from_millis(500)).is_none(),
