@@ -145,6 +145,14 @@ impl<T> ProxyTable<T> {
         self.entries.remove(&id)
     }
 
+    /// The earliest deadline of a caller still waiting.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter_map(|p| p.waiting.as_ref().map(|(_, d)| *d))
+            .min()
+    }
+
     /// Removes and returns the proxies whose caller waited past its deadline.
     pub fn take_expired(&mut self, now: Instant) -> Vec<AgentProxy<T>> {
         let ids: Vec<u32> = self

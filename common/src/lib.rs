@@ -24,3 +24,4 @@ pub mod sys;
 pub mod timespan;
 pub mod tls;
 pub mod wait;
+pub mod wake;

@@ -36,6 +36,15 @@ pub fn watchdog_tick() {
         .watchdog_tick();
 }
 
+/// How long until [`watchdog_tick`] must ping again (`None` without a watchdog): a loop that
+/// sleeps with no timer wakes for it.
+pub fn watchdog_due() -> Option<Duration> {
+    global()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .watchdog_due(Instant::now())
+}
+
 /// Pings the watchdog now, whenever it was last pinged: call right before a blocking call,
 /// so the call's own timeout is all the time that can pass without a ping.
 pub fn watchdog_ping() {
@@ -140,6 +149,15 @@ impl Notifier {
         }
     }
 
+    /// Time left until the next ping is due at `now`.
+    pub fn watchdog_due(&self, now: Instant) -> Option<Duration> {
+        let half = self.watchdog? / 2;
+        Some(match self.last_ping {
+            None => Duration::ZERO,
+            Some(t) => half.saturating_sub(now.saturating_duration_since(t)),
+        })
+    }
+
     /// Pings now (before a blocking call), if systemd watches this process.
     pub fn watchdog_ping(&mut self) {
         if self.watchdog.is_some() {
@@ -169,7 +187,17 @@ mod tests {
         n.watchdog_tick();
         let len = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"WATCHDOG=1");
-        // Not due again before half the interval.
+        // Not due again before half the interval, and a loop without a timer knows when.
+        let due = n.watchdog_due(Instant::now()).unwrap();
+        assert!(
+            due > Duration::from_secs(4) && due <= Duration::from_secs(5),
+            "{due:?}"
+        );
+        assert_eq!(
+            n.watchdog_due(Instant::now() + Duration::from_secs(6)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(Notifier::new(None, None).watchdog_due(Instant::now()), None);
         n.watchdog_tick();
         rx.set_nonblocking(true).unwrap();
         assert!(rx.recv(&mut buf).is_err());

@@ -23,15 +23,16 @@ pub enum BusWait {
     Disconnected,
 }
 
-/// Waits (bounded) until the connection's socket or `other` is readable. The connection must
-/// come from [`open_bus`]. The socket's fd never leaves this function: libdbus closes it when
+/// Waits until the connection's socket or `other` is readable, or `timeout` passes (`None`:
+/// no timer, for a loop woken only through its fds). The connection must come from
+/// [`open_bus`]. The socket's fd never leaves this function: libdbus closes it when
 /// the connection disconnects, inside any libdbus call on it, long before the `Connection`
 /// is dropped, so a borrow kept across such a call could name a closed or reused fd.
 // [impl->req~common.bus-fd~1]
 pub fn wait_for_bus(
     conn: &Connection,
     other: BorrowedFd<'_>,
-    timeout: std::time::Duration,
+    timeout: Option<std::time::Duration>,
 ) -> nix::Result<BusWait> {
     if !conn.channel().is_connected() {
         return Ok(BusWait::Disconnected);
@@ -43,7 +44,7 @@ pub fn wait_for_bus(
     // a libdbus call on it, and this thread makes none until the borrow ends with this
     // function: the fd is open for the whole borrow.
     let bus = unsafe { BorrowedFd::borrow_raw(raw) };
-    crate::wait::poll_readable([bus, other], timeout).map(BusWait::Ready)
+    crate::wait::poll_readable_until([bus, other], timeout).map(BusWait::Ready)
 }
 
 /// libdbus aborts the process on a failed argument check unless told otherwise. A peer must
@@ -160,7 +161,7 @@ mod tests {
         let wake = nix::sys::eventfd::EventFd::new().unwrap();
         use std::os::fd::AsFd;
         assert!(matches!(
-            wait_for_bus(&conn, wake.as_fd(), Duration::from_millis(1)),
+            wait_for_bus(&conn, wake.as_fd(), Some(Duration::from_millis(1))),
             Ok(BusWait::Ready(_))
         ));
         daemon.kill().unwrap();
@@ -181,7 +182,7 @@ mod tests {
             Err(nix::errno::Errno::EBADF)
         );
         assert_eq!(
-            wait_for_bus(&conn, wake.as_fd(), Duration::from_millis(1)),
+            wait_for_bus(&conn, wake.as_fd(), Some(Duration::from_millis(1))),
             Ok(BusWait::Disconnected)
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -42,6 +42,14 @@ pub fn poll_readable_until<const N: usize>(
     }))
 }
 
+/// The sooner of two optional timeouts (`None`: no timer).
+pub fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Wall-clock time in microseconds since the epoch, as D-Bus timestamps (`t`) carry it.
 pub fn now_realtime_us() -> u64 {
     SystemTime::now()
@@ -91,5 +99,9 @@ mod tests {
         let r = poll_readable([a.wake_fd()], Duration::from_millis(1)).unwrap();
         assert_eq!(r, [false]);
         assert!(now_monotonic_us() > 0 && now_realtime_us() > 0);
+        let (one, two) = (Some(Duration::from_secs(1)), Some(Duration::from_secs(2)));
+        assert_eq!(earliest(one, two), one);
+        assert_eq!(earliest(None, two), two);
+        assert_eq!(earliest(None, None), None);
     }
 }

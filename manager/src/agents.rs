@@ -12,6 +12,7 @@ use dbus::Message;
 use hirte_common::bounds::MAX_AGENT_SIGNAL_SIZE;
 use hirte_common::protocol::{self, error, error_reply};
 use hirte_common::timespan::format_timespan;
+use hirte_common::wait::earliest;
 use hirte_common::{log_debug, log_warn};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -229,7 +230,7 @@ impl<K> Agents<K> {
 
     /// Online nodes not heard from for more than `threshold`, with the reason to drop them.
     // [impl->req~manager.heartbeat-threshold~1]
-    pub fn silent(&self, now: Instant, threshold: Duration) -> Vec<(usize, String)> {
+    pub fn silent(&mut self, now: Instant, threshold: Duration) -> Vec<(usize, String)> {
         let reason = format!("no heartbeat for more than {}", format_timespan(threshold));
         self.nodes
             .silent(now, threshold)
@@ -255,9 +256,13 @@ impl<K> Agents<K> {
         out
     }
 
-    /// Remaining time until the earliest call deadline.
-    pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
-        self.calls.next_deadline(now)
+    /// Remaining time until the earliest call deadline or the earliest node silence.
+    pub fn next_deadline(&self, now: Instant, threshold: Duration) -> Option<Duration> {
+        let silence = self
+            .nodes
+            .next_silence(threshold)
+            .map(|t| t.saturating_duration_since(now));
+        earliest(self.calls.next_deadline(now), silence)
     }
 
     /// No call in flight.
@@ -401,7 +406,13 @@ mod tests {
         assert!(expired[0]
             .1
             .starts_with("node 'n1' did not answer StartDep within"));
-        assert_eq!(a.next_deadline(later), None);
+        // Only the node's silence is left to wait for.
+        let silence = a.next_deadline(later, Duration::from_secs(60)).unwrap();
+        assert!(silence > Duration::from_secs(50), "{silence:?}");
+        assert_eq!(
+            a.next_deadline(later, Duration::from_secs(1)),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]

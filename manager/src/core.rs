@@ -1,8 +1,9 @@
 //! The core thread: the only owner of the model and of the system-bus connection.
 //!
 //! It waits in one `poll()` on the bus socket and the event queue's eventfd, so it reacts to
-//! either at once and never spins; timers (heartbeats, call deadlines) are checked on every
-//! wake-up and at least every `CORE_TICK`.
+//! either at once and never spins. Its only timeout is the nearest real deadline (a call's,
+//! a node's silence, the watchdog's next ping); the signals' flags ring the eventfd, so an
+//! idle core sleeps until there is something to do.
 
 use crate::api::bluechi::{is_bluechi_path, Gateway};
 use crate::api::{check_unit_args, job_object_path, Tokens};
@@ -12,7 +13,7 @@ use crate::objects::{monitor_path, ObjectOp};
 use crate::state::{contain, internal_error, lock, Shared};
 use dbus::blocking::Connection;
 use dbus_crossroads::Crossroads;
-use hirte_common::bounds::{CORE_TICK, MAX_EVENTS_PER_TURN};
+use hirte_common::bounds::MAX_EVENTS_PER_TURN;
 use hirte_common::bus::{flush_within, BusWriter, WRITE_RETRY};
 use hirte_common::config::{self, ManagerConfig};
 use hirte_common::log_info;
@@ -20,6 +21,7 @@ use hirte_common::notify;
 use hirte_common::protocol::{self, error, error_reply, signature_of};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::{wait_for_bus, BusWait};
+use hirte_common::wait::earliest;
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,6 +165,9 @@ impl Core {
         let mut drain_until: Option<Instant> = None;
         let mut more = false;
         let mut last_timers = Instant::now();
+        // When the timers are next due; only ever moved earlier until they run, so a
+        // deadline cannot be starved by a stream of wake-ups that each recompute it.
+        let mut timers_at: Option<Instant> = Some(last_timers);
         loop {
             notify::watchdog_tick();
             if self.reload.swap(false, Ordering::Relaxed) {
@@ -184,15 +189,25 @@ impl Core {
                     return Ok(());
                 }
             }
-            let mut timeout = lock(&self.model)
-                .next_deadline(Instant::now())
-                .map_or(CORE_TICK, |d| d.min(CORE_TICK));
+            let now = Instant::now();
+            if let Some(d) = lock(&self.model).next_deadline(now) {
+                timers_at = Some(timers_at.map_or(now + d, |t| t.min(now + d)));
+            }
+            // [impl->req~manager.idle-no-wakeups~1]
+            let mut timeout = earliest(
+                timers_at.map(|t| t.saturating_duration_since(now)),
+                notify::watchdog_due(),
+            );
+            timeout = earliest(
+                timeout,
+                drain_until.map(|u| u.saturating_duration_since(now)),
+            );
             if self.conn.channel().has_messages_to_send() {
-                timeout = timeout.min(WRITE_RETRY);
+                timeout = earliest(timeout, Some(WRITE_RETRY));
             }
             if more {
                 // The last turn stopped at its cap: what is left is already read.
-                timeout = Duration::ZERO;
+                timeout = Some(Duration::ZERO);
             }
             self.wait(timeout)?;
             self.conn
@@ -272,8 +287,10 @@ impl Core {
             // Silence and lateness are judged once what the links delivered is handled, so
             // queued heartbeats and answers count; under a lasting backlog at least every
             // TIMERS_UNDER_BACKLOG, so timers cannot starve either.
-            if !backlog || last_timers.elapsed() >= TIMERS_UNDER_BACKLOG {
+            let due = timers_at.is_some_and(|t| Instant::now() >= t);
+            if due && (!backlog || last_timers.elapsed() >= TIMERS_UNDER_BACKLOG) {
                 last_timers = Instant::now();
+                timers_at = None;
                 self.guarded("timers", None, |core| {
                     lock(&core.model).tick(Instant::now())
                 });
@@ -286,12 +303,8 @@ impl Core {
         }
     }
 
-    fn wait(&self, timeout: Duration) -> Result<(), CoreError> {
-        match wait_for_bus(
-            &self.conn,
-            self.events.wake_fd(),
-            timeout.max(Duration::from_millis(1)),
-        ) {
+    fn wait(&self, timeout: Option<Duration>) -> Result<(), CoreError> {
+        match wait_for_bus(&self.conn, self.events.wake_fd(), timeout) {
             Ok(BusWait::Ready(_)) => Ok(()),
             Ok(BusWait::Disconnected) => Err(CoreError::Bus(
                 "connection to the system bus closed".to_string(),

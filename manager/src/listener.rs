@@ -2,11 +2,12 @@
 
 use crate::events::{LinkEvent, LinkHandle, LiveLinks};
 use crate::link::LinkThread;
-use hirte_common::bounds::{CONNECTION_THREAD_STACK, CORE_TICK, MAX_NODES, MAX_PENDING_HANDSHAKES};
+use hirte_common::bounds::{CONNECTION_THREAD_STACK, MAX_NODES, MAX_PENDING_HANDSHAKES};
 use hirte_common::linkio::prepare;
 use hirte_common::queue::BoundedQueue;
 use hirte_common::stream::{LinkStream, Peer};
 use hirte_common::tls::{Reloadable, ServerPolicy, TlsFiles};
+use hirte_common::wake::Waker;
 use hirte_common::{log_debug, log_error, log_info, log_peer, log_warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -44,6 +45,9 @@ pub struct Listener {
     live: Arc<AtomicUsize>,
     /// Their handles, to wake them all after a TLS reload (main does it at shutdown).
     links: Arc<LiveLinks>,
+    /// Rung on SIGTERM, SIGINT and SIGHUP, and by main at shutdown: the thread sleeps in
+    /// `poll()` with no timer.
+    wake: Arc<Waker>,
 }
 
 impl Listener {
@@ -60,6 +64,7 @@ impl Listener {
         socket_uids: Vec<u32>,
         live: Arc<AtomicUsize>,
         links: Arc<LiveLinks>,
+        wake: Arc<Waker>,
     ) -> Self {
         Listener {
             listener,
@@ -73,26 +78,28 @@ impl Listener {
             socket_uids,
             live,
             links,
+            wake,
         }
     }
 
     /// Waits for a connection on either listening socket and accepts it. `None`: nothing
-    /// this round (timeout, signal, a failed accept, which is logged). When both are ready,
+    /// this round (a wake-up to look at the flags, a failed accept, which is logged). When both are ready,
     /// `unix_first` says which goes first, so that a flood on one cannot starve the other.
     // [impl->req~link.unix-socket~1]
     fn accept(&self, unix_first: bool) -> Option<(LinkStream, Peer)> {
-        let ms = u16::try_from(CORE_TICK.as_millis()).unwrap_or(u16::MAX);
-        // Fixed-size: the second slot is polled only when there is a Unix socket.
+        // Fixed-size: the last slot is polled only when there is a Unix socket.
         let tcp = self.listener.as_fd();
         let mut fds = [
+            PollFd::new(self.wake.fd(), PollFlags::POLLIN),
             PollFd::new(tcp, PollFlags::POLLIN),
             PollFd::new(
                 self.unix.as_ref().map_or(tcp, |u| u.as_fd()),
                 PollFlags::POLLIN,
             ),
         ];
-        let n = if self.unix.is_some() { 2 } else { 1 };
-        match poll(fds.get_mut(..n).unwrap_or_default(), PollTimeout::from(ms)) {
+        let n = if self.unix.is_some() { 3 } else { 2 };
+        // [impl->req~manager.idle-no-wakeups~1]
+        match poll(fds.get_mut(..n).unwrap_or_default(), PollTimeout::NONE) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => return None,
             Ok(_) => {}
             Err(e) => {
@@ -106,7 +113,12 @@ impl Listener {
                 .and_then(|f| f.revents())
                 .is_some_and(|r| !r.is_empty())
         };
-        let accepted = match (&self.unix, ready(0), ready(1)) {
+        if ready(0) {
+            // A flag to look at (the loop does): no connection this round.
+            self.wake.clear();
+            return None;
+        }
+        let accepted = match (&self.unix, ready(1), ready(2)) {
             (Some(u), tcp, true) if unix_first || !tcp => match u.accept() {
                 Ok((s, _)) => {
                     return self

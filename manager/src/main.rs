@@ -44,6 +44,7 @@ use hirte_common::config::{cli_entry, config_dir, ConfigError, ManagerConfig};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::tls::{Reloadable, ServerPolicy, TlsError};
 use hirte_common::wait::wait_for;
+use hirte_common::wake::Waker;
 use hirte_common::{log, log_debug, log_info, log_warn, protocol};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
@@ -79,6 +80,7 @@ enum FatalError {
     Listen(IpAddr, u16, std::io::Error),
     Socket(String),
     Queue(nix::errno::Errno),
+    Wake(nix::errno::Errno),
     Thread(std::io::Error),
     Core(core::CoreError),
     /// The TLS settings or files (`CertificateFile=` ...) are unusable.
@@ -108,6 +110,7 @@ impl fmt::Display for FatalError {
             FatalError::Listen(addr, port, e) => write!(f, "cannot listen on {addr}:{port}: {e}"),
             FatalError::Socket(e) => write!(f, "{e}"),
             FatalError::Queue(e) => write!(f, "cannot create queue: {e}"),
+            FatalError::Wake(e) => write!(f, "cannot create the listener's eventfd: {e}"),
             FatalError::Thread(e) => write!(f, "cannot start listener thread: {e}"),
             FatalError::Core(e) => write!(f, "{e}"),
             FatalError::Tls(e) => write!(f, "{e}"),
@@ -261,6 +264,22 @@ fn run(cli: Cli) -> Result<(), FatalError> {
     let stop_links = Arc::new(AtomicBool::new(false));
     let live_links = Arc::new(AtomicUsize::new(0));
     let links = Arc::new(events::LiveLinks::default());
+    // The core and the listener sleep with no timer: the signals' flags ring them.
+    // [impl->req~manager.idle-no-wakeups~1]
+    let listener_wake = Arc::new(Waker::new().map_err(FatalError::Wake)?);
+    let wake_both = (events.clone(), listener_wake.clone());
+    hirte_common::wake::wake_on_signals(
+        &[
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ],
+        move || {
+            wake_both.0.wake_only();
+            wake_both.1.wake();
+        },
+    )
+    .map_err(FatalError::Signals)?;
     let listener = listener::Listener::new(
         tcp,
         unix,
@@ -273,6 +292,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
         socket_uids,
         live_links.clone(),
         links.clone(),
+        listener_wake.clone(),
     );
     let listener_thread = std::thread::Builder::new()
         .name("listener".into())
@@ -299,6 +319,7 @@ fn run(cli: Cli) -> Result<(), FatalError> {
     // The link threads sleep without a timer: wake each to see `stop_links`. One the listener
     // adds after this sees the flag on its first turn (the registry's lock orders the two).
     links.wake_all();
+    listener_wake.wake();
     events.close();
     join_threads(listener_thread, &live_links);
     log_info!("Stopped");

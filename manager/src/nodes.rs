@@ -113,6 +113,10 @@ pub struct NodeTable {
     by_name: HashMap<String, usize>,
     links: HashMap<LinkId, usize>,
     last_status: &'static str,
+    /// No online node was last heard from before this (a lower bound, exact after each
+    /// `silent` scan): the core sleeps until it plus the threshold instead of scanning every
+    /// node on every wake-up. Heartbeats only move `last_seen` later, so it stays a bound.
+    earliest_seen: Option<Instant>,
 }
 
 impl NodeTable {
@@ -139,6 +143,7 @@ impl NodeTable {
             by_name,
             links: HashMap::new(),
             last_status: "down",
+            earliest_seen: None,
         };
         t.last_status = t.status();
         t
@@ -273,24 +278,43 @@ impl NodeTable {
     /// Something arrived from the node: it is alive.
     pub fn touch(&mut self, idx: usize) {
         if let Some(n) = self.nodes.get_mut(idx) {
-            n.last_seen = Some(Instant::now());
+            let now = Instant::now();
+            n.last_seen = Some(now);
+            self.earliest_seen.get_or_insert(now);
             n.last_seen_realtime_us = now_realtime_us();
             n.last_seen_monotonic_us = now_monotonic_us();
         }
     }
 
-    /// Online nodes not heard from for more than `threshold`.
+    /// Online nodes not heard from for more than `threshold`; a scan of the table only once
+    /// the earliest of them can be, which also renews the bound for the rest.
     // [impl->req~manager.heartbeat-threshold~1]
-    pub fn silent(&self, now: Instant, threshold: Duration) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|i| {
-                self.nodes.get(*i).is_some_and(|n| {
-                    n.is_online()
-                        && n.last_seen
-                            .is_some_and(|t| now.saturating_duration_since(t) > threshold)
-                })
-            })
-            .collect()
+    pub fn silent(&mut self, now: Instant, threshold: Duration) -> Vec<usize> {
+        if self
+            .earliest_seen
+            .is_none_or(|t| now.saturating_duration_since(t) <= threshold)
+        {
+            return Vec::new();
+        }
+        let mut silent = Vec::new();
+        let mut earliest: Option<Instant> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(seen) = n.last_seen.filter(|_| n.is_online()) else {
+                continue;
+            };
+            if now.saturating_duration_since(seen) > threshold {
+                silent.push(i);
+            } else {
+                earliest = Some(earliest.map_or(seen, |e| e.min(seen)));
+            }
+        }
+        self.earliest_seen = earliest;
+        silent
+    }
+
+    /// When the earliest online node falls silent unless it is heard from before.
+    pub fn next_silence(&self, threshold: Duration) -> Option<Instant> {
+        self.earliest_seen.map(|t| t + threshold)
     }
 
     /// Queues a message to the node's agent with the session's next serial, which it returns.

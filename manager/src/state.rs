@@ -24,6 +24,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+/// How soon subscriptions a node's full call window held back are tried again.
+const SUBSCRIPTION_RETRY: Duration = hirte_common::bounds::CORE_TICK;
+
 pub type Shared = Arc<Mutex<Manager>>;
 
 /// Locks the model. Only the core thread takes it, and only inside `contain`, which clears a
@@ -112,9 +115,18 @@ impl Manager {
         self.jobs.is_empty() && self.agents.is_quiet()
     }
 
-    /// Remaining time until the earliest deadline, for the core's poll timeout.
+    /// Remaining time until the earliest deadline, for the core's poll timeout: a call's,
+    /// a node's silence, or the retry of subscriptions a full call window held back.
+    // [impl->req~manager.idle-no-wakeups~1]
     pub fn next_deadline(&self, now: Instant) -> Option<Duration> {
-        self.agents.next_deadline(now)
+        let due = self
+            .agents
+            .next_deadline(now, self.cfg.node_heartbeat_threshold);
+        if self.agents.unsynced().is_empty() {
+            due
+        } else {
+            Some(due.map_or(SUBSCRIPTION_RETRY, |d| d.min(SUBSCRIPTION_RETRY)))
+        }
     }
 
     /// SIGTERM: new calls are refused from now on.

@@ -121,6 +121,17 @@ impl JobTable {
             .count()
     }
 
+    /// The earliest deadline of a running command.
+    pub fn next_exec_deadline(&self) -> Option<Instant> {
+        self.jobs
+            .values()
+            .filter_map(|j| match &j.kind {
+                JobKind::Exec(p) => Some(p.deadline),
+                _ => None,
+            })
+            .min()
+    }
+
     /// Removes and returns the commands past their deadline.
     pub fn take_expired_execs(&mut self, now: Instant) -> Vec<PendingExec> {
         let keys: Vec<(String, u64)> = self

@@ -31,7 +31,7 @@ use hirte_common::notify;
 use hirte_common::protocol::{error, error_reply};
 use hirte_common::queue::BoundedQueue;
 use hirte_common::sys::{wait_for_bus, BusWait};
-use hirte_common::wait::poll_readable;
+use hirte_common::wait::{earliest, poll_readable};
 use hirte_common::{log_error, log_info, log_warn};
 use jobs::JobTable;
 use std::collections::VecDeque;
@@ -42,6 +42,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use watch::Watch;
+
+/// How soon results the full outbound queue held back are offered to it again.
+const RETRY_INTERVAL: Duration = CORE_TICK;
 
 /// The queues and flags the core shares with the link thread.
 pub struct Channels {
@@ -264,6 +267,22 @@ impl<S: Systemd> Core<S> {
         }
     }
 
+    /// How long until `on_tick` has work: a command's or a proxy caller's deadline, or the
+    /// retry of results the full outbound queue held back. `None`: nothing is due.
+    // [impl->req~agent.core-idle-no-wakeups~1]
+    pub(crate) fn next_deadline(&self, now: Instant) -> Option<Duration> {
+        let at = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now));
+        let due = earliest(
+            at(self.jobs.next_exec_deadline()),
+            at(self.proxies.next_deadline()),
+        );
+        if self.retry.is_empty() {
+            due
+        } else {
+            earliest(due, Some(RETRY_INTERVAL))
+        }
+    }
+
     /// Work that comes due with time rather than with a message.
     fn on_tick(&mut self) {
         self.expire_execs(Instant::now());
@@ -311,15 +330,17 @@ impl Core<SystemdBus> {
                 self.outbound.wake_only();
             }
             let conn = self.sd.conn();
-            let tick = if more {
+            // [impl->req~agent.core-idle-no-wakeups~1]
+            // No timer but real deadlines: the signals' flags ring the events eventfd.
+            let timeout = if more {
                 // The last turn stopped at its cap: what is left is already read.
-                Duration::from_millis(1)
+                Some(Duration::ZERO)
             } else if conn.channel().has_messages_to_send() {
-                WRITE_RETRY
+                Some(WRITE_RETRY)
             } else {
-                CORE_TICK
+                earliest(self.next_deadline(Instant::now()), notify::watchdog_due())
             };
-            let waited = wait_for_bus(conn, self.events.wake_fd(), tick).map_err(PollError)?;
+            let waited = wait_for_bus(conn, self.events.wake_fd(), timeout).map_err(PollError)?;
             if waited == BusWait::Disconnected
                 || conn.channel().read_write(Some(Duration::ZERO)).is_err()
             {
