@@ -2,11 +2,13 @@
 
 use dbus::Message;
 use hirte_common::bounds::{LINK_OUTBOUND_DEPTH, MAX_FRAME_SIZE};
-use hirte_common::frame::{encode_message, FrameError};
+use hirte_common::frame::{encode_message, FrameError, SerialCounter};
+use hirte_common::protocol;
 use hirte_common::queue::{BoundedQueue, PushError};
 use hirte_common::stream::Peer;
+use hirte_common::wait::{now_monotonic_us, now_realtime_us};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub type LinkId = u64;
@@ -22,6 +24,20 @@ pub struct LinkHandle {
     /// Set by the core once it accepted the node's name: only then does the connection
     /// thread lift the handshake frame cap and free its handshake slot.
     accepted: AtomicBool,
+    /// Serials of what the manager sends on this link: the core's messages and the heartbeat
+    /// echoes the connection thread sends itself share them.
+    pub serials: SerialCounter,
+    /// When the connection thread last answered a heartbeat itself, in µs of CLOCK_MONOTONIC
+    /// and CLOCK_REALTIME (0: not yet); the core reads them for the node's liveness.
+    heard_monotonic_us: AtomicU64,
+    heard_realtime_us: AtomicU64,
+}
+
+/// When the connection thread last heard the node (see [`LinkHandle::heard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    pub monotonic_us: u64,
+    pub realtime_us: u64,
 }
 
 impl LinkHandle {
@@ -32,6 +48,9 @@ impl LinkHandle {
             queue: BoundedQueue::new(LINK_OUTBOUND_DEPTH)?,
             close: Mutex::new(None),
             accepted: AtomicBool::new(false),
+            serials: SerialCounter::default(),
+            heard_monotonic_us: AtomicU64::new(0),
+            heard_realtime_us: AtomicU64::new(0),
         }))
     }
 
@@ -68,6 +87,35 @@ impl LinkHandle {
         })
     }
 
+    /// A heartbeat the connection thread answered: the node is alive now.
+    pub fn heard_now(&self) {
+        self.heard_realtime_us
+            .store(now_realtime_us(), Ordering::Relaxed);
+        self.heard_monotonic_us
+            .store(now_monotonic_us(), Ordering::Release);
+    }
+
+    /// The last heartbeat the connection thread answered itself, if any.
+    pub fn heard(&self) -> Option<Heard> {
+        let monotonic_us = self.heard_monotonic_us.load(Ordering::Acquire);
+        (monotonic_us != 0).then(|| Heard {
+            monotonic_us,
+            realtime_us: self.heard_realtime_us.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Queues the manager's heartbeat echo with the link's next serial.
+    // [impl->req~link.heartbeat~1]
+    pub fn echo_heartbeat(&self) -> Result<(), SendError> {
+        let echo = Message::new_signal(
+            protocol::INTERNAL_MANAGER_PATH,
+            protocol::INTERNAL_MANAGER_IFACE,
+            "Heartbeat",
+        )
+        .map_err(|_| SendError::Closed)?;
+        self.send(echo, self.serials.next_serial())
+    }
+
     /// Test side of the connection thread: every message queued so far, decoded.
     #[cfg(test)]
     pub fn take_queued(&self) -> Vec<Message> {
@@ -84,6 +132,15 @@ impl LinkHandle {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+}
+
+/// An agent's `Heartbeat` signal.
+pub fn is_heartbeat(msg: &Message) -> bool {
+    msg.msg_type() == dbus::message::MessageType::Signal
+        && msg.member().is_some_and(|m| &*m == "Heartbeat")
+        && msg
+            .interface()
+            .is_some_and(|i| &*i == protocol::INTERNAL_AGENT_IFACE)
 }
 
 /// Every running connection thread's handle, so that a flag meant for all of them (shutdown,

@@ -5,8 +5,10 @@
 //! writes the frames the core queues for it. It owns no manager state, so a misbehaving peer
 //! can at worst end its own connection.
 
-use crate::events::{LinkEvent, LinkHandle};
-use hirte_common::bounds::{HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME_SIZE};
+use crate::events::{is_heartbeat, LinkEvent, LinkHandle};
+use hirte_common::bounds::{
+    CORE_TICK, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME_SIZE,
+};
 use hirte_common::frame::encode_message;
 use hirte_common::handshake::check_register;
 use hirte_common::linkio::{FrameLink, LinkIoError};
@@ -209,6 +211,7 @@ impl LinkThread {
         // `registered`: the core has the Register (it must learn of the end); `accepted`: it
         // took the name, so the link is a node's (full frame size, handshake slot freed).
         let mut accepted = false;
+        let mut last_echo: Option<Instant> = None;
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Err(End::Shutdown);
@@ -256,6 +259,21 @@ impl LinkThread {
             }
             // [impl->req~link.bad-frame~1]
             while let Some(msg) = link.next_message().map_err(End::Link)? {
+                // [impl->req~link.heartbeat~1]
+                // [impl->req~manager.idle-no-wakeups~1]
+                // A node's heartbeat is answered here, in the wake-up that read it, and its
+                // time left for the core: the core sleeps on. One per `CORE_TICK` at most;
+                // more go to the core, which charges them to the node's unasked budget.
+                if accepted
+                    && is_heartbeat(&msg)
+                    && last_echo.is_none_or(|t| t.elapsed() >= CORE_TICK)
+                {
+                    last_echo = Some(Instant::now());
+                    self.handle.heard_now();
+                    // A full queue drops the echo: the agent's own threshold judges that.
+                    let _ = self.handle.echo_heartbeat();
+                    continue;
+                }
                 if *registered {
                     self.push_event(LinkEvent::Frame {
                         link: self.handle.id,

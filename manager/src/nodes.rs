@@ -2,11 +2,10 @@
 //! serials of what the manager sends on it, the units its agent watches) and the cluster's
 //! status. Sending here means queueing a frame on the link; the connection thread writes it.
 
-use crate::events::{LinkHandle, LinkId, SendError};
+use crate::events::{Heard, LinkHandle, LinkId, SendError};
 use crate::flood::FloodBudget;
 use crate::objects::{node_path, properties_changed, signal, Outbox};
 use dbus::Message;
-use hirte_common::frame::SerialCounter;
 use hirte_common::log_fields;
 use hirte_common::protocol::{self, error};
 use hirte_common::wait::{now_monotonic_us, now_realtime_us};
@@ -18,7 +17,6 @@ use std::time::{Duration, Instant};
 /// A registered, live link to a node's agent.
 struct Session {
     link: Arc<LinkHandle>,
-    serials: SerialCounter,
     /// Units this agent currently watches (for monitors and proxies).
     agent_subs: BTreeSet<String>,
     /// Some (un)subscription could not be sent yet: retried every tick.
@@ -29,7 +27,7 @@ struct Session {
 
 impl Session {
     fn send(&mut self, msg: Message) -> Result<u32, SendError> {
-        let serial = self.serials.next_serial();
+        let serial = self.link.serials.next_serial();
         self.link.send(msg, serial).map(|()| serial)
     }
 }
@@ -57,12 +55,30 @@ impl Node {
         &self.peer_ip
     }
 
+    /// The last heartbeat its connection thread answered itself (see `LinkHandle::heard`).
+    fn heard(&self) -> Option<Heard> {
+        self.session.as_ref().and_then(|s| s.link.heard())
+    }
+
     pub fn last_seen_realtime_us(&self) -> u64 {
-        self.last_seen_realtime_us
+        let heard = self.heard().map_or(0, |h| h.realtime_us);
+        self.last_seen_realtime_us.max(heard)
     }
 
     pub fn last_seen_monotonic_us(&self) -> u64 {
-        self.last_seen_monotonic_us
+        let heard = self.heard().map_or(0, |h| h.monotonic_us);
+        self.last_seen_monotonic_us.max(heard)
+    }
+
+    /// When anything was last heard from the node: by the core, or a heartbeat its
+    /// connection thread answered (`clock` pairs an `Instant` with CLOCK_MONOTONIC µs).
+    fn last_heard(&self, clock: (Instant, u64)) -> Option<Instant> {
+        let core = self.last_seen?;
+        let link = self.heard().and_then(|h| {
+            let ago = Duration::from_micros(clock.1.saturating_sub(h.monotonic_us));
+            clock.0.checked_sub(ago)
+        });
+        Some(link.map_or(core, |l| l.max(core)))
     }
 
     pub fn is_online(&self) -> bool {
@@ -232,10 +248,9 @@ impl NodeTable {
                 return Err(e);
             }
         };
-        let serials = SerialCounter::default();
         handle.accept();
         if handle
-            .send(call.method_return(), serials.next_serial())
+            .send(call.method_return(), handle.serials.next_serial())
             .is_err()
         {
             handle.request_close("could not queue the Register reply");
@@ -246,7 +261,6 @@ impl NodeTable {
             n.peer_ip = handle.peer.to_string();
             n.session = Some(Session {
                 link: handle,
-                serials,
                 agent_subs: BTreeSet::new(),
                 subs_pending: false,
                 unasked: FloodBudget::new(Instant::now()),
@@ -298,8 +312,9 @@ impl NodeTable {
         }
         let mut silent = Vec::new();
         let mut earliest: Option<Instant> = None;
+        let clock = (Instant::now(), now_monotonic_us());
         for (i, n) in self.nodes.iter().enumerate() {
-            let Some(seen) = n.last_seen.filter(|_| n.is_online()) else {
+            let Some(seen) = n.last_heard(clock).filter(|_| n.is_online()) else {
                 continue;
             };
             if now.saturating_duration_since(seen) > threshold {
@@ -466,6 +481,29 @@ mod tests {
         assert!(t.silent(Instant::now(), Duration::from_secs(10)).is_empty());
         let sig = Message::new_signal("/a", "a.b", "C").unwrap();
         assert!(matches!(t.send(1, sig), Err(SendError::Closed)));
+    }
+
+    /// Heartbeats the connection thread answered count as much as frames the core saw.
+    // [utest->req~manager.heartbeat-threshold~1]
+    #[test]
+    fn a_heartbeat_the_connection_thread_answered_keeps_the_node_online() {
+        let mut t = table();
+        let h = LinkHandle::new(1, Peer::Unix).unwrap();
+        t.register(h.clone(), "a", &register_call()).unwrap();
+        let threshold = Duration::from_millis(50);
+        let registered = t.next_silence(threshold).unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        h.heard_now();
+        assert!(t.silent(Instant::now(), threshold).is_empty());
+        // The scan moved the bound on to the heartbeat's time.
+        assert!(t.next_silence(threshold).unwrap() >= registered + Duration::from_millis(80));
+        let node = t.nodes.first().unwrap();
+        assert_eq!(
+            node.last_seen_monotonic_us(),
+            h.heard().unwrap().monotonic_us
+        );
+        let later = Instant::now() + Duration::from_secs(1);
+        assert_eq!(t.silent(later, threshold), vec![0]);
     }
 
     #[test]

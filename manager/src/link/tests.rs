@@ -1,6 +1,7 @@
 //! Unit tests of the connection thread (`link.rs`).
 
 use super::*;
+use dbus::Message;
 use hirte_common::handshake::register_call;
 use hirte_common::stream::Peer;
 use std::io::Write;
@@ -227,5 +228,56 @@ fn shutdown_wakes_an_idle_link_through_the_live_links() {
             assert_eq!(reason, End::Shutdown.to_string())
         }
         _ => panic!("shutdown did not reach the idle link thread"),
+    }
+}
+
+/// A heartbeat is answered by the connection thread in the wake-up that read it: the echo
+/// goes out with the link's next serial, the time is left for the core, and the core hears
+/// nothing. A second one within `CORE_TICK` goes to the core (which charges it to the
+/// node's unasked budget), so a flood of heartbeats cannot bypass that budget.
+// [utest->req~link.heartbeat~1]
+// [utest->req~manager.idle-no-wakeups~1]
+#[test]
+fn the_connection_thread_answers_a_heartbeat_and_the_core_sleeps_on() {
+    let (mut agent, handle, events, _, _) = spawn_named("link-hb");
+    register_and_accept(&mut agent, &handle, &events);
+    assert!(handle.heard().is_none());
+    agent
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let heartbeat = || {
+        Message::new_signal(
+            hirte_common::protocol::INTERNAL_AGENT_PATH,
+            hirte_common::protocol::INTERNAL_AGENT_IFACE,
+            "Heartbeat",
+        )
+        .unwrap()
+    };
+    agent.write_all(&frame(heartbeat(), 2)).unwrap();
+    let mut d = hirte_common::frame::FrameDecoder::new(MAX_FRAME_SIZE);
+    let mut buf = [0u8; 4096];
+    let echo = loop {
+        if let Some(m) = d.next_message().unwrap() {
+            break m;
+        }
+        let n = std::io::Read::read(&mut agent, &mut buf).unwrap();
+        d.push(buf.get(..n).unwrap()).unwrap();
+    };
+    assert_eq!(echo.member().as_deref(), Some("Heartbeat"));
+    assert_eq!(
+        echo.interface().as_deref(),
+        Some(hirte_common::protocol::INTERNAL_MANAGER_IFACE)
+    );
+    assert_eq!(echo.get_serial(), Some(1), "the link's first serial");
+    assert!(handle.heard().is_some_and(|h| h.monotonic_us > 0));
+    assert!(next_event(&events, Duration::from_millis(200)).is_none());
+    // At once again: the core's turn.
+    agent.write_all(&frame(heartbeat(), 3)).unwrap();
+    agent.write_all(&frame(heartbeat(), 4)).unwrap();
+    match next_event(&events, Duration::from_secs(2)) {
+        Some(LinkEvent::Frame { msg, .. }) => {
+            assert_eq!(msg.member().as_deref(), Some("Heartbeat"))
+        }
+        _ => panic!("a heartbeat within CORE_TICK did not reach the core"),
     }
 }
