@@ -101,6 +101,14 @@ impl Timeline {
     }
 }
 
+/// Issue 13, target 3: the manager's idle CPU per node per second, at most this (µs).
+const IDLE_CPU_TARGET_US: f64 = 20.0;
+
+/// Issue 13, target 3: wake-ups the manager may take per second beyond one per heartbeat
+/// received, for its nearest deadlines (its own timers: node liveness, call deadlines), whatever
+/// the node count.
+const DEADLINE_WAKEUPS_PER_S: f64 = 1.0;
+
 pub fn manager_metric(key: &str, label: &str, s: &ProcStats) -> Metric {
     Metric::new("4", key, label, mb(s.rss_kb), "MB").detail(detail(s))
 }
@@ -108,8 +116,8 @@ pub fn manager_metric(key: &str, label: &str, s: &ProcStats) -> Metric {
 pub fn agent_metric(key: &str, label: &str, s: &ProcStats) -> Metric {
     Metric::new("4", key, label, mb(s.rss_kb), "MB")
         .detail(detail(s))
-        .c(3.3)
-        .target(TargetOn::Value, Goal::Below(2.5))
+        .c(3.4)
+        .target(TargetOn::Value, Goal::AtMost(3.0))
 }
 
 /// RSS of every running agent (kB), for the spread across nodes.
@@ -190,6 +198,8 @@ struct Window {
     heartbeats: u64,
     echoes: u64,
     ctx_switches: u64,
+    /// Voluntary context switches of all manager threads: wake-ups of a sleeping thread.
+    wakeups: u64,
 }
 
 fn window(pid: i32, fleet: &Fleet, d: Duration, hz: u64) -> Result<Window> {
@@ -210,6 +220,7 @@ fn window(pid: i32, fleet: &Fleet, d: Duration, hz: u64) -> Result<Window> {
         heartbeats: s1 - s0,
         echoes: e1 - e0,
         ctx_switches: ctxsw,
+        wakeups: b.wakeups.saturating_sub(a.wakeups),
     })
 }
 
@@ -221,6 +232,10 @@ fn window_json(w: &Window) -> Json {
         ("heartbeats", Json::num(w.heartbeats as f64)),
         ("echoes", Json::num(w.echoes as f64)),
         ("context_switches", Json::num(w.ctx_switches as f64)),
+        (
+            "wakeups_voluntary_ctxt_switches",
+            Json::num(w.wakeups as f64),
+        ),
     ])
 }
 
@@ -351,6 +366,8 @@ pub fn scale_curve(ctx: &mut Ctx, bins: &Path, steps: &[usize]) -> Result<()> {
         };
         let idle_per_node = (ra_cpu - marginal / 1e6 * ra_hb) / n as f64 * 1e6;
         let ctx_per_s = a.ctx_switches as f64 / a.wall;
+        let wake_per_s = a.wakeups as f64 / a.wall;
+        let wake_per_hb = a.wakeups as f64 / a.heartbeats.max(1) as f64;
         let rss_per_node = (st.rss_kb.saturating_sub(base.rss_kb)) as f64 / n as f64;
         ctx.metric(
             Metric::new("6", &format!("scale.cpu_per_hb.{n}"), &format!("manager CPU per heartbeat, {n} nodes at 1 heartbeat/s (all CPU / heartbeats)"), per_hb_sched, "µs")
@@ -362,6 +379,42 @@ pub fn scale_curve(ctx: &mut Ctx, bins: &Path, steps: &[usize]) -> Result<()> {
                     ra_cpu * 100.0,
                     ctx_per_s
                 )),
+        );
+        ctx.metric(
+            Metric::new(
+                "6",
+                &format!("scale.idle_cpu_per_node.{n}"),
+                &format!("manager idle CPU per node per second, {n} nodes (fixed: all CPU minus marginal per heartbeat)"),
+                idle_per_node,
+                "µs",
+            )
+            .detail(format!(
+                "all CPU {:.1} µs per node per s ({:.1}% of a core); window {:.1} s at 1 heartbeat/s",
+                ra_cpu / n as f64 * 1e6,
+                ra_cpu * 100.0,
+                a.wall
+            ))
+            .target(TargetOn::Value, Goal::Below(IDLE_CPU_TARGET_US)),
+        );
+        ctx.metric(
+            Metric::new(
+                "6",
+                &format!("scale.wakeups_per_hb.{n}"),
+                &format!("manager wake-ups per heartbeat received, {n} nodes (target: 1 per heartbeat + {} per s for the nearest deadlines)", DEADLINE_WAKEUPS_PER_S),
+                wake_per_hb,
+                "",
+            )
+            .detail(format!(
+                "wake-ups/s minus heartbeats/s: {:.1} (allowance {}); per node per s: {:.2} wake-ups, {:.2} heartbeats; voluntary context switches of all threads, same window as the CPU",
+                wake_per_s - ra_hb,
+                DEADLINE_WAKEUPS_PER_S,
+                wake_per_s / n as f64,
+                ra_hb / n as f64
+            ))
+            .target(
+                TargetOn::Value,
+                Goal::AtMost(1.0 + DEADLINE_WAKEUPS_PER_S / ra_hb.max(f64::MIN_POSITIVE)),
+            ),
         );
         ctx.metric(
             Metric::new(
@@ -388,6 +441,8 @@ pub fn scale_curve(ctx: &mut Ctx, bins: &Path, steps: &[usize]) -> Result<()> {
             ("cpu_per_heartbeat_us_schedstat", Json::num(per_hb_sched)),
             ("marginal_cpu_per_heartbeat_us", Json::num(marginal)),
             ("fixed_cpu_us_per_node_per_s", Json::num(idle_per_node)),
+            ("wakeups_per_s", Json::num(wake_per_s)),
+            ("wakeups_per_heartbeat", Json::num(wake_per_hb)),
             ("rss_kb_per_node", Json::num(rss_per_node)),
         ]));
     }

@@ -181,7 +181,7 @@ pub fn row1(ctx: &mut Ctx, c: &Cluster, node: &str) -> Result<()> {
         )
         .vs("systemctl", sc_s.median)
         .c_text("0.74x")
-        .target(TargetOn::Ratio, Goal::AtMost(0.8)),
+        .target(TargetOn::Ratio, Goal::AtMost(0.7)),
     );
     ctx.metric(Metric::median(
         "1",
@@ -339,7 +339,9 @@ struct Load {
     manager_cpu: f64,
 }
 
-fn read_metrics(ctx: &mut Ctx, phase: &str, key: &str, r: &ReadRow) {
+/// Rows of one read phase; `loaded`: the phase runs start/stop loops, where issue 13 (target
+/// 5) wants the relayed read's p99/p50 no worse than the direct read's in the same phase.
+fn read_metrics(ctx: &mut Ctx, phase: &str, key: &str, r: &ReadRow, loaded: bool) {
     let (d, v) = (&r.direct, &r.relayed);
     ctx.metric(
         Metric::new(
@@ -371,21 +373,25 @@ fn read_metrics(ctx: &mut Ctx, phase: &str, key: &str, r: &ReadRow) {
             v.p99, v.p999, v.max, d.p99, d.p999
         )),
     );
-    ctx.metric(
-        Metric::new(
-            "2",
-            &format!("read.{key}.jitter"),
-            &format!("relayed read jitter p99/p50 ({phase})"),
-            v.p99 / v.median,
-            "x",
-        )
-        .n(v.n)
-        .detail(format!(
-            "direct read p99/p50 {:.2} (control)",
-            d.p99 / d.median
-        ))
-        .target(TargetOn::Value, Goal::Below(2.0)),
-    );
+    let jitter = Metric::new(
+        "2",
+        &format!("read.{key}.jitter"),
+        &format!("relayed read jitter p99/p50 ({phase})"),
+        v.p99 / v.median,
+        "x",
+    )
+    .n(v.n)
+    .vs("direct read p99/p50", d.p99 / d.median)
+    .detail(format!(
+        "relayed p99 {:.0} / p50 {:.0} µs; direct p99 {:.0} / p50 {:.0} µs",
+        v.p99, v.median, d.p99, d.median
+    ));
+    // Ratio to the direct read's own p99/p50 at most 1: relayed p99/p50 <= direct p99/p50.
+    ctx.metric(if loaded {
+        jitter.target(TargetOn::Ratio, Goal::AtMost(1.0))
+    } else {
+        jitter
+    });
 }
 
 /// Reads while every node of `load_nodes` runs its start/stop loop.
@@ -511,7 +517,7 @@ pub fn row2(
         direct: d.summary(),
         relayed: r.summary(),
     };
-    read_metrics(ctx, "idle", "idle", &idle);
+    read_metrics(ctx, "idle", "idle", &idle, false);
     let k = load_nodes.len();
     let pace = Duration::from_millis(200);
     let (paced, paced_load) = loaded_reads(ctx, c, load_nodes, Some(pace), n, &direct, &relayed)?;
@@ -523,6 +529,7 @@ pub fn row2(
         ),
         "paced",
         &paced,
+        true,
     );
     let (loaded, load) = loaded_reads(ctx, c, load_nodes, None, n, &direct, &relayed)?;
     read_metrics(
@@ -533,6 +540,7 @@ pub fn row2(
         ),
         "loaded",
         &loaded,
+        true,
     );
     for (what, l) in [("paced", &paced_load), ("flat out", &load)] {
         ctx.log(&format!(

@@ -1,9 +1,10 @@
-//! `--only-memory`: issue 13's target 2 in a few minutes. A 50-node cluster (the main
-//! cluster's settings and units), then per manager variant: a fresh manager, its memory idle
-//! with 0 nodes, with 50 nodes, after 20 and after 40 `Manager.ListUnits` over D-Bus
-//! (`VmRSS` and `VmHWM` of `/proc/PID/status`). Variants (`--variant`) are other manager
-//! binaries and/or environment settings on the same cluster, so a change is measured
-//! against its base in one run.
+//! Issue 13's target 2, the manager's memory: a fresh manager, its memory idle with 0 nodes,
+//! with all nodes, after 20 and after 40 `Manager.ListUnits` over D-Bus (`VmRSS` and `VmHWM`
+//! of `/proc/PID/status`). The full run measures it once on its 50-node cluster (`once`);
+//! `--only-memory` (`run`) brings up a 50-node cluster of its own (the main cluster's settings
+//! and units) and measures it per manager variant. Variants (`--variant`) are other manager
+//! binaries and/or environment settings on the same cluster, so a change is measured against
+//! its base in one run.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -132,6 +133,98 @@ fn measure(ctx: &Ctx, c: &mut Cluster, tl: &mut Timeline, nodes: usize) -> Resul
     })
 }
 
+/// The three rows of issue 13's target 2 from one measurement. `who` names the variant
+/// (empty in the full run: the release manager); `key` ends the metric keys.
+fn rows(ctx: &mut Ctx, r: &Readings, nodes: usize, key: &str, who: &str) {
+    let growth =
+        i64::try_from(r.after40.hwm_kb).unwrap_or(0) - i64::try_from(r.after20.hwm_kb).unwrap_or(0);
+    let key = |k: &str| format!("mem13.{k}{key}");
+    let who = if who.is_empty() {
+        String::new()
+    } else {
+        format!(" [{who}]")
+    };
+    ctx.metric(
+        Metric::new(
+            "4",
+            &key("idle0_rss"),
+            &format!("manager VmRSS idle, 0 nodes, fresh start{who}"),
+            mb(r.idle0.rss_kb),
+            "MB",
+        )
+        .detail(format!("VmHWM {} MB", fmt_num(mb(r.idle0.hwm_kb))))
+        .target(TargetOn::Value, Goal::Below(3.0)),
+    );
+    ctx.metric(
+        Metric::new(
+            "4",
+            &key("after20_hwm"),
+            &format!("manager VmHWM after {ROUND} Manager.ListUnits, {nodes} nodes{who}"),
+            mb(r.after20.hwm_kb),
+            "MB",
+        )
+        .detail(format!(
+            "VmRSS {} MB (idle {} MB, VmHWM idle {} MB); {} threads",
+            fmt_num(mb(r.after20.rss_kb)),
+            fmt_num(mb(r.idle.rss_kb)),
+            fmt_num(mb(r.idle.hwm_kb)),
+            r.after20.threads
+        ))
+        .c(8.9)
+        .target(TargetOn::Value, Goal::AtMost(8.0)),
+    );
+    ctx.metric(
+        Metric::new(
+            "4",
+            &key("growth_hwm"),
+            &format!(
+                "manager VmHWM growth from {ROUND} to {} Manager.ListUnits{who}",
+                2 * ROUND
+            ),
+            growth as f64,
+            "kB",
+        )
+        .detail(format!(
+            "VmRSS {} -> {} MB",
+            fmt_num(mb(r.after20.rss_kb)),
+            fmt_num(mb(r.after40.rss_kb))
+        ))
+        .target(TargetOn::Value, Goal::AtMost(64.0)),
+    );
+}
+
+fn readings_json(who: &str, r: &Readings) -> Json {
+    let s = |p: &ProcStats| {
+        Json::obj(vec![
+            ("rss_kb", Json::num(p.rss_kb as f64)),
+            ("hwm_kb", Json::num(p.hwm_kb as f64)),
+            ("anon_kb", Json::num(p.rss_anon_kb as f64)),
+            ("file_kb", Json::num(p.rss_file_kb as f64)),
+        ])
+    };
+    Json::obj(vec![
+        ("variant", Json::str(who)),
+        ("idle_0_nodes", s(&r.idle0)),
+        ("idle", s(&r.idle)),
+        ("after_20", s(&r.after20)),
+        ("after_40", s(&r.after40)),
+    ])
+}
+
+/// The full run's measurement, once, with the manager binary the cluster runs: on the main
+/// cluster (`nodes` nodes, units installed, every agent online). It restarts the manager and
+/// every agent; it returns with a fresh manager and all `nodes` nodes online again.
+pub fn once(ctx: &mut Ctx, c: &mut Cluster, tl: &mut Timeline, nodes: usize) -> Result<()> {
+    ctx.phase("row 4: manager memory (fresh manager at 0 nodes, then 20 and 40 ListUnits)");
+    let r = measure(ctx, c, tl, nodes)?;
+    rows(ctx, &r, nodes, "", "");
+    ctx.section(
+        "memory",
+        Json::Arr(vec![readings_json(&Variant::default().label(), &r)]),
+    );
+    Ok(())
+}
+
 /// Runs the memory measurement for each variant (the release manager if none).
 pub fn run(
     ctx: &mut Ctx,
@@ -171,82 +264,11 @@ pub fn run(
         let r = measure(ctx, &mut c, &mut tl, nodes);
         Variant::default().install(wrap_dir, release)?;
         let r = r?;
-        let growth = i64::try_from(r.after40.hwm_kb).unwrap_or(0)
-            - i64::try_from(r.after20.hwm_kb).unwrap_or(0);
-        let key = |k: &str| format!("mem13.{k}.{i}");
         let who = v.label();
-        ctx.metric(
-            Metric::new(
-                "4",
-                &key("idle0_rss"),
-                &format!("manager VmRSS idle, 0 nodes [{who}]"),
-                mb(r.idle0.rss_kb),
-                "MB",
-            )
-            .detail(format!("VmHWM {} MB", fmt_num(mb(r.idle0.hwm_kb))))
-            .target(TargetOn::Value, Goal::Below(3.0)),
-        );
-        ctx.metric(
-            Metric::new(
-                "4",
-                &key("after20_hwm"),
-                &format!("manager VmHWM after {ROUND} list-units, {nodes} nodes [{who}]"),
-                mb(r.after20.hwm_kb),
-                "MB",
-            )
-            .detail(format!(
-                "VmRSS {} MB (idle {} MB, VmHWM idle {} MB); {} threads",
-                fmt_num(mb(r.after20.rss_kb)),
-                fmt_num(mb(r.idle.rss_kb)),
-                fmt_num(mb(r.idle.hwm_kb)),
-                r.after20.threads
-            ))
-            .target(TargetOn::Value, Goal::AtMost(8.0)),
-        );
-        ctx.metric(
-            Metric::new(
-                "4",
-                &key("growth_hwm"),
-                &format!(
-                    "manager VmHWM growth from {ROUND} to {} list-units [{who}]",
-                    2 * ROUND
-                ),
-                growth as f64,
-                "kB",
-            )
-            .detail(format!(
-                "VmRSS {} -> {} MB",
-                fmt_num(mb(r.after20.rss_kb)),
-                fmt_num(mb(r.after40.rss_kb))
-            ))
-            .target(TargetOn::Value, Goal::AtMost(64.0)),
-        );
-        raw.push((who, r));
+        rows(ctx, &r, nodes, &format!(".{i}"), &who);
+        raw.push(readings_json(&who, &r));
     }
-    ctx.section(
-        "memory",
-        Json::Arr(
-            raw.iter()
-                .map(|(who, r)| {
-                    let s = |p: &ProcStats| {
-                        Json::obj(vec![
-                            ("rss_kb", Json::num(p.rss_kb as f64)),
-                            ("hwm_kb", Json::num(p.hwm_kb as f64)),
-                            ("anon_kb", Json::num(p.rss_anon_kb as f64)),
-                            ("file_kb", Json::num(p.rss_file_kb as f64)),
-                        ])
-                    };
-                    Json::obj(vec![
-                        ("variant", Json::str(who.clone())),
-                        ("idle_0_nodes", s(&r.idle0)),
-                        ("idle", s(&r.idle)),
-                        ("after_20", s(&r.after20)),
-                        ("after_40", s(&r.after40)),
-                    ])
-                })
-                .collect(),
-        ),
-    );
+    ctx.section("memory", Json::Arr(raw));
     ctx.section("footprint_timeline", tl.to_json());
     ctx.phase("memory: tearing down");
     c.shutdown()?;

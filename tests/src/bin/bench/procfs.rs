@@ -69,6 +69,8 @@ pub struct CpuSample {
     pub run_ns: u64,
     /// Voluntary + involuntary context switches of the live threads.
     pub ctx_switches: u64,
+    /// Voluntary context switches of the live threads: each is a sleeping thread woken up.
+    pub wakeups: u64,
 }
 
 /// `utime + stime` from a `/proc/PID/stat` line (fields 14 and 15, after the `(comm)`).
@@ -85,6 +87,7 @@ pub fn cpu(pid: i32) -> Result<CpuSample> {
     let ticks = stat_ticks(&read(&base.join("stat"))?);
     let mut run_ns = 0;
     let mut ctx = 0;
+    let mut wakeups = 0;
     let tasks = std::fs::read_dir(base.join("task"))
         .map_err(|e| BenchError::io(format!("listing /proc/{pid}/task"), e))?;
     for t in tasks.flatten() {
@@ -97,14 +100,16 @@ pub fn cpu(pid: i32) -> Result<CpuSample> {
                 .unwrap_or(0);
         }
         if let Ok(s) = std::fs::read_to_string(t.path().join("status")) {
-            ctx += status_field(&s, "voluntary_ctxt_switches")
-                + status_field(&s, "nonvoluntary_ctxt_switches");
+            let voluntary = status_field(&s, "voluntary_ctxt_switches");
+            wakeups += voluntary;
+            ctx += voluntary + status_field(&s, "nonvoluntary_ctxt_switches");
         }
     }
     Ok(CpuSample {
         ticks,
         run_ns,
         ctx_switches: ctx,
+        wakeups,
     })
 }
 
