@@ -280,6 +280,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
 
 fn main() -> ExitCode {
     hirte_common::sys::disable_libdbus_abort();
+    hirte_common::sys::tune_malloc();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
