@@ -319,7 +319,14 @@ fn bounds_queues_manager_core_queue_full_closes_the_flooding_link() {
     // Nothing an agent sends can stall the core (bus writes and agent calls never block
     // it), so the test stops the core thread alone; the connection threads keep reading.
     let core = StoppedThread::stop_idle(c.manager_pid().unwrap());
+    // The connection thread answers one heartbeat per CORE_TICK itself; the next one, right
+    // after, is the core's to answer.
     raw.send_msg(heartbeat(), 2).unwrap();
+    raw.send_msg(heartbeat(), 3).unwrap();
+    assert!(
+        raw.read_msg(Duration::from_millis(500)).is_some(),
+        "the connection thread did not echo the first heartbeat"
+    );
     assert!(
         raw.read_msg(Duration::from_millis(500)).is_none(),
         "a stopped core echoed a heartbeat"
@@ -328,7 +335,7 @@ fn bounds_queues_manager_core_queue_full_closes_the_flooding_link() {
     let mut flood = Vec::new();
     for i in 0..(CORE_QUEUE_DEPTH + 1000) {
         let mut m = heartbeat();
-        m.set_serial(u32::try_from(i).unwrap() + 3);
+        m.set_serial(u32::try_from(i).unwrap() + 4);
         flood.extend(encode_message(&m, MAX_FRAME_SIZE).unwrap());
     }
     let t0 = Instant::now();
