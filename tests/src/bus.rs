@@ -11,6 +11,10 @@ use crate::HarnessError;
 /// Well-known name the manager owns on the system bus.
 pub const MANAGER_BUS_NAME: &str = "org.containers.hirte";
 
+/// Name the bench's stand-in server owns on the manager's bus (`hirte-bench` row 3: a large
+/// answer through the bus daemon); root may own it and call it, as it may the manager.
+pub const BENCH_BUS_NAME: &str = "org.containers.hirte.bench";
+
 /// Used when the project's policy file is not (yet) there.
 const FALLBACK_POLICY: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -88,12 +92,15 @@ pub(crate) fn write_config(dir: &Path, socket: &Path) -> Result<(PathBuf, bool),
   </policy>
   <policy user="root">
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+    <allow own="{bench}"/>
+    <allow send_destination="{bench}"/>
   </policy>
   <includedir>{sysd}</includedir>
 </busconfig>
 "#,
         socket = socket.display(),
-        sysd = sysd.display()
+        sysd = sysd.display(),
+        bench = BENCH_BUS_NAME
     );
     let path = dir.join("system-bus.conf");
     std::fs::write(&path, conf)

@@ -37,7 +37,7 @@ pub mod pki;
 mod process;
 mod state;
 
-pub use bus::{connect as connect_bus, name_has_owner, MANAGER_BUS_NAME};
+pub use bus::{connect as connect_bus, name_has_owner, BENCH_BUS_NAME, MANAGER_BUS_NAME};
 pub use cluster::{
     bin_dir, binary, parse_list_nodes, states_map, wait_until, Cluster, ClusterResources,
     ClusterSpec, COMMAND_TIMEOUT, MANAGER_PORT, NODE_UP_TIMEOUT, ONLINE_TIMEOUT, POLL_STEP,
