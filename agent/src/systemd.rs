@@ -8,6 +8,7 @@ use dbus::blocking::Connection;
 use dbus::channel::Sender;
 use dbus::Message;
 use hirte_common::bounds::SYSTEMD_CALL_TIMEOUT;
+use hirte_common::names::escape_path_element;
 use hirte_common::protocol::error;
 use std::fmt;
 
@@ -99,6 +100,9 @@ pub trait Systemd {
     /// signals of the local API).
     fn send(&self, msg: Message);
 
+    /// Asks the bus for the signals `rule` matches (`AddMatch`), or no more (`RemoveMatch`).
+    fn set_match(&self, rule: &str, on: bool) -> Result<(), CallError>;
+
     /// Sends a call that queues a job (`StartUnit`, `StartTransientUnit`, ...) and returns
     /// the job's object path, which its `JobRemoved` names.
     fn job_call(&self, msg: Message) -> Result<String, CallError> {
@@ -157,16 +161,39 @@ impl SystemdBus {
 
     /// Subscribes to what the agent needs from systemd.
     pub fn subscribe(&self) -> Result<(), SubscribeError> {
-        for rule in [
-            "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager'",
-            "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',path_namespace='/org/freedesktop/systemd1'",
-        ] {
-            self.conn.add_match_no_cb(rule).map_err(|e| {
-                SubscribeError::Match(e.message().unwrap_or("").to_string())
-            })?;
+        for rule in BASE_RULES {
+            self.conn
+                .add_match_no_cb(rule)
+                .map_err(|e| SubscribeError::Match(e.message().unwrap_or("").to_string()))?;
         }
         self.call(manager_call("Subscribe")?)?;
         Ok(())
+    }
+}
+
+/// Where systemd's unit objects live: the prefix plus the escaped unit name.
+pub const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit/";
+
+/// What the agent always hears from systemd: the Manager's signals (jobs, units appearing and
+/// going) and the property changes of jobs. Units' property changes, a dozen large signals per
+/// job, only for the units watched (`unit_properties_rule`).
+const BASE_RULES: [&str; 2] = [
+    "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager'",
+    "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',path_namespace='/org/freedesktop/systemd1/job'",
+];
+
+/// The match rule for the property changes of one unit (`None`: of every unit).
+// [impl->req~agent.unit-match-rules~1]
+pub fn unit_properties_rule(unit: Option<&str>) -> String {
+    let signals = "type='signal',sender='org.freedesktop.systemd1',\
+                   interface='org.freedesktop.DBus.Properties',member='PropertiesChanged'";
+    match unit {
+        // The escaped element is [A-Za-z0-9_] only: nothing to quote.
+        Some(u) => format!(
+            "{signals},path='{UNIT_PATH_PREFIX}{}'",
+            escape_path_element(u)
+        ),
+        None => format!("{signals},path_namespace='/org/freedesktop/systemd1/unit'"),
     }
 }
 
@@ -187,6 +214,17 @@ impl Systemd for SystemdBus {
 
     fn send(&self, msg: Message) {
         let _ = self.conn.send(msg);
+    }
+
+    fn set_match(&self, rule: &str, on: bool) -> Result<(), CallError> {
+        // AddMatch/RemoveMatch are calls to the bus daemon, bounded by the dbus crate (10 s).
+        hirte_common::notify::watchdog_ping();
+        if on {
+            self.conn.add_match_no_cb(rule)
+        } else {
+            self.conn.remove_match_no_cb(rule)
+        }
+        .map_err(|e| CallError::from_dbus(&e))
     }
 }
 

@@ -28,6 +28,10 @@ pub struct FakeSystemd {
     /// `Properties.Get` answers: property name -> value.
     props: RefCell<HashMap<String, PropValue>>,
     last_job: Cell<u32>,
+    /// Match rules in force, as the bus daemon would keep them.
+    pub matches: RefCell<std::collections::BTreeSet<String>>,
+    /// Refuse rules for a single unit, as a bus daemon at its per-connection limit does.
+    pub refuse_unit_matches: Cell<bool>,
 }
 
 pub const JOB_PATH: &str = "/org/freedesktop/systemd1/job/";
@@ -107,6 +111,22 @@ impl Systemd for FakeSystemd {
 
     fn send(&self, msg: Message) {
         self.sent.borrow_mut().push(msg);
+    }
+
+    fn set_match(&self, rule: &str, on: bool) -> Result<(), CallError> {
+        if on && self.refuse_unit_matches.get() && rule.contains(",path='") {
+            return Err(CallError::Dbus {
+                name: "org.freedesktop.DBus.Error.LimitsExceeded".into(),
+                message: "too many match rules".into(),
+            });
+        }
+        let mut m = self.matches.borrow_mut();
+        if on {
+            m.insert(rule.to_string());
+        } else {
+            m.remove(rule);
+        }
+        Ok(())
     }
 }
 

@@ -171,6 +171,12 @@ pub const MAX_SEEN_UNITS_PER_SUBSCRIPTION: usize = 1024;
 /// Units one agent watches for the manager (`*` counts as one).
 pub const MAX_AGENT_SUBSCRIPTIONS: usize = 2048;
 
+/// Match rules for units' property changes one agent keeps on its node's bus, one per
+/// watched unit; beyond it (or for `*`) one rule takes every unit's. Under the bus daemon's
+/// default of 512 rules per connection on a system bus.
+// [impl->req~agent.unit-match-rules~1]
+pub const MAX_UNIT_MATCH_RULES: usize = 256;
+
 /// Bytes of stdout, and of stderr, `Exec` returns; the rest is cut.
 pub const EXEC_MAX_OUTPUT: usize = 64 * 1024;
 

@@ -237,7 +237,8 @@ impl<S: Systemd> Core<S> {
                 // manager ended those jobs `cancelled`; a restarted one reuses ids).
                 self.retry.clear();
                 // The manager resubscribes after it sees us again.
-                self.watch = Watch::default();
+                self.watch.clear();
+                self.sync_unit_rules();
                 self.local.set_connected(&self.sd, None);
                 self.linked = false;
                 self.proxies_unannounced();
@@ -315,6 +316,9 @@ impl Core<SystemdBus> {
     /// Continues on a new connection to the node's bus.
     pub fn attach(&mut self, sd: SystemdBus, local: LocalApi) {
         self.sd = sd;
+        // The new connection has none of the watch's rules: add them again.
+        self.watch.rules_lost();
+        self.sync_unit_rules();
         self.bus_writer = BusWriter::default();
         self.local = local;
     }

@@ -2,16 +2,16 @@
 //! unit signals into the agent's `Unit*` signals for them.
 
 use super::Core;
-use crate::systemd::{self, bad_args, CallError, Systemd};
+use crate::systemd::{self, bad_args, unit_properties_rule, CallError, Systemd, UNIT_PATH_PREFIX};
 use dbus::arg::{PropMap, RefArg};
 use dbus::Message;
-use hirte_common::bounds::MAX_AGENT_SUBSCRIPTIONS;
+use hirte_common::bounds::{MAX_AGENT_SUBSCRIPTIONS, MAX_UNIT_MATCH_RULES};
 use hirte_common::names::unescape_path_element;
 use hirte_common::protocol;
+use hirte_common::{log_debug, log_warn};
 use std::collections::{BTreeSet, HashMap};
 
 pub const WILDCARD: &str = "*";
-const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit/";
 const JOB_PATH_PREFIX: &str = "/org/freedesktop/systemd1/job/";
 
 #[derive(Default)]
@@ -20,6 +20,8 @@ pub struct Watch {
     /// Last (active, sub) state reported per watched unit: systemd announces many property
     /// changes that leave the state as it was, and subscribers want each change once.
     last_state: HashMap<String, (String, String)>,
+    /// The match rules for units' property changes in force on the node's bus.
+    rules: BTreeSet<String>,
 }
 
 impl Watch {
@@ -36,6 +38,33 @@ impl Watch {
     pub fn remove(&mut self, unit: &str) {
         self.units.remove(unit);
         self.last_state.remove(unit);
+    }
+
+    /// Forgets every watched unit (a new manager session resubscribes); the bus' rules
+    /// stay recorded until `Core::sync_unit_rules` removes them.
+    pub fn clear(&mut self) {
+        self.units.clear();
+        self.last_state.clear();
+    }
+
+    /// A new connection to the node's bus has none of the rules.
+    pub fn rules_lost(&mut self) {
+        self.rules.clear();
+    }
+
+    /// One rule per watched unit; one for all units when `*` is watched or more than
+    /// `MAX_UNIT_MATCH_RULES` are (the bus daemon limits rules per connection, 512 on a
+    /// system bus by default); none when nothing is watched.
+    // [impl->req~agent.unit-match-rules~1]
+    fn wanted_rules(&self) -> BTreeSet<String> {
+        if self.units.contains(WILDCARD) || self.units.len() > MAX_UNIT_MATCH_RULES {
+            BTreeSet::from([unit_properties_rule(None)])
+        } else {
+            self.units
+                .iter()
+                .map(|u| unit_properties_rule(Some(u)))
+                .collect()
+        }
     }
 
     pub fn wants(&self, unit: &str) -> bool {
@@ -95,6 +124,8 @@ impl<S: Systemd> Core<S> {
         if !self.watch.add(unit) {
             return Err(CallError::Busy("too many watched units".to_string()));
         }
+        // The rule first: a change after the state read below is then not missed.
+        self.sync_unit_rules();
         self.announce_current_state(unit);
         Ok(())
     }
@@ -102,7 +133,48 @@ impl<S: Systemd> Core<S> {
     pub(crate) fn unsubscribe(&mut self, msg: &Message) -> Result<(), CallError> {
         let unit: &str = msg.read1().map_err(bad_args)?;
         self.watch.remove(unit);
+        self.sync_unit_rules();
         Ok(())
+    }
+
+    /// Brings the bus' match rules for units' property changes in line with the watch, new
+    /// rules before stale ones go (no change falls between). A rule the bus refuses (its
+    /// per-connection limit) is replaced by the rule for all units: more signals, none lost.
+    // [impl->req~agent.unit-match-rules~1]
+    pub(crate) fn sync_unit_rules(&mut self) {
+        let wanted = self.watch.wanted_rules();
+        let missing: Vec<String> = wanted.difference(&self.watch.rules).cloned().collect();
+        for rule in missing {
+            match self.sd.set_match(&rule, true) {
+                Ok(()) => {
+                    self.watch.rules.insert(rule);
+                }
+                Err(e) => {
+                    log_warn!("Cannot add the match rule {rule}: {e}; watching every unit instead");
+                    let all = unit_properties_rule(None);
+                    if self.sd.set_match(&all, true).is_ok() {
+                        self.watch.rules.insert(all.clone());
+                    }
+                    // Only stale per-unit rules go; the rule for all units stays.
+                    let stale: Vec<String> = (self.watch.rules.iter())
+                        .filter(|r| !wanted.contains(*r) && **r != all)
+                        .cloned()
+                        .collect();
+                    return self.remove_rules(stale);
+                }
+            }
+        }
+        let stale: Vec<String> = self.watch.rules.difference(&wanted).cloned().collect();
+        self.remove_rules(stale);
+    }
+
+    fn remove_rules(&mut self, rules: Vec<String>) {
+        for rule in rules {
+            if let Err(e) = self.sd.set_match(&rule, false) {
+                log_debug!("Removing the match rule {rule}: {e}");
+            }
+            self.watch.rules.remove(&rule);
+        }
     }
 
     /// A new subscriber learns the unit's current state (reason `virtual`).
@@ -198,6 +270,7 @@ impl<S: Systemd> Core<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::FromLink;
     use crate::testing::{error_name, member, properties_changed, Harness};
 
     #[test]
@@ -225,6 +298,54 @@ mod tests {
         }
         assert!(!w.add("one-more"));
         assert!(w.add("u0"));
+    }
+
+    fn unsubscribe(h: &mut Harness, unit: &str) {
+        let m = h.manager_call("Unsubscribe").append1(unit);
+        h.deliver(m);
+        h.to_manager();
+    }
+
+    fn rules(h: &Harness) -> Vec<String> {
+        h.core.systemd().matches.borrow().iter().cloned().collect()
+    }
+
+    /// The agent hears the property changes of the units it watches and no others: one
+    /// rule per unit, one for all with `*` or past `MAX_UNIT_MATCH_RULES` units, and the
+    /// rule for all units when the bus refuses one (its per-connection limit).
+    // [utest->req~agent.unit-match-rules~1]
+    #[test]
+    fn rules_follow_the_watch_and_fall_back_to_all_units() {
+        let mut h = Harness::new();
+        assert!(rules(&h).is_empty());
+        subscribe(&mut h, "a.service");
+        subscribe(&mut h, "b-c.service");
+        assert_eq!(
+            rules(&h),
+            vec![
+                unit_properties_rule(Some("a.service")),
+                unit_properties_rule(Some("b-c.service"))
+            ]
+        );
+        assert!(rules(&h)[1].ends_with(",path='/org/freedesktop/systemd1/unit/b_2dc_2eservice'"));
+        unsubscribe(&mut h, "a.service");
+        assert_eq!(rules(&h), vec![unit_properties_rule(Some("b-c.service"))]);
+        subscribe(&mut h, WILDCARD);
+        assert_eq!(rules(&h), vec![unit_properties_rule(None)]);
+        unsubscribe(&mut h, WILDCARD);
+        unsubscribe(&mut h, "b-c.service");
+        for i in 0..MAX_UNIT_MATCH_RULES {
+            subscribe(&mut h, &format!("u{i}.service"));
+        }
+        assert_eq!(rules(&h).len(), MAX_UNIT_MATCH_RULES);
+        subscribe(&mut h, "one-more.service");
+        assert_eq!(rules(&h), vec![unit_properties_rule(None)]);
+        // A new manager session starts from nothing.
+        h.core.on_link_event(FromLink::Disconnected);
+        assert!(rules(&h).is_empty());
+        h.core.systemd().refuse_unit_matches.set(true);
+        subscribe(&mut h, "a.service");
+        assert_eq!(rules(&h), vec![unit_properties_rule(None)]);
     }
 
     fn subscribe(h: &mut Harness, unit: &str) -> Vec<Message> {
