@@ -202,17 +202,10 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     // The core and the idle link thread sleep with no timer: the signals' flags ring them.
     // [impl->req~agent.core-idle-no-wakeups~1]
     let wake_both = (events.clone(), outbound.clone());
-    hirte_common::wake::wake_on_signals(
-        &[
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGHUP,
-        ],
-        move || {
-            wake_both.0.wake_only();
-            wake_both.1.wake_only();
-        },
-    )
+    hirte_common::wake::wake_on_signals(move || {
+        wake_both.0.wake_only();
+        wake_both.1.wake_only();
+    })
     .map_err(AgentError::Signal)?;
     let link = link::Link::new(
         cfg.clone(),

@@ -27,13 +27,26 @@ impl Waker {
     }
 }
 
-/// Starts the thread that calls `wake` after each of `signals` arrives. Register the
+/// The signals both daemons act on: SIGTERM and SIGINT stop, SIGHUP reloads.
+const DAEMON_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGHUP,
+];
+
+/// Starts the thread that calls `wake` after each SIGTERM, SIGINT or SIGHUP. Register the
 /// signals' flags (`signal_hook::flag::register`) before: handlers run in registration
-/// order, so a woken thread finds its flag already set. The thread sleeps in `read()` on
-/// signal-hook's self-pipe and wakes for nothing else.
+/// order, so a woken thread finds its flag already set.
 // [impl->req~manager.idle-no-wakeups~1]
 // [impl->req~agent.core-idle-no-wakeups~1]
 pub fn wake_on_signals(
+    wake: impl Fn() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    wake_on(&DAEMON_SIGNALS, wake)
+}
+
+/// The thread sleeps in `read()` on signal-hook's self-pipe and wakes for nothing else.
+fn wake_on(
     signals: &[i32],
     wake: impl Fn() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -71,7 +84,7 @@ mod tests {
         use std::sync::Arc;
         let w = Arc::new(Waker::new().unwrap());
         let w2 = w.clone();
-        wake_on_signals(&[signal_hook::consts::SIGUSR2], move || w2.wake()).unwrap();
+        wake_on(&[signal_hook::consts::SIGUSR2], move || w2.wake()).unwrap();
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2).unwrap();
         assert_eq!(
             poll_readable([w.fd()], Duration::from_secs(5)).unwrap(),

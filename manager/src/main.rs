@@ -268,17 +268,10 @@ fn run(cli: Cli) -> Result<(), FatalError> {
     // [impl->req~manager.idle-no-wakeups~1]
     let listener_wake = Arc::new(Waker::new().map_err(FatalError::Wake)?);
     let wake_both = (events.clone(), listener_wake.clone());
-    hirte_common::wake::wake_on_signals(
-        &[
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGHUP,
-        ],
-        move || {
-            wake_both.0.wake_only();
-            wake_both.1.wake();
-        },
-    )
+    hirte_common::wake::wake_on_signals(move || {
+        wake_both.0.wake_only();
+        wake_both.1.wake();
+    })
     .map_err(FatalError::Signals)?;
     let listener = listener::Listener::new(
         tcp,
