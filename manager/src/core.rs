@@ -297,9 +297,13 @@ impl Core {
                 self.apply_effects();
             }
             // [impl->req~bounds.bus-write~1]
+            // Writing also reads: what it read waits in libdbus' queue, which poll() cannot
+            // see, so after a write the next turn looks without sleeping.
+            let wrote = self.conn.channel().has_messages_to_send();
             self.bus_writer
                 .pump(&self.conn)
                 .map_err(|e| CoreError::Bus(e.to_string()))?;
+            more |= wrote;
         }
     }
 
