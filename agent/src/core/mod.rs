@@ -372,16 +372,10 @@ impl Core<SystemdBus> {
             }
             more |= !self.events.is_empty();
             self.on_tick();
-            // Signals read during its systemd calls wait in libdbus' queue, which poll()
-            // cannot see: handled now. Writing below also reads: the next turn then looks
-            // without sleeping.
-            more |= !self.drain_bus();
-            let wrote = self.sd.conn().channel().has_messages_to_send();
             // [impl->req~bounds.bus-write~1]
             if let Err(e) = self.bus_writer.pump(self.sd.conn()) {
                 return Ok(Exit::BusLost(e.to_string()));
             }
-            more |= wrote;
         }
         log_info!("Shutting down");
         notify::stopping();
