@@ -218,14 +218,7 @@ impl<K> Agents<K> {
     /// Echoes a heartbeat, so the agent can tell a silent manager from a quiet one.
     // [impl->req~link.heartbeat~1]
     pub fn echo_heartbeat(&mut self, idx: usize) {
-        let echo = signal(
-            protocol::INTERNAL_MANAGER_PATH,
-            protocol::INTERNAL_MANAGER_IFACE,
-            "Heartbeat",
-        );
-        if let Some(echo) = echo {
-            let _ = self.nodes.send(idx, echo);
-        }
+        self.nodes.echo_heartbeat(idx);
     }
 
     /// Online nodes not heard from for more than `threshold`, with the reason to drop them.
@@ -303,6 +296,11 @@ impl<K> Agents<K> {
     /// Online nodes whose agent's subscriptions must be retried.
     pub fn unsynced(&self) -> Vec<usize> {
         self.nodes.unsynced()
+    }
+
+    /// Whether any node's subscriptions wait for a retry (no list built: asked every turn).
+    pub fn any_unsynced(&self) -> bool {
+        self.nodes.any_unsynced()
     }
 }
 

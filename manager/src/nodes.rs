@@ -354,6 +354,21 @@ impl NodeTable {
         }
     }
 
+    /// Whether any online node's subscriptions are not yet what the manager wants.
+    pub fn any_unsynced(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.session.as_ref().is_some_and(|s| s.subs_pending))
+    }
+
+    /// Answers a heartbeat the core got (the connection thread answers the rest itself),
+    /// on the link's own serials.
+    pub fn echo_heartbeat(&self, idx: usize) {
+        if let Some(s) = self.nodes.get(idx).and_then(|n| n.session.as_ref()) {
+            let _ = s.link.echo_heartbeat();
+        }
+    }
+
     /// Online nodes whose agent's subscriptions are not yet what the manager wants.
     pub fn unsynced(&self) -> Vec<usize> {
         (0..self.nodes.len())

@@ -122,7 +122,7 @@ impl Manager {
         let due = self
             .agents
             .next_deadline(now, self.cfg.node_heartbeat_threshold);
-        if self.agents.unsynced().is_empty() {
+        if !self.agents.any_unsynced() {
             due
         } else {
             Some(due.map_or(SUBSCRIPTION_RETRY, |d| d.min(SUBSCRIPTION_RETRY)))
